@@ -1,0 +1,232 @@
+r"""DiffAct (Liu et al., ICCV 2023): encoder + label-denoising decoder.
+
+Default: the embedded synthetic dataset (generated on first use), sized to train and evaluate in a few
+minutes on 2 CPU cores:
+
+  python -m polyseg.main --config=configs/diffact.py --workdir=runs/diffact
+
+Published settings on your own features in the MS-TCN layout (METHODS.md §1):
+
+  python -m polyseg.main --config=configs/diffact.py:dataset=gtea --workdir=runs/gtea1 \
+      --config.data.root=/data/gtea --config.data.split=1
+
+`arg` is a comma-separated list of `key=value`: `dataset=synthetic|gtea|50salads|breakfast`,
+`runlocal=True` (tiny model and data for a smoke run).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+# Per-dataset settings from the DiffAct release (METHODS.md §1).
+DATASETS = {
+  'gtea': dict(
+    enc_layers=10,
+    enc_maps=64,
+    enc_dropouts=(0.5, 0.5, 0.5),
+    feature_layers=(5, 7, 9),
+    dec_layers=8,
+    dec_maps=24,
+    dec_kernel=5,
+    snr_scale=0.5,
+    lr=5e-4,
+    weight_decay=1e-6,
+    sample_rate=1,
+    boundary_sigma=1.0,
+    soft_label=1.4,
+    smooth=0.1,
+    boundary_threshold=0.3,
+    condition_types=('full', 'zero', 'boundary', 'segment=1', 'segment=1'),
+    postprocess=('purge', 3),
+    num_steps=10000 * 7,
+    eval_every=700,
+  ),
+  '50salads': dict(
+    enc_layers=10,
+    enc_maps=64,
+    enc_dropouts=(0.5, 0.5, 0.5),
+    feature_layers=(5, 7, 9),
+    dec_layers=8,
+    dec_maps=24,
+    dec_kernel=7,
+    snr_scale=1.0,
+    lr=5e-4,
+    weight_decay=0.0,
+    sample_rate=8,
+    boundary_sigma=20.0,
+    soft_label=None,
+    smooth=0.1,
+    boundary_threshold=0.5,
+    condition_types=('full', 'zero', 'boundary', 'segment=2', 'segment=2'),
+    postprocess=('median', 30),
+    num_steps=5000 * 10,
+    eval_every=1000,
+  ),
+  'breakfast': dict(
+    enc_layers=12,
+    enc_maps=256,
+    enc_dropouts=(0.5, 0.1, 0.1),
+    feature_layers=(7, 8, 9),
+    dec_layers=8,
+    dec_maps=128,
+    dec_kernel=5,
+    snr_scale=0.5,
+    lr=1e-4,
+    weight_decay=0.0,
+    sample_rate=1,
+    boundary_sigma=3.0,
+    soft_label=4.0,
+    smooth=0.025,
+    boundary_threshold=0.3,
+    condition_types=('full', 'zero', 'boundary', 'segment=1', 'segment=1'),
+    postprocess=('median', 15),
+    num_steps=1000 * 318,
+    eval_every=6000,
+  ),
+  # The embedded synthetic data: GTEA-shaped model, budget for a few CPU minutes.
+  'synthetic': dict(
+    enc_layers=8,
+    enc_maps=64,
+    enc_dropouts=(0.3, 0.3, 0.1),
+    feature_layers=(3, 5, 7),
+    dec_layers=6,
+    dec_maps=24,
+    dec_kernel=5,
+    snr_scale=0.5,
+    lr=1e-3,
+    weight_decay=0.0,
+    sample_rate=2,
+    boundary_sigma=1.0,
+    soft_label=None,
+    smooth=0.1,
+    boundary_threshold=0.3,
+    condition_types=('full', 'zero', 'boundary', 'segment=1', 'segment=1'),
+    postprocess=('purge', 3),
+    num_steps=800,
+    eval_every=400,
+  ),
+}
+
+
+def parse_arg(arg):
+  """'a=1,b=x' -> {'a': '1', 'b': 'x'}."""
+  pairs = [p for p in (arg or '').split(',') if p]
+  bad = [p for p in pairs if '=' not in p]
+  if bad:
+    raise ValueError(f'config arg entries must be key=value, got {bad}')
+  return dict(p.split('=', 1) for p in pairs)
+
+
+def get_config(arg=None):
+  """Returns the DiffAct config for `arg` (see the module docstring)."""
+  args = parse_arg(arg)
+  unknown = set(args) - {'dataset', 'runlocal'}
+  if unknown:
+    raise ValueError(f'unknown config arg(s) {sorted(unknown)}; known: dataset, runlocal')
+  dataset = args.get('dataset', 'synthetic')
+  if dataset not in DATASETS:
+    raise ValueError(f'dataset={dataset!r}; choose one of {sorted(DATASETS)}')
+  runlocal = args.get('runlocal', 'False').lower() in ('1', 'true', 'yes')
+  s = DATASETS[dataset]
+
+  c = ml_collections.ConfigDict()
+  c.task = 'diffact'
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.root = config_dict.placeholder(str)  # unset -> the synthetic dataset
+  c.data.split = 1
+  c.data.input_dim = config_dict.placeholder(int)  # unset -> read from the features
+  c.data.classes = config_dict.placeholder(tuple)  # unset -> read from mapping.txt
+  c.data.background = ('background',)  # names excluded from Edit / F1 (if present)
+  c.data.sample_rate = s['sample_rate']
+  c.data.boundary_sigma = s['boundary_sigma']
+  c.data.max_train_len = config_dict.placeholder(int)  # random crop of longer training videos
+  c.data.cache_dir = '~/.cache/polyseg'
+  c.data.synthetic = ml_collections.ConfigDict(
+    dict(seed=0, num_train=48, num_test=16, min_len=400, max_len=900, input_dim=64)
+  )
+
+  c.model = ml_collections.ConfigDict()
+  c.model.encoder = ml_collections.ConfigDict(
+    dict(
+      num_layers=s['enc_layers'],
+      num_f_maps=s['enc_maps'],
+      kernel_size=5,
+      dropout=s['enc_dropouts'][0],
+      channel_dropout=s['enc_dropouts'][1],
+      temporal_dropout=s['enc_dropouts'][2],
+      feature_layer_indices=s['feature_layers'],
+    )
+  )
+  c.model.decoder = ml_collections.ConfigDict(
+    dict(
+      num_layers=s['dec_layers'],
+      num_f_maps=s['dec_maps'],
+      kernel_size=s['dec_kernel'],
+      dropout=0.1,
+      time_emb_dim=512,
+    )
+  )
+
+  c.diffusion = ml_collections.ConfigDict(
+    dict(
+      num_steps=1000,
+      sampling_steps=25,
+      eta=1.0,
+      snr_scale=s['snr_scale'],
+      condition_types=s['condition_types'],
+      boundary_threshold=s['boundary_threshold'],
+    )
+  )
+
+  c.loss = ml_collections.ConfigDict(
+    dict(
+      encoder_ce=0.5,
+      encoder_smooth=s['smooth'],
+      decoder_ce=0.5,
+      decoder_smooth=s['smooth'],
+      decoder_boundary=0.1,
+      class_weighting=True,
+    )
+  )
+  # Sigma of the soft-label CE (unweighted); None -> class-weighted CE on hard labels.
+  c.loss.soft_label = config_dict.FieldReference(s['soft_label'], field_type=float)
+
+  c.optim = ml_collections.ConfigDict(
+    dict(learning_rate=s['lr'], weight_decay=s['weight_decay'], grad_accum_steps=1)
+  )
+
+  c.train = ml_collections.ConfigDict(
+    dict(
+      batch_size=4,
+      num_steps=s['num_steps'],
+      log_every=50,
+      eval_every=s['eval_every'],
+      checkpoint_every=s['eval_every'],
+      keep_checkpoints=3,
+      best_metric='F1@50',
+    )
+  )
+
+  c.eval = ml_collections.ConfigDict(
+    dict(
+      postprocess=s['postprocess'][0],
+      postprocess_value=s['postprocess'][1],
+      num_timelines=4,
+      seed=0,
+      use_decoder=True,
+    )
+  )
+
+  c.predict = ml_collections.ConfigDict()
+  c.predict.features = config_dict.placeholder(str)  # folder of <vid>.npy [D, T] for --mode=predict
+  c.predict.output = config_dict.placeholder(str)  # unset -> <workdir>/predict
+
+  if runlocal:
+    c.data.synthetic.update(num_train=6, num_test=3, min_len=200, max_len=250, input_dim=16)
+    c.model.encoder.update(num_layers=3, num_f_maps=16, feature_layer_indices=(0, 1, 2))
+    c.model.decoder.update(num_layers=2, num_f_maps=8, time_emb_dim=32)
+    c.diffusion.sampling_steps = 5
+    c.train.update(num_steps=6, log_every=2, eval_every=3, checkpoint_every=3)
+    c.eval.num_timelines = 1
+  return c

@@ -1,0 +1,1 @@
+"""polyseg: diffusion-based temporal action segmentation in JAX/Flax."""

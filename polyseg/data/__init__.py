@@ -1,0 +1,1 @@
+"""polyseg.data."""

@@ -1,0 +1,167 @@
+"""Batching: boundary targets, class weights, length buckets, padded train batches, test views.
+
+Everything returns numpy arrays: features float32, labels int32, boundary and
+mask float32. Padding is at the end of each video (mask 0, features 0, labels 0).
+
+Bucketing: a length is padded to the smallest `multiple * n` >= it with n in
+{1, 2, 3, 4, 6, 8, 12, 16, ...} (powers of two and 1.5x powers of two): at
+most two bucket lengths per octave, and less than 50% padding for lengths
+above 2 * multiple.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.ndimage
+
+from polyseg.data.formats import Video
+
+BATCH_STREAM = 1  # seed-sequence tag of the per-batch random stream (offsets and crops)
+
+
+def boundary_target(labels: np.ndarray, sigma: float | None) -> np.ndarray:
+  """DiffAct's boundary target: labels [T] int -> [T] float32 in [0, 1].
+
+  1 at frames s-1 and s of every segment start s > 0; if `sigma` is set,
+  gaussian-smoothed (scipy, mode 'reflect'), clipped at the peak an isolated
+  boundary pair reaches in a sequence of the same length, divided by the max.
+  A one-segment video gives all zeros.
+  """
+  labels = np.asarray(labels)
+  target = np.zeros(len(labels), np.float64)
+  starts = np.flatnonzero(labels[1:] != labels[:-1]) + 1
+  if starts.size == 0:
+    return target.astype(np.float32)
+  target[starts] = 1.0
+  target[starts - 1] = 1.0
+  if sigma:
+    target = scipy.ndimage.gaussian_filter1d(target, sigma)
+    isolated_pair = np.zeros(len(labels), np.float64)
+    isolated_pair[[len(labels) // 2 - 1, len(labels) // 2]] = 1.0
+    peak = scipy.ndimage.gaussian_filter1d(isolated_pair, sigma).max()
+    target = np.minimum(target, peak)
+    target /= target.max()
+  return target.astype(np.float32)
+
+
+def class_weights(videos: Sequence[Video], num_classes: int) -> np.ndarray:
+  """Class weights [C] float32: w_c = N / ((n_c + 10) C), n_c frames of class c, N all frames."""
+  counts = np.zeros(num_classes, np.float64)
+  for video in videos:
+    counts += np.bincount(video.labels, minlength=num_classes)
+  return (counts.sum() / ((counts + 10.0) * num_classes)).astype(np.float32)
+
+
+def bucket_length(length: int, multiple: int = 64) -> int:
+  """Smallest `multiple * n` >= length, n in {1, 2, 3, 4, 6, 8, 12, ...}."""
+  units = max(1, math.ceil(length / multiple))
+  power = 1 << (units.bit_length() - 1)  # largest power of two <= units
+  if units == power:
+    return multiple * units
+  return multiple * (3 * power // 2 if units <= 3 * power // 2 else 2 * power)
+
+
+def _pad(arrays: Sequence[np.ndarray], length: int, dtype) -> np.ndarray:
+  """Stacks [T_i, ...] arrays into [B, length, ...], zero-padded at the end."""
+  out = np.zeros((len(arrays), length, *arrays[0].shape[1:]), dtype)
+  for i, array in enumerate(arrays):
+    out[i, : len(array)] = array
+  return out
+
+
+def _mask(lengths: Sequence[int], length: int) -> np.ndarray:
+  """[B, length] float32, 1.0 on the first lengths[i] frames of row i."""
+  return (np.arange(length)[None, :] < np.asarray(lengths)[:, None]).astype(np.float32)
+
+
+class TrainLoader:
+  """Training batches as a pure function of (seed, step).
+
+  Epoch e = step // steps_per_epoch visits the videos in the order of
+  `np.random.default_rng([seed, e]).permutation`, `batch_size` at a time (the
+  last batch of an epoch is filled up from the start of the same order). Each
+  video gets a random offset o in [0, sample_rate) (frames o::sample_rate of
+  features, labels and the full-rate boundary target) and, if `max_len` is
+  set, a random crop of at most `max_len` subsampled frames. A batch is padded
+  to the bucket length of its longest member.
+  """
+
+  def __init__(
+    self,
+    videos: Sequence[Video],
+    *,
+    batch_size: int,
+    sample_rate: int,
+    boundary_sigma: float | None,
+    seed: int,
+    max_len: int | None = None,
+  ):
+    if not videos:
+      raise ValueError('TrainLoader needs at least one video')
+    if batch_size < 1 or sample_rate < 1 or (max_len is not None and max_len < 1):
+      raise ValueError(
+        f'batch_size, sample_rate and max_len must be >= 1, got {batch_size}, '
+        f'{sample_rate}, {max_len}'
+      )
+    short = [v.name for v in videos if len(v.labels) < sample_rate]
+    if short:
+      raise ValueError(f'videos shorter than sample_rate {sample_rate}: {short}')
+    self.videos = list(videos)
+    self.batch_size = batch_size
+    self.sample_rate = sample_rate
+    self.seed = seed
+    self.max_len = max_len
+    self.boundaries = [boundary_target(v.labels, boundary_sigma) for v in self.videos]
+
+  @property
+  def steps_per_epoch(self) -> int:
+    """ceil(num_videos / batch_size)."""
+    return -(-len(self.videos) // self.batch_size)
+
+  def batch_indices(self, step: int) -> np.ndarray:
+    """Video indices [B] of batch `step`."""
+    epoch, position = divmod(step, self.steps_per_epoch)
+    order = np.random.default_rng([self.seed, epoch]).permutation(len(self.videos))
+    order = np.resize(order, self.steps_per_epoch * self.batch_size)
+    return order[position * self.batch_size : (position + 1) * self.batch_size]
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """features [B, T, D] f32, labels [B, T] i32, boundary [B, T] f32, mask [B, T] f32."""
+    epoch, position = divmod(step, self.steps_per_epoch)
+    rng = np.random.default_rng([self.seed, epoch, BATCH_STREAM, position])
+    features, labels, boundary = [], [], []
+    for index in self.batch_indices(step):
+      video, rate = self.videos[index], self.sample_rate
+      frames = np.arange(rng.integers(rate), len(video.labels), rate)
+      if self.max_len is not None and len(frames) > self.max_len:
+        start = rng.integers(len(frames) - self.max_len + 1)
+        frames = frames[start : start + self.max_len]
+      features.append(video.features[frames])
+      labels.append(video.labels[frames])
+      boundary.append(self.boundaries[index][frames])
+    lengths = [len(x) for x in labels]
+    length = bucket_length(max(lengths))
+    return dict(
+      features=_pad(features, length, np.float32),
+      labels=_pad(labels, length, np.int32),
+      boundary=_pad(boundary, length, np.float32),
+      mask=_mask(lengths, length),
+    )
+
+
+def temporal_views(video: Video, sample_rate: int) -> dict[str, np.ndarray]:
+  """The r = sample_rate temporal views features[o::r]: features [r, T', D] f32, mask [r, T'] f32.
+
+  T' is the bucket length of the longest view, ceil(T / r).
+  """
+  if len(video.features) < sample_rate:
+    raise ValueError(
+      f'video {video.name!r} has {len(video.features)} frames, fewer than sample_rate {sample_rate}'
+    )
+  views = [video.features[offset::sample_rate] for offset in range(sample_rate)]
+  lengths = [len(view) for view in views]
+  length = bucket_length(max(lengths))
+  return dict(features=_pad(views, length, np.float32), mask=_mask(lengths, length))

@@ -1,0 +1,123 @@
+"""Segmentation losses over padded batches (METHODS.md §1).
+
+Every loss takes `mask [B, T]` (1 = valid frame), ignores padded frames (their logits get zero
+gradient), pools over all valid frames (or frame pairs) of the batch and returns a scalar; a batch
+without any valid frame (pair) gives 0.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_PROB_EPS = 1e-6
+_SMOOTHING_CLAMP = 16.0
+_GAUSSIAN_TRUNCATE = 4.0  # scipy.ndimage default
+
+
+def _masked_logits(logits: jax.Array, mask: jax.Array) -> jax.Array:
+  """Zero padded frames' logits so they (and their gradients) cannot leak. [B, T, C]."""
+  chex.assert_rank(logits, 3)
+  chex.assert_equal_shape_prefix([logits, mask], 2)
+  return jnp.where(mask[..., None] > 0, logits, 0.0)
+
+
+def _safe_ratio(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
+  """numerator / denominator, or 0 when the denominator is 0 (gradient-safe)."""
+  positive = denominator > 0
+  return jnp.where(positive, numerator / jnp.where(positive, denominator, 1.0), 0.0)
+
+
+def _pair_mask(mask: jax.Array) -> jax.Array:
+  """[B, T-1]: 1 where frames t-1 and t are both valid."""
+  return mask[:, 1:] * mask[:, :-1]
+
+
+def cross_entropy(
+  logits: jax.Array, labels: jax.Array, mask: jax.Array, class_weights: jax.Array | None = None
+) -> jax.Array:
+  """Class-weighted CE, torch 'mean' semantics: sum w_y nll / sum w_y over valid frames.
+
+  logits [B, T, C], labels [B, T] int, mask [B, T], class_weights [C] or None (all 1).
+  """
+  logits = _masked_logits(logits, mask)
+  onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+  nll = -jnp.sum(onehot * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+  weights = mask if class_weights is None else mask * (onehot @ class_weights)
+  return _safe_ratio(jnp.sum(weights * nll), jnp.sum(weights))
+
+
+def soft_cross_entropy(logits: jax.Array, soft_targets: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean over valid frames of -sum_c q_c log p_c. logits, soft_targets [B, T, C]."""
+  logits = _masked_logits(logits, mask)
+  per_frame = -jnp.sum(soft_targets * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+  return _safe_ratio(jnp.sum(mask * per_frame), jnp.sum(mask))
+
+
+def binary_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+  """Multi-label BCE with logits, mean over valid frames and classes. logits, targets [B, T, C]."""
+  logits = _masked_logits(logits, mask)
+  per_entry = -(targets * jax.nn.log_sigmoid(logits) + (1 - targets) * jax.nn.log_sigmoid(-logits))
+  return _safe_ratio(jnp.sum(mask[..., None] * per_entry), jnp.sum(mask) * logits.shape[-1])
+
+
+def smoothing_loss(logits: jax.Array, mask: jax.Array) -> jax.Array:
+  """T-MSE: mean over valid (t-1, t) pairs and classes of
+  clip((log p_t - stop_gradient(log p_{t-1}))^2, 0, 16). logits [B, T, C]."""
+  log_probs = jax.nn.log_softmax(_masked_logits(logits, mask), axis=-1)
+  squared = (log_probs[:, 1:] - jax.lax.stop_gradient(log_probs[:, :-1])) ** 2
+  pairs = _pair_mask(mask)
+  clamped = jnp.clip(squared, 0.0, _SMOOTHING_CLAMP)
+  return _safe_ratio(jnp.sum(pairs[..., None] * clamped), jnp.sum(pairs) * logits.shape[-1])
+
+
+def boundary_loss(logits: jax.Array, boundary_target: jax.Array, mask: jax.Array) -> jax.Array:
+  """BCE of b_t = 1 - sum_c p_t(c) stop_gradient(p_{t-1}(c)) against boundary_target_t, t >= 1,
+  mean over valid pairs (b clipped to [eps, 1 - eps]). logits [B, T, C], boundary_target [B, T]."""
+  probs = jax.nn.softmax(_masked_logits(logits, mask), axis=-1)
+  change = 1 - jnp.sum(probs[:, 1:] * jax.lax.stop_gradient(probs[:, :-1]), axis=-1)
+  change = jnp.clip(change, _PROB_EPS, 1 - _PROB_EPS)
+  target = boundary_target[:, 1:]
+  bce = -(target * jnp.log(change) + (1 - target) * jnp.log1p(-change))
+  pairs = _pair_mask(mask)
+  return _safe_ratio(jnp.sum(pairs * bce), jnp.sum(pairs))
+
+
+def _gaussian_kernel(sigma: float) -> np.ndarray:
+  """scipy.ndimage.gaussian_filter1d's kernel [2r+1], r = int(4 * sigma + 0.5)."""
+  radius = int(_GAUSSIAN_TRUNCATE * sigma + 0.5)
+  offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+  kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+  return kernel / kernel.sum()
+
+
+def _reflect_index(index: jax.Array, length: jax.Array) -> jax.Array:
+  """scipy 'reflect' (d c b a | a b c d | d c b a) index into a sequence of `length` >= 1."""
+  folded = jnp.mod(index, 2 * length)
+  return jnp.where(folded < length, folded, 2 * length - 1 - folded)
+
+
+def gaussian_smooth(x: jax.Array, sigma: float, mask: jax.Array) -> jax.Array:
+  """Gaussian filter along T of each video over its own valid length (scipy gaussian_filter1d,
+  mode 'reflect'); padded frames -> 0. x [B, T, C], mask [B, T] (padding at the end) -> [B, T, C]."""
+  chex.assert_rank(x, 3)
+  kernel = _gaussian_kernel(sigma)
+  radius = (kernel.shape[0] - 1) // 2
+  lengths = jnp.maximum(jnp.sum(mask > 0, axis=1), 1)
+  positions = jnp.arange(-radius, x.shape[1] + radius)
+  sources = _reflect_index(positions[None, :], lengths[:, None])
+  extended = jnp.take_along_axis(x, sources[..., None], axis=1)
+  num_channels = x.shape[-1]
+  weights = jnp.broadcast_to(
+    jnp.asarray(kernel, x.dtype)[:, None, None], (kernel.shape[0], 1, num_channels)
+  )
+  smoothed = jax.lax.conv_general_dilated(
+    extended,
+    weights,
+    window_strides=(1,),
+    padding='VALID',
+    dimension_numbers=('NWC', 'WIO', 'NWC'),
+    feature_group_count=num_channels,
+    precision=jax.lax.Precision.HIGHEST,
+  )
+  return smoothed * mask[..., None]

@@ -1,0 +1,72 @@
+r"""polyseg command line: train, evaluate or predict with any method's config.
+
+  python -m polyseg.main --config=configs/diffact.py --workdir=runs/diffact
+  python -m polyseg.main --config=configs/diffact.py --workdir=runs/diffact --mode=eval
+  python -m polyseg.main --config=configs/diffact.py --workdir=runs/diffact --mode=predict \
+      --config.predict.features=DIR
+
+Any config field can be overridden (`--config.train.num_steps=200`); the config is locked, so a
+misspelt field is an error instead of a silent no-op.
+"""
+
+import importlib.util
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from polyseg import train
+from polyseg.data import formats
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+  'config', None, 'Path to a config file (configs/<method>.py[:arg]).', lock_config=True
+)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, predictions and plots.')
+flags.DEFINE_enum(
+  'mode',
+  'train',
+  ['train', 'eval', 'predict'],
+  'train (resumes from the latest checkpoint), eval or predict.',
+)
+flags.DEFINE_enum(
+  'checkpoint', 'latest', ['latest', 'best'], 'Which checkpoint --mode=eval/predict uses.'
+)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / 'configs'
+
+
+def load_config(name: str, arg: str | None = None):
+  """`get_config(arg)` of `configs/<name>.py` (for notebooks, tests and benchmarks)."""
+  path = CONFIG_DIR / f'{name}.py'
+  if not path.exists():
+    raise FileNotFoundError(f'no config {path}')
+  spec = importlib.util.spec_from_file_location(f'polyseg_config_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:  # orbax logs every save at INFO; keep the console readable
+    logging.set_verbosity(logging.WARNING)
+  config = FLAGS.config
+  try:
+    if FLAGS.mode == 'train':
+      train.train_and_evaluate(config, FLAGS.workdir)
+    elif FLAGS.mode == 'eval':
+      train.evaluate(config, FLAGS.workdir, FLAGS.checkpoint)
+    else:
+      train.predict(config, FLAGS.workdir, FLAGS.checkpoint)
+  except (formats.DataError, train.NonFiniteError) as e:  # the user's data or run, not a bug
+    sys.exit(f'polyseg: {type(e).__name__}: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main)

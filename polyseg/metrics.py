@@ -1,0 +1,226 @@
+"""Segmentation metrics: frame accuracy, Edit and F1@tau (MS-TCN definitions, METHODS.md §1).
+
+Labels are int class ids per frame, ``[T]``. Background ids are excluded from Edit and F1 only.
+Segment ends are exclusive (last frame + 1), unlike MS-TCN's code, which ends the last segment of a
+video one frame early.
+
+Conventions for videos without any (non-background) segment: Edit is 100 when both prediction and
+ground truth have no segments (0 when only one has none); F1 counts are (0, 0, 0) for such a video,
+and an F1 whose precision or recall is undefined (no segments anywhere) is 0.
+"""
+
+import collections
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+DEFAULT_OVERLAPS = (0.1, 0.25, 0.5)
+
+
+def _as_labels(labels, name: str) -> np.ndarray:
+  """Checks a label sequence: [T] ints, T > 0."""
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(
+      f'{name}: expected a non-empty [T] int array, got shape {labels.shape} dtype {labels.dtype}'
+    )
+  return labels
+
+
+def _check_pair(pred, gt) -> tuple[np.ndarray, np.ndarray]:
+  """Checks a prediction / ground-truth pair of equal length."""
+  pred, gt = _as_labels(pred, 'pred'), _as_labels(gt, 'gt')
+  if pred.shape != gt.shape:
+    raise ValueError(f'pred has {pred.size} frames but gt has {gt.size}')
+  return pred, gt
+
+
+def _check_overlap(overlap: float) -> None:
+  if not 0.0 < overlap <= 1.0:
+    raise ValueError(f'overlap must be in (0, 1], got {overlap}')
+
+
+def segments(labels, background: Iterable[int] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Runs of equal labels: labels [T] -> (seg_labels [S], starts [S], ends [S]), ends exclusive.
+
+  Segments whose label is in `background` are dropped.
+  """
+  labels = _as_labels(labels, 'labels')
+  starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+  ends = np.append(starts[1:], labels.size)
+  seg_labels = labels[starts]
+  keep = ~np.isin(seg_labels, list(background))
+  return seg_labels[keep], starts[keep], ends[keep]
+
+
+def levenshtein(a: Sequence[int], b: Sequence[int]) -> int:
+  """Edit distance (insert, delete, substitute, each cost 1) between two sequences."""
+  previous = list(range(len(b) + 1))
+  for i, item_a in enumerate(a, start=1):
+    current = [i]
+    for j, item_b in enumerate(b, start=1):
+      current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (item_a != item_b)))
+    previous = current
+  return previous[-1]
+
+
+def edit_score(pred, gt, background: Iterable[int] = ()) -> float:
+  """Segmental edit score in percent: (1 - levenshtein / max(S_pred, S_gt)) * 100; 100 if both empty."""
+  pred, gt = _check_pair(pred, gt)
+  pred_labels = segments(pred, background)[0]
+  gt_labels = segments(gt, background)[0]
+  longest = max(pred_labels.size, gt_labels.size)
+  if longest == 0:
+    return 100.0
+  return (1.0 - levenshtein(pred_labels.tolist(), gt_labels.tolist()) / longest) * 100.0
+
+
+def match_segments(pred, gt, overlap: float, background: Iterable[int] = ()):
+  """MS-TCN greedy matching of predicted to ground-truth segments.
+
+  Each predicted segment (in temporal order) takes the ground-truth segment of the same label with
+  the highest IoU (first on ties); it is a true positive if that IoU >= overlap and the ground-truth
+  segment is still unused. Returns (pred_labels [Sp], pred_is_tp [Sp] bool, gt_labels [Sg],
+  gt_used [Sg] bool).
+  """
+  _check_overlap(overlap)
+  pred, gt = _check_pair(pred, gt)
+  pred_labels, pred_starts, pred_ends = segments(pred, background)
+  gt_labels, gt_starts, gt_ends = segments(gt, background)
+  pred_is_tp = np.zeros(pred_labels.size, bool)
+  gt_used = np.zeros(gt_labels.size, bool)
+  for i in range(pred_labels.size):
+    intersection = np.minimum(pred_ends[i], gt_ends) - np.maximum(pred_starts[i], gt_starts)
+    union = np.maximum(pred_ends[i], gt_ends) - np.minimum(pred_starts[i], gt_starts)
+    iou = np.where(gt_labels == pred_labels[i], np.maximum(intersection, 0) / union, 0.0)
+    if iou.size == 0:
+      continue
+    best = int(np.argmax(iou))
+    if iou[best] >= overlap and not gt_used[best]:
+      pred_is_tp[i] = gt_used[best] = True
+  return pred_labels, pred_is_tp, gt_labels, gt_used
+
+
+def f1_counts(pred, gt, overlap: float, background: Iterable[int] = ()) -> tuple[int, int, int]:
+  """(tp, fp, fn) segment counts of one video at IoU threshold `overlap` (MS-TCN matching)."""
+  _, pred_is_tp, _, gt_used = match_segments(pred, gt, overlap, background)
+  return int(pred_is_tp.sum()), int((~pred_is_tp).sum()), int((~gt_used).sum())
+
+
+def class_f1_counts(
+  pred, gt, overlap: float, background: Iterable[int] = ()
+) -> dict[int, tuple[int, int, int]]:
+  """class id -> (tp, fp, fn) of one video; matching never crosses classes, so these sum to f1_counts."""
+  pred_labels, pred_is_tp, gt_labels, gt_used = match_segments(pred, gt, overlap, background)
+  return {
+    label: (
+      int((pred_is_tp & (pred_labels == label)).sum()),
+      int((~pred_is_tp & (pred_labels == label)).sum()),
+      int((~gt_used & (gt_labels == label)).sum()),
+    )
+    for label in np.union1d(pred_labels, gt_labels).tolist()
+  }
+
+
+def f1_from_counts(tp: int, fp: int, fn: int) -> float:
+  """F1 in percent from summed counts; 0 when precision or recall is undefined or both are 0."""
+  if tp == 0:
+    return 0.0
+  precision, recall = tp / (tp + fp), tp / (tp + fn)
+  return float(2.0 * precision * recall / (precision + recall) * 100.0)
+
+
+def confusion_matrix(pred, gt, num_classes: int) -> np.ndarray:
+  """Frame counts [C, C] int64: row = ground-truth class, column = predicted class."""
+  pred, gt = _check_pair(pred, gt)
+  for name, labels in (('pred', pred), ('gt', gt)):
+    if labels.min() < 0 or labels.max() >= num_classes:
+      raise ValueError(
+        f'{name} has class ids outside [0, {num_classes}): min {labels.min()}, max {labels.max()}'
+      )
+  flat = np.bincount(gt.astype(np.int64) * num_classes + pred, minlength=num_classes * num_classes)
+  return flat.reshape(num_classes, num_classes)
+
+
+def _overlap_key(overlap: float) -> str:
+  """0.1 -> 'F1@10'."""
+  return f'F1@{round(overlap * 100):d}'
+
+
+class SegmentationMetrics:
+  """Accumulates Acc (micro over frames), Edit (mean over videos) and F1@tau (summed counts).
+
+  Also keeps per-class segment counts (per-class F1) and frame confusion counts.
+  """
+
+  def __init__(self, background: Iterable[int] = (), overlaps: Sequence[float] = DEFAULT_OVERLAPS):
+    for overlap in overlaps:
+      _check_overlap(overlap)
+    self.background = tuple(int(c) for c in background)
+    self.overlaps = tuple(overlaps)
+    self.correct_frames = 0
+    self.total_frames = 0
+    self.edit_scores: list[float] = []
+    # per overlap: class id -> [tp, fp, fn]
+    self.class_counts: dict[float, dict[int, np.ndarray]] = {
+      overlap: {} for overlap in self.overlaps
+    }
+    # (gt class, predicted class) -> frames
+    self.frame_pairs: collections.Counter[tuple[int, int]] = collections.Counter()
+
+  def add(self, pred, gt) -> None:
+    """Adds one video: pred [T] and gt [T] int class ids."""
+    pred, gt = _check_pair(pred, gt)
+    self.correct_frames += int((pred == gt).sum())
+    self.total_frames += pred.size
+    self.edit_scores.append(edit_score(pred, gt, self.background))
+    for overlap in self.overlaps:
+      counts = self.class_counts[overlap]
+      for label, video_counts in class_f1_counts(pred, gt, overlap, self.background).items():
+        counts[label] = counts.get(label, np.zeros(3, np.int64)) + video_counts
+    pairs, frames = np.unique(np.stack([gt, pred]), axis=1, return_counts=True)
+    self.frame_pairs.update(dict(zip(map(tuple, pairs.T.tolist()), frames.tolist())))
+
+  def _check_nonempty(self) -> None:
+    if not self.edit_scores:
+      raise ValueError('SegmentationMetrics: no videos added')
+
+  def _counts_at(self, overlap: float) -> dict[int, np.ndarray]:
+    if overlap not in self.class_counts:
+      raise ValueError(f'overlap {overlap} not in {self.overlaps}')
+    return self.class_counts[overlap]
+
+  def counts(self, overlap: float) -> tuple[int, int, int]:
+    """(tp, fp, fn) summed over videos and classes at one of `overlaps`."""
+    total = sum(self._counts_at(overlap).values(), np.zeros(3, np.int64))
+    return int(total[0]), int(total[1]), int(total[2])
+
+  def result(self) -> dict[str, float]:
+    """{'Acc', 'Edit', 'F1@10', 'F1@25', 'F1@50'} in percent (F1 keys follow `overlaps`)."""
+    self._check_nonempty()
+    scores = {
+      'Acc': self.correct_frames / self.total_frames * 100.0,
+      'Edit': float(np.mean(self.edit_scores)),
+    }
+    for overlap in self.overlaps:
+      scores[_overlap_key(overlap)] = f1_from_counts(*self.counts(overlap))
+    return scores
+
+  def per_class_f1(self, overlap: float = 0.5) -> dict[int, float]:
+    """class id -> F1@overlap in percent, for every non-background class seen in pred or gt."""
+    self._check_nonempty()
+    return {
+      label: f1_from_counts(*counts) for label, counts in sorted(self._counts_at(overlap).items())
+    }
+
+  def confusion_matrix(self, num_classes: int) -> np.ndarray:
+    """Frame counts [C, C] int64 over all added videos: row = ground truth, column = prediction."""
+    self._check_nonempty()
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    for (gt_class, pred_class), count in self.frame_pairs.items():
+      if not (0 <= gt_class < num_classes and 0 <= pred_class < num_classes):
+        raise ValueError(
+          f'class pair (gt {gt_class}, pred {pred_class}) outside [0, {num_classes})'
+        )
+      matrix[gt_class, pred_class] += count
+    return matrix

@@ -1,0 +1,197 @@
+"""Building blocks of the ASFormer/DiffAct networks: masked, channels-last, memory linear in T.
+
+Shapes: `x [B, T, F]`, `mask [B, T]` float (1 = valid frame, padding at the end of each video).
+Every function here gives valid frames exactly what the unpadded video would get and returns 0 on
+padded frames.
+"""
+
+import math
+from typing import Any, NamedTuple
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def _check_odd_kernel(kernel_size: int) -> None:
+  if kernel_size < 1 or kernel_size % 2 == 0:
+    raise ValueError(
+      f"polyseg/models/layers.py: kernel_size must be a positive odd number, got {kernel_size}"
+    )
+
+
+def count_params(params: Any) -> int:
+  """Number of scalars in a parameter pytree (arrays or `jax.ShapeDtypeStruct`s)."""
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
+
+
+def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
+  """Sinusoidal diffusion-step embedding (DDPM / fairseq): t [B] int -> [B, dim] float32.
+
+  Frequencies exp(-log(10000) * i / (dim/2 - 1)), i < dim/2; output concat[sin, cos] (zero-padded
+  by one column when dim is odd).
+  """
+  chex.assert_rank(t, 1)
+  half = dim // 2
+  if half < 2:
+    raise ValueError(f"polyseg/models/layers.py: timestep_embedding needs dim >= 4, got {dim}")
+  freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / (half - 1))
+  angles = t.astype(jnp.float32)[:, None] * freqs[None, :]
+  emb = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+  return jnp.pad(emb, [(0, 0), (0, dim % 2)])
+
+
+def instance_norm(x: jax.Array, mask: jax.Array, eps: float = 1e-5) -> jax.Array:
+  """Per video and channel normalisation over valid frames, no affine: [B, T, F] -> [B, T, F].
+
+  torch InstanceNorm1d semantics (biased variance, eps inside the sqrt), restricted to the valid frames.
+  """
+  chex.assert_rank(x, 3)
+  chex.assert_shape(mask, x.shape[:2])
+  m = mask[..., None].astype(jnp.float32)
+  x32 = x.astype(jnp.float32)
+  count = jnp.maximum(m.sum(axis=1, keepdims=True), 1.0)
+  mean = (x32 * m).sum(axis=1, keepdims=True) / count
+  var = (jnp.square(x32 - mean) * m).sum(axis=1, keepdims=True) / count
+  return ((x32 - mean) * jax.lax.rsqrt(var + eps) * m).astype(x.dtype)
+
+
+def dilated_windows(x: jax.Array, kernel_size: int, dilation: int) -> jax.Array:
+  """The dilated-conv grid around every frame: x [B, T, ...] -> [B, T, k, ...].
+
+  Entry j of frame t is x[t + (j - k//2) * dilation], zero where that index is outside [0, T).
+  Built from k static slices of a zero-padded copy: O(T * k) memory.
+  """
+  _check_odd_kernel(kernel_size)
+  num_frames = x.shape[1]
+  reach = (kernel_size // 2) * dilation
+  padded = jnp.pad(x, [(0, 0), (reach, reach)] + [(0, 0)] * (x.ndim - 2))
+  shifted = [
+    jax.lax.slice_in_dim(padded, j * dilation, j * dilation + num_frames, axis=1)
+    for j in range(kernel_size)
+  ]
+  return jnp.stack(shifted, axis=2)
+
+
+def window_attention(
+  q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, kernel_size: int, dilation: int
+) -> jax.Array:
+  """Single-head dilated window attention: q, k, v [B, T, F] -> [B, T, F].
+
+  Query t attends to the k keys t + j * dilation, j in -(k//2)..k//2, with scale 1/sqrt(F); keys
+  outside the video's valid frames are masked out of the softmax. Queries whose keys are all masked
+  and padded queries give 0. Memory O(T * k): keys and values are gathered per query, no T x T matrix.
+  """
+  chex.assert_rank(q, 3)
+  chex.assert_equal_shape([q, k, v])
+  chex.assert_shape(mask, q.shape[:2])
+  keys = dilated_windows(k, kernel_size, dilation)  # [B, T, k, F]
+  values = dilated_windows(v, kernel_size, dilation)  # [B, T, k, F]
+  key_valid = dilated_windows(mask, kernel_size, dilation) > 0  # [B, T, k]
+  scores = jnp.einsum("btf,btjf->btj", q, keys).astype(jnp.float32) / math.sqrt(q.shape[-1])
+  scores = jnp.where(key_valid, scores, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(scores, axis=-1) * key_valid
+  out = jnp.einsum("btj,btjf->btf", weights.astype(v.dtype), values)
+  return out * mask[..., None].astype(out.dtype)
+
+
+def channel_dropout(rate: float) -> nn.Dropout:
+  """Dropout of whole channels per video ([B, T, D] mask shared over T), rescaled by 1/(1-rate)."""
+  return nn.Dropout(rate, broadcast_dims=(-2,))
+
+
+def temporal_dropout(rate: float) -> nn.Dropout:
+  """Dropout of whole frames per video ([B, T, D] mask shared over D), rescaled by 1/(1-rate)."""
+  return nn.Dropout(rate, broadcast_dims=(-1,))
+
+
+class DilatedConv(nn.Module):
+  """1-D convolution over T, zero 'same' padding, with bias: [B, T, Fin] -> [B, T, features].
+
+  The input is masked first (padding acts like the zero padding of the unpadded video); the
+  output is masked too.
+  """
+
+  features: int
+  kernel_size: int
+  dilation: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    chex.assert_rank(x, 3)
+    chex.assert_shape(mask, x.shape[:2])
+    _check_odd_kernel(self.kernel_size)
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (self.kernel_size, x.shape[-1], self.features)
+    )
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    x, kernel, bias = nn.dtypes.promote_dtype(x * mask[..., None], kernel, bias, dtype=self.dtype)
+    reach = (self.kernel_size // 2) * self.dilation
+    y = jax.lax.conv_general_dilated(
+      x,
+      kernel,
+      window_strides=(1,),
+      padding=[(reach, reach)],
+      rhs_dilation=(self.dilation,),
+      dimension_numbers=("NWC", "WIO", "NWC"),
+    )
+    return (y + bias) * mask[..., None].astype(y.dtype)
+
+
+class ConditionProjection(NamedTuple):
+  """A decoder layer's projections of the condition, added to its queries and keys: [B, T, F] each."""
+
+  query: jax.Array
+  key: jax.Array
+
+
+class ConvAttentionLayer(nn.Module):
+  """One ASFormer/DiffAct layer: x + FFN(InstanceNorm(DilatedConv(x') + WindowAttention(x'))), x' = dropout(x).
+
+  [B, T, F] -> [B, T, F]. FFN = Dense, ReLU, Dense; Q, K, V are Dense layers of x'. A decoder layer
+  also takes the condition: Q and K see concat[x', cond'] (cond' = dropout(cond)), computed as
+  Dense(x') + Dense_no_bias(cond'), where the second term comes from `project_condition` so it can be
+  computed once and reused for every denoising step.
+  """
+
+  features: int
+  kernel_size: int
+  dilation: int
+  dropout: float
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    def dense(use_bias=True):
+      return nn.Dense(self.features, use_bias=use_bias, dtype=self.dtype)
+
+    self.conv = DilatedConv(self.features, self.kernel_size, self.dilation, dtype=self.dtype)
+    self.query, self.key, self.value = dense(), dense(), dense()
+    self.query_cond, self.key_cond = dense(use_bias=False), dense(use_bias=False)
+    self.ffn_hidden, self.ffn_out = dense(), dense()
+    self.drop = nn.Dropout(self.dropout)
+
+  def project_condition(self, cond: jax.Array, train: bool) -> ConditionProjection:
+    """cond [B, T, Fc] -> this layer's condition terms of Q and K (dropout on cond when train)."""
+    chex.assert_rank(cond, 3)
+    cond = self.drop(cond, deterministic=not train)
+    return ConditionProjection(query=self.query_cond(cond), key=self.key_cond(cond))
+
+  def __call__(
+    self, x: jax.Array, mask: jax.Array, train: bool, cond_proj: ConditionProjection | None = None
+  ) -> jax.Array:
+    """x [B, T, F], mask [B, T] -> [B, T, F]; cond_proj only for decoder layers."""
+    chex.assert_shape(x, (None, None, self.features))
+    chex.assert_shape(mask, x.shape[:2])
+    x_drop = self.drop(x, deterministic=not train)
+    q, k = self.query(x_drop), self.key(x_drop)
+    if cond_proj is not None:
+      chex.assert_equal_shape([q, k, cond_proj.query, cond_proj.key])
+      q, k = q + cond_proj.query, k + cond_proj.key
+    attn = window_attention(q, k, self.value(x_drop), mask, self.kernel_size, self.dilation)
+    h = instance_norm(self.conv(x_drop, mask) + attn, mask)
+    out = self.ffn_out(nn.relu(self.ffn_hidden(h)))
+    return (x + out) * mask[..., None].astype(out.dtype)

@@ -1,0 +1,131 @@
+"""Inference post-processing (METHODS.md §1 "Inference extras"), numpy, DiffAct's order of operations.
+
+With sample rate r, the model sees the r temporal views `features[o::r]`; their probabilities are
+averaged over the frames all views share (`merge_views`), optionally median-filtered, turned into
+labels, brought back to the full frame rate by nearest neighbour (`restore_full_rate`), and
+optionally mode-filtered or purged.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.ndimage
+
+from polyseg.metrics import segments
+
+POSTPROCESS_KINDS = ('none', 'median', 'mode', 'purge')
+
+
+def _check_positive(value, name: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f'{name} must be a positive int, got {value!r}')
+  return int(value)
+
+
+def median_filter_probs(probs: np.ndarray, size: int) -> np.ndarray:
+  """Per-class median filter along time (scipy, mode 'reflect'), renormalised: [T, C] -> [T, C]."""
+  size = _check_positive(size, 'median filter size')
+  smoothed = scipy.ndimage.median_filter(np.asarray(probs), size=(size, 1))
+  return smoothed / smoothed.sum(axis=-1, keepdims=True)
+
+
+def mode_filter(pred: np.ndarray, size: int) -> np.ndarray:
+  """Most frequent label in a centred window of `size` frames (smallest id on ties): [T] -> [T].
+
+  Same as DiffAct's `generic_filter(pred, scipy.stats.mode, size)` (borders mode 'reflect').
+  """
+  size = _check_positive(size, 'mode filter size')
+  pred = np.asarray(pred)
+  left = size // 2
+  padded = np.pad(
+    pred, (left, size - 1 - left), mode='symmetric'
+  )  # numpy 'symmetric' = scipy 'reflect'
+  windows = np.lib.stride_tricks.sliding_window_view(padded, size)  # [T, size]
+  classes, class_index = np.unique(windows, return_inverse=True)
+  votes = np.zeros((pred.size, classes.size), np.int64)
+  np.add.at(votes, (np.arange(pred.size)[:, None], class_index.reshape(windows.shape)), 1)
+  return classes[votes.argmax(axis=1)]
+
+
+def purge(pred: np.ndarray, max_len: int) -> np.ndarray:
+  """Absorbs segments of <= max_len frames into their neighbours: [T] -> [T].
+
+  DiffAct's single pass over the segments of the input: a short first segment takes the next
+  segment's label, a short last one the previous label, a short middle one [start, end) is split at
+  mid = start + duration // 2 into [start, mid) = previous label and [mid, end) = next label.
+  A video of one segment is returned unchanged.
+  """
+  max_len = _check_positive(max_len, 'purge max_len')
+  pred = np.asarray(pred)
+  labels, starts, ends = segments(pred)
+  purged = pred.copy()
+  last = labels.size - 1
+  if last == 0:
+    return purged
+  for i in np.flatnonzero(ends - starts <= max_len):
+    start, end = starts[i], ends[i]
+    mid = {0: start, last: end}.get(
+      i, start + (end - start) // 2
+    )  # first: all next, last: all previous
+    purged[start:mid] = labels[max(i - 1, 0)]
+    purged[mid:end] = labels[min(i + 1, last)]
+  return purged
+
+
+def frame_ticks(full_len: int, sample_rate: int) -> np.ndarray:
+  """Full-rate frame index each merged low-rate frame stands for: arange(r//2, full_len - (r-1)//2, r)."""
+  sample_rate = _check_positive(sample_rate, 'sample_rate')
+  ticks = np.arange(sample_rate // 2, full_len - (sample_rate - 1) // 2, sample_rate)
+  if ticks.size == 0:
+    raise ValueError(f'full_len {full_len} is shorter than sample_rate {sample_rate}')
+  return ticks
+
+
+def merge_views(view_probs: Sequence[np.ndarray]) -> np.ndarray:
+  """Averages the r temporal views over their shared frames: r x [T_o, C] -> [min_o T_o, C].
+
+  View o is `features[o::r]` without padding, T_o = ceil((full_len - o) / r); the shortest has
+  full_len // r frames, one per `frame_ticks(full_len, r)`.
+  """
+  if len(view_probs) == 0:
+    raise ValueError('merge_views: no views')
+  length = min(len(view) for view in view_probs)
+  return np.mean([np.asarray(view)[:length] for view in view_probs], axis=0)
+
+
+def restore_full_rate(pred: np.ndarray, full_len: int, sample_rate: int) -> np.ndarray:
+  """Nearest-neighbour upsampling from the frame ticks to every frame: [T', ...] -> [full_len, ...].
+
+  Same as DiffAct's restore_full_sequence (scipy interp1d kind='nearest' between ticks, so a frame
+  halfway between two ticks takes the earlier one; frames outside the ticks take the edge values).
+  """
+  ticks = frame_ticks(full_len, sample_rate)
+  pred = np.asarray(pred)
+  if pred.shape[0] != ticks.size:
+    raise ValueError(
+      f'pred has {pred.shape[0]} frames, but full_len {full_len} at sample_rate '
+      f'{sample_rate} has {ticks.size} ticks'
+    )
+  nearest = np.searchsorted((ticks[1:] + ticks[:-1]) / 2, np.arange(full_len), side='left')
+  return pred[nearest]
+
+
+def postprocess(
+  probs: np.ndarray, full_len: int, sample_rate: int, kind: str = 'none', value: int | None = None
+) -> np.ndarray:
+  """Merged low-rate probabilities [full_len // r, C] -> full-rate labels [full_len] int32.
+
+  kind: 'none'; 'median' (median_filter_probs of size `value`, before restoring the frame rate);
+  'mode' (mode_filter of size `value`) or 'purge' (purge of segments <= `value` frames), after.
+  """
+  if kind not in POSTPROCESS_KINDS:
+    raise ValueError(f'postprocess kind {kind!r} not in {POSTPROCESS_KINDS}')
+  probs = np.asarray(probs)
+  if kind == 'median':
+    probs = median_filter_probs(probs, value)
+  pred = restore_full_rate(probs.argmax(axis=-1).astype(np.int32), full_len, sample_rate)
+  if kind == 'mode':
+    pred = mode_filter(pred, value)
+  if kind == 'purge':
+    pred = purge(pred, value)
+  return pred

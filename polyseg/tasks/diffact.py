@@ -1,0 +1,236 @@
+"""DiffAct task (METHODS.md §1): single-stream features, one label per frame.
+
+Loss: encoder CE + smoothing, decoder CE + smoothing + boundary, with one diffusion time and one
+condition mask per video. Prediction: encoder once, DDIM sampling (one jitted program: `lax.scan` over
+the sampling steps, `vmap` over the temporal views), views averaged, post-processed, restored to the
+full frame rate. With `config.eval.use_decoder=False` the encoder's own prediction is used (and, when
+all decoder loss weights are 0, the decoder is never run: the "encoder alone" baseline).
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from polyseg import diffusion
+from polyseg import losses
+from polyseg import metrics
+from polyseg import postprocess
+from polyseg import tasks
+from polyseg.data import formats
+from polyseg.data import pipeline
+from polyseg.data import synthetic
+from polyseg.models import asformer
+
+DECODER_TERMS = ('decoder_ce', 'decoder_smooth', 'decoder_boundary')
+
+
+def dataset_root(config: ml_collections.ConfigDict) -> str:
+  """`config.data.root`, or the embedded synthetic dataset (generated on first use)."""
+  if config.data.root:
+    return os.path.expanduser(config.data.root)
+  cache = os.path.expanduser(config.data.cache_dir)
+  return synthetic.ensure_single_stream(cache, **config.data.synthetic.to_dict())
+
+
+def load_data(config: ml_collections.ConfigDict) -> tasks.Data:
+  """Reads and validates the train and test splits (MS-TCN layout)."""
+  root = dataset_root(config)
+  classes = tuple(config.data.classes) if config.data.classes else None
+  train = formats.read_single_stream(
+    root, 'train', config.data.split, classes=classes, input_dim=config.data.input_dim
+  )
+  test = formats.read_single_stream(
+    root, 'test', config.data.split, classes=train.classes, input_dim=train.input_dim
+  )
+  background = tuple(train.classes.index(n) for n in config.data.background if n in train.classes)
+  info = tasks.DataInfo(tuple(train.classes), train.input_dim, background)
+  return tasks.Data(info, train.videos, test.videos)
+
+
+class Task:
+  """DiffAct: see the module docstring and `polyseg.tasks` for the interface."""
+
+  rows = ('DiffAct',)
+
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    info: tasks.DataInfo,
+    train_videos: list[formats.Video] | None = None,
+  ):
+    self.config = config
+    self.classes = list(info.classes)
+    self.background = info.background
+    self.input_dim = info.input_dim
+    self.num_classes = len(self.classes)
+    self.model = asformer.DiffActModel(
+      encoder=asformer.Encoder(num_classes=self.num_classes, **config.model.encoder.to_dict()),
+      decoder=asformer.Decoder(num_classes=self.num_classes, **config.model.decoder.to_dict()),
+    )
+    self.schedule = diffusion.cosine_schedule(config.diffusion.num_steps)
+    self.condition_types = tuple(config.diffusion.condition_types)
+    diffusion.parse_condition_types(self.condition_types)
+    self.train_decoder = any(config.loss[k] > 0 for k in DECODER_TERMS)
+    self.class_weights = None
+    if train_videos is not None and config.loss.class_weighting:
+      self.class_weights = jnp.asarray(pipeline.class_weights(train_videos, self.num_classes))
+    self._sample = jax.jit(self._sample_views)
+    self._encode = jax.jit(self._encode_views)
+
+  # -- data ---------------------------------------------------------------------------------
+
+  def train_loader(self, videos: list[formats.Video]) -> pipeline.TrainLoader:
+    d, t = self.config.data, self.config.train
+    return pipeline.TrainLoader(
+      videos,
+      batch_size=t.batch_size,
+      sample_rate=d.sample_rate,
+      boundary_sigma=d.boundary_sigma,
+      seed=self.config.seed,
+      max_len=d.max_train_len,
+    )
+
+  def example_batch(self) -> dict[str, np.ndarray]:
+    t = 8
+    return {
+      'features': np.zeros((1, t, self.input_dim), np.float32),
+      'labels': np.zeros((1, t), np.int32),
+      'boundary': np.zeros((1, t), np.float32),
+      'mask': np.ones((1, t), np.float32),
+    }
+
+  # -- model --------------------------------------------------------------------------------
+
+  def init(self, rng: jax.Array, batch: dict[str, np.ndarray]):
+    b, t = batch['labels'].shape
+    return self.model.init(
+      {'params': rng, 'dropout': rng},
+      batch['features'],
+      jnp.zeros((b, t, self.num_classes)),
+      jnp.zeros((b,), jnp.int32),
+      batch['mask'],
+      train=False,
+    )
+
+  def _classification_loss(self, logits, labels, mask):
+    """Soft-label CE (sigma = config.loss.soft_label) or class-weighted CE.  logits [B, T, C]."""
+    sigma = self.config.loss.soft_label
+    if sigma:
+      onehot = jax.nn.one_hot(labels, self.num_classes)
+      return losses.soft_cross_entropy(logits, losses.gaussian_smooth(onehot, sigma, mask), mask)
+    return losses.cross_entropy(logits, labels, mask, self.class_weights)
+
+  def loss(self, params, batch, rng):
+    """Weighted DiffAct loss; returns (total, {term: value})."""
+    w = self.config.loss
+    k_enc, k_noise, k_cond, k_proj, k_dec = jax.random.split(rng, 5)
+    feats, labels, mask = batch['features'], batch['labels'], batch['mask']
+    enc_logits, cond = self.model.apply(
+      params, feats, mask, train=True, method=asformer.DiffActModel.encode, rngs={'dropout': k_enc}
+    )
+    terms = {
+      'encoder_ce': self._classification_loss(enc_logits, labels, mask),
+      'encoder_smooth': losses.smoothing_loss(enc_logits, mask),
+    }
+    if self.train_decoder:
+      x01, t = diffusion.noisy_labels(
+        k_noise,
+        jax.nn.one_hot(labels, self.num_classes),
+        self.schedule,
+        self.config.diffusion.snr_scale,
+      )
+      cond = cond * diffusion.condition_mask(
+        k_cond,
+        labels,
+        batch['boundary'],
+        mask,
+        self.condition_types,
+        self.config.diffusion.boundary_threshold,
+      )
+      cond_proj = self.model.apply(
+        params,
+        cond,
+        train=True,
+        rngs={'dropout': k_proj},
+        method=asformer.DiffActModel.project_condition,
+      )
+      dec_logits = self.model.apply(
+        params,
+        x01,
+        t,
+        cond_proj,
+        mask,
+        train=True,
+        method=asformer.DiffActModel.denoise,
+        rngs={'dropout': k_dec},
+      )
+      terms.update(
+        decoder_ce=self._classification_loss(dec_logits, labels, mask),
+        decoder_smooth=losses.smoothing_loss(dec_logits, mask),
+        decoder_boundary=losses.boundary_loss(dec_logits, batch['boundary'], mask),
+      )
+    total = sum(w[k] * v for k, v in terms.items())
+    return total, terms
+
+  # -- prediction ---------------------------------------------------------------------------
+
+  def _encode_views(self, params, features, mask):
+    """Encoder class probabilities of the views.  features [R, T, D], mask [R, T] -> [R, T, C]."""
+    logits, _ = self.model.apply(
+      params, features, mask, train=False, method=asformer.DiffActModel.encode
+    )
+    return jax.nn.softmax(logits, -1) * mask[..., None]
+
+  def _sample_views(self, params, features, mask, rng):
+    """DDIM sampling of every view, one program.  features [R, T, D], mask [R, T] -> [R, T, C]."""
+    d = self.config.diffusion
+
+    def sample_one(view_features, view_mask, key):
+      view_features, view_mask = view_features[None], view_mask[None]
+      _, cond = self.model.apply(
+        params, view_features, view_mask, train=False, method=asformer.DiffActModel.encode
+      )
+      cond_proj = self.model.apply(
+        params, cond, train=False, method=asformer.DiffActModel.project_condition
+      )
+      denoise = lambda x01, t: self.model.apply(
+        params, x01, t, cond_proj, view_mask, train=False, method=asformer.DiffActModel.denoise
+      )
+      probs = diffusion.ddim_sample(
+        denoise,
+        key,
+        (1, view_mask.shape[1], self.num_classes),
+        self.schedule,
+        snr_scale=d.snr_scale,
+        sampling_steps=d.sampling_steps,
+        eta=d.eta,
+      )
+      return probs[0] * view_mask[0, :, None]
+
+    keys = jax.random.split(rng, features.shape[0])
+    return jax.vmap(sample_one)(features, mask, keys)
+
+  def predict_probs(self, params, video: formats.Video, rng: jax.Array) -> np.ndarray:
+    """Averaged class probabilities of the temporal views, [T', C] at the sampled rate."""
+    views = pipeline.temporal_views(video, self.config.data.sample_rate)
+    if self.config.eval.use_decoder:
+      probs = self._sample(params, views['features'], views['mask'], rng)
+    else:
+      probs = self._encode(params, views['features'], views['mask'])
+    probs = np.asarray(probs)
+    lengths = views['mask'].sum(1).astype(int)
+    return postprocess.merge_views([p[:n] for p, n in zip(probs, lengths)])
+
+  def predict(self, params, video: formats.Video, rng: jax.Array) -> dict[str, np.ndarray]:
+    e = self.config.eval
+    probs = self.predict_probs(params, video, rng)
+    pred = postprocess.postprocess(
+      probs, len(video.features), self.config.data.sample_rate, e.postprocess, e.postprocess_value
+    )
+    return {self.rows[0]: pred}
+
+  def new_metrics(self) -> metrics.SegmentationMetrics:
+    return metrics.SegmentationMetrics(background=self.background)

@@ -1,0 +1,346 @@
+"""The engine: train, evaluate and predict for any task, with checkpoints, logging and outputs.
+
+Reads top to bottom: workdir and logging, data and task, optimizer and state, the jitted update step,
+checkpoint restore, the loop (progress bar, log, eval, checkpoint), and the outputs written at the end
+(predictions, metrics table, timelines, curves). Nothing here is method-specific: a task (see
+`polyseg.tasks`) supplies the data, the model, the loss and the per-video prediction.
+"""
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from polyseg import checkpoint as checkpoint_lib
+from polyseg import report
+from polyseg import tasks
+from polyseg.data import formats
+
+
+class NonFiniteError(FloatingPointError):
+  """A loss term or the gradient became NaN/Inf; names the step and the term."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Workdir.
+
+
+def prepare_workdir(workdir: str) -> str:
+  """Creates `workdir` and checks it is writable, before any data is read or step is run."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise OSError(f'workdir {workdir} is not writable: {e}') from e
+  return workdir
+
+
+def write_json(path: str, obj: Any) -> None:
+  formats.write_atomic(path, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+def read_data_info(path: str) -> tasks.DataInfo:
+  with open(path) as f:
+    return tasks.DataInfo(**json.load(f))
+
+
+def is_main_process() -> bool:
+  return jax.process_index() == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer and state.
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam with torch-style L2 weight decay (added to the gradient), optional accumulation."""
+  tx = optax.chain(
+    optax.add_decayed_weights(config.optim.weight_decay), optax.adam(config.optim.learning_rate)
+  )
+  if config.optim.grad_accum_steps > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=config.optim.grad_accum_steps)
+  return tx
+
+
+def init_state(task, tx, rng: jax.Array) -> dict[str, Any]:
+  """The train state: {'step': int32 [], 'params', 'opt_state'} (every leaf a jax.Array)."""
+  params = jax.jit(task.init)(rng, task.example_batch())
+  return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+
+
+def make_train_step(task, tx, base_rng: jax.Array):
+  """One jitted program: rng = fold_in(base, step), loss + grads, update; state is donated.
+
+  A non-finite loss or gradient leaves params and optimizer state unchanged and is reported in the
+  returned metrics (`finite` = 0), so the host can stop at the next log interval naming the step.
+  """
+
+  def step_fn(state, batch):
+    rng = jax.random.fold_in(base_rng, state['step'])
+    (loss, terms), grads = jax.value_and_grad(task.loss, has_aux=True)(state['params'], batch, rng)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    keep_old = lambda new, old: jnp.where(finite, new, old)
+    new_state = {
+      'step': state['step'] + 1,
+      'params': jax.tree.map(keep_old, params, state['params']),
+      'opt_state': jax.tree.map(keep_old, opt_state, state['opt_state']),
+    }
+    metrics = {
+      'loss': loss,
+      **terms,
+      'grad_norm': grad_norm,
+      'param_norm': optax.tree.norm(state['params']),
+      'finite': finite,
+    }
+    return new_state, metrics
+
+  return jax.jit(step_fn, donate_argnums=(0,))
+
+
+def check_finite(first_step: int, history: list[dict[str, np.ndarray]]) -> None:
+  """Raises NonFiniteError for the first step in `history` whose loss or gradient is not finite."""
+  for offset, metrics in enumerate(history):
+    if not metrics['finite']:
+      bad = [k for k, v in metrics.items() if k != 'finite' and not np.isfinite(v)]
+      raise NonFiniteError(
+        f'non-finite values at step {first_step + offset}: {", ".join(bad)} '
+        f'({", ".join(f"{k}={metrics[k]}" for k in bad)}); params were not updated at that step '
+        'and the latest checkpoint is the last good one'
+      )
+
+
+def mean_metrics(history: list[dict[str, np.ndarray]]) -> dict[str, float]:
+  return {
+    f'train/{k}': float(np.mean([m[k] for m in history])) for k in history[0] if k != 'finite'
+  }
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation and outputs.
+
+
+def run_predictions(
+  task, params, videos: list[formats.Video], rng: jax.Array, desc: str
+) -> dict[str, dict[str, np.ndarray]]:
+  """{video name: {row name: per-frame class ids [T]}} for every video, with a progress bar."""
+  predictions = {}
+  for index, video in enumerate(
+    tqdm.tqdm(videos, desc=desc, unit='video', leave=False, disable=not is_main_process())
+  ):
+    predictions[video.name] = task.predict(params, video, jax.random.fold_in(rng, index))
+  return predictions
+
+
+def score(
+  task, videos: list[formats.Video], predictions: dict[str, dict[str, np.ndarray]]
+) -> dict[str, dict[str, float]]:
+  """{row name: {metric: value}} over the videos that carry labels."""
+  per_row = {}
+  for video in videos:
+    for row, pred in predictions[video.name].items():
+      per_row.setdefault(row, task.new_metrics()).add(pred, video.labels)
+  return {row: m.result() for row, m in per_row.items()}
+
+
+def write_outputs(
+  task,
+  outdir: str,
+  videos: list[formats.Video],
+  predictions: dict[str, dict[str, np.ndarray]],
+  num_timelines: int,
+) -> None:
+  """Per-video predictions in the ground-truth text format and PNG timelines for a few videos."""
+  pred_dir = os.path.join(outdir, 'predictions')
+  os.makedirs(pred_dir, exist_ok=True)
+  for video in videos:
+    rows = predictions[video.name]
+    for row, pred in rows.items():
+      suffix = '' if len(rows) == 1 else f'.{row}'
+      formats.write_labels(
+        os.path.join(pred_dir, f'{video.name}{suffix}.txt'), [task.classes[i] for i in pred]
+      )
+  plot_dir = os.path.join(outdir, 'timelines')
+  os.makedirs(plot_dir, exist_ok=True)
+  for video in videos[:num_timelines]:
+    rows = {} if video.labels is None else {'ground truth': video.labels}
+    rows.update(predictions[video.name])
+    report.plot_timelines(
+      os.path.join(plot_dir, f'{video.name}.png'),
+      [(video.name, rows)],
+      task.classes,
+      background=task.background,
+    )
+
+
+def evaluate_and_write(
+  task, params, videos, config, outdir: str, step: int, writer: report.MetricWriter | None = None
+) -> dict[str, dict[str, float]]:
+  """Predicts `videos`, scores them, writes predictions/timelines/results; returns the results."""
+  rng = jax.random.PRNGKey(config.eval.seed)
+  predictions = run_predictions(task, params, videos, rng, desc=f'eval @ {step}')
+  results = score(task, videos, predictions)
+  if is_main_process():
+    write_outputs(task, outdir, videos, predictions, config.eval.num_timelines)
+    write_json(os.path.join(outdir, 'results.json'), {'step': step, 'results': results})
+    table = report.format_table(results)
+    formats.write_atomic(os.path.join(outdir, 'results.txt'), f'step {step}\n{table}\n'.encode())
+    print(f'\nTest results at step {step} ({len(videos)} videos):\n{table}\n', flush=True)
+    if writer is not None:
+      main_row = results[task.rows[0]]
+      writer.write(step, {f'eval/{k}': v for k, v in main_row.items()})
+  return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points.
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str, with_data: bool = True):
+  """Workdir check, data (validated before anything runs), task. Returns (workdir, data, task)."""
+  workdir = prepare_workdir(workdir)
+  task_module = tasks.get(config.task)
+  info_path = os.path.join(workdir, 'data.json')
+  if with_data:
+    data = task_module.load_data(config)
+    if os.path.exists(info_path):
+      saved = read_data_info(info_path)
+      if saved != data.info:
+        raise ValueError(
+          f'{workdir} holds a run on different data ({info_path}: {saved}); '
+          f'this config reads {data.info}. Use another --workdir.'
+        )
+    elif is_main_process():
+      write_json(info_path, dataclasses.asdict(data.info))
+    info = data.info
+  else:
+    if not os.path.exists(info_path):
+      raise FileNotFoundError(f'{info_path} not found: --mode=predict needs a trained workdir')
+    data, info = None, read_data_info(info_path)
+  task = task_module.Task(config, info, train_videos=data.train if data else None)
+  return workdir, data, task
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
+  """Trains `config.task` (resuming from the latest checkpoint in `workdir`), then evaluates."""
+  workdir, data, task = setup(config, workdir)
+  if is_main_process():
+    write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
+  writer = report.MetricWriter(workdir, enabled=is_main_process())
+
+  loader = task.train_loader(data.train)
+  tx = make_optimizer(config)
+  base_rng = jax.random.PRNGKey(config.seed)
+  init_rng, step_rng = jax.random.split(base_rng)
+  state = init_state(task, tx, init_rng)
+  if is_main_process():
+    print(
+      f'{config.task}: {tasks.count_params(state["params"]):,} parameters, '
+      f'{len(data.train)} training videos, {len(data.test)} test videos',
+      flush=True,
+    )
+
+  ckpt = checkpoint_lib.Checkpointer(
+    workdir, keep=config.train.keep_checkpoints, best_metric=config.train.best_metric
+  )
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(state)
+    print(f'Resumed from {ckpt.directory} at step {int(state["step"])}', flush=True)
+  step = int(state['step'])
+  train_step = make_train_step(task, tx, step_rng)
+
+  num_steps = config.train.num_steps
+  history, history_start, t0 = [], step, time.time()
+  results = None
+  with tqdm.tqdm(
+    total=num_steps, initial=step, desc='train', unit='step', disable=not is_main_process()
+  ) as bar:
+    while step < num_steps:
+      state, metrics = train_step(state, loader.batch(step))
+      history.append(metrics)
+      step += 1
+      bar.update(1)
+      if step % config.train.log_every == 0 or step == num_steps:
+        history = jax.device_get(history)
+        check_finite(history_start + 1, history)
+        summary = mean_metrics(history)
+        summary['train/steps_per_sec'] = len(history) / (time.time() - t0)
+        writer.write(step, summary)
+        bar.set_postfix(loss=f'{summary["train/loss"]:.4f}')
+        history, history_start, t0 = [], step, time.time()
+      if step % config.train.eval_every == 0 or step == num_steps:
+        results = evaluate_and_write(
+          task, state['params'], data.test, config, os.path.join(workdir, 'eval'), step, writer
+        )
+        ckpt.save(step, state, metrics=results[task.rows[0]])
+        t0 = time.time()  # steps/s measures training only
+      elif step % config.train.checkpoint_every == 0:
+        ckpt.save(step, state)
+  if results is None:  # resumed a finished run: evaluate the final checkpoint again
+    results = evaluate_and_write(
+      task, state['params'], data.test, config, os.path.join(workdir, 'eval'), step, writer
+    )
+  writer.close()
+  ckpt.close()
+  if is_main_process():
+    report.plot_curves(os.path.join(workdir, 'metrics.jsonl'), os.path.join(workdir, 'curves.png'))
+  return results
+
+
+def restore_params(task, config, workdir: str, which: str = 'latest'):
+  """Restores the params of the latest (or best) checkpoint; returns (step, params)."""
+  tx = make_optimizer(config)
+  abstract = jax.eval_shape(lambda: init_state(task, tx, jax.random.PRNGKey(0)))
+  ckpt = checkpoint_lib.Checkpointer(
+    workdir, keep=config.train.keep_checkpoints, best_metric=config.train.best_metric
+  )
+  step = ckpt.best_step() if which == 'best' else ckpt.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {ckpt.directory}: train first (--mode=train)')
+  state = ckpt.restore(abstract, step)
+  ckpt.close()
+  return step, state['params']
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = 'latest'):
+  """Evaluates the latest (or best) checkpoint of `workdir` on the test split."""
+  workdir, data, task = setup(config, workdir)
+  step, params = restore_params(task, config, workdir, which)
+  return evaluate_and_write(
+    task, params, data.test, config, os.path.join(workdir, f'eval_{which}'), step
+  )
+
+
+def predict(config: ml_collections.ConfigDict, workdir: str, which: str = 'latest') -> str:
+  """Runs the checkpoint on every `<vid>.npy` of `config.predict.features`; returns the output dir."""
+  if not config.predict.features:
+    raise ValueError('--mode=predict needs --config.predict.features=DIR (a folder of <vid>.npy)')
+  workdir, _, task = setup(config, workdir, with_data=False)
+  videos = [
+    formats.Video(name, features, None)
+    for name, features in formats.read_feature_folder(
+      config.predict.features, input_dim=task.input_dim
+    )
+  ]
+  step, params = restore_params(task, config, workdir, which)
+  outdir = config.predict.output or os.path.join(workdir, 'predict')
+  predictions = run_predictions(
+    task, params, videos, jax.random.PRNGKey(config.eval.seed), desc='predict'
+  )
+  write_outputs(task, outdir, videos, predictions, config.eval.num_timelines)
+  print(f'Wrote predictions of {len(videos)} videos (checkpoint step {step}) to {outdir}')
+  return outdir

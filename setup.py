@@ -1,0 +1,29 @@
+"""polyseg: diffusion-based temporal action segmentation in JAX/Flax."""
+
+import setuptools
+
+setuptools.setup(
+  name="polyseg",
+  version="0.1.0",
+  description="Diffusion-based temporal action segmentation (DiffAct family) in JAX/Flax.",
+  packages=setuptools.find_packages(include=["polyseg", "polyseg.*"]),
+  python_requires=">=3.11",
+  install_requires=[
+    "jax>=0.10.2",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.8",
+    "numpy>=2.0",
+    "scipy>=1.13",
+    "ml-collections>=1.1.0",
+    "chex>=0.1.90",
+    "absl-py>=2.1",
+    "tensorflow-datasets>=4.9.7",
+    "tqdm>=4.66",
+    "matplotlib>=3.9",
+    "tensorboardX>=2.6.2",
+  ],
+  extras_require={
+    "dev": ["pytest>=8.0", "pytest-xdist>=3.6"],
+  },
+)

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny configs and a tiny synthetic dataset cache for end-to-end tests."""
+
+import os
+import pathlib
+import tempfile
+
+# Before jax is imported: CPU only, and a persistent compilation cache shared by the test processes
+# (and the CLI subprocesses they start), so identical programs compile once per suite run.
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault(
+  'JAX_COMPILATION_CACHE_DIR', os.path.join(tempfile.gettempdir(), 'polyseg-test-jax-cache')
+)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from polyseg.main import load_config  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='session')
+def cache_dir(tmp_path_factory) -> str:
+  """One synthetic-data cache per test session (generated on first use)."""
+  return str(tmp_path_factory.mktemp('polyseg-cache'))
+
+
+@pytest.fixture
+def tiny_config(cache_dir):
+  """configs/diffact.py:runlocal=True pointed at the session's cache."""
+  config = load_config('diffact', 'runlocal=True')
+  config.data.cache_dir = cache_dir
+  return config
+
+
+@pytest.fixture(scope='module')
+def fast_compile():
+  """For modules of tiny models: XLA's optimisation passes cost more compile time than they save."""
+  previous = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', previous)

@@ -1,0 +1,297 @@
+"""Tests for polyseg.models.asformer: parameter counts, masks, hoisting, dropout, memory."""
+
+import functools
+import math
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from polyseg.models import asformer, layers
+
+D, C = 6, 4
+LENGTHS = (11, 17)
+PADDED_T = 24
+
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+
+def tiny_encoder(**overrides) -> asformer.Encoder:
+  fields = dict(
+    num_layers=2,
+    num_f_maps=8,
+    kernel_size=3,
+    num_classes=C,
+    dropout=0.5,
+    channel_dropout=0.5,
+    temporal_dropout=0.5,
+    feature_layer_indices=(-2, 1, -1, 0),
+  )
+  return asformer.Encoder(**(fields | overrides))
+
+
+def tiny_decoder(**overrides) -> asformer.Decoder:
+  fields = dict(
+    num_layers=2, num_f_maps=8, kernel_size=3, num_classes=C, dropout=0.5, time_emb_dim=16
+  )
+  return asformer.Decoder(**(fields | overrides))
+
+
+def tiny_model(**encoder_overrides) -> asformer.DiffActModel:
+  return asformer.DiffActModel(encoder=tiny_encoder(**encoder_overrides), decoder=tiny_decoder())
+
+
+def padded_inputs(seed: int = 0):
+  """features [2, T, D] (zero on padding), x01 [2, T, C], t [2], mask [2, T] for videos of LENGTHS."""
+  rng = np.random.default_rng(seed)
+  mask = (np.arange(PADDED_T)[None, :] < np.array(LENGTHS)[:, None]).astype(np.float32)
+  x = rng.normal(size=(2, PADDED_T, D)).astype(np.float32) * mask[..., None]
+  x01 = rng.uniform(size=(2, PADDED_T, C)).astype(np.float32) * mask[..., None]
+  return jnp.asarray(x), jnp.asarray(x01), jnp.array([3, 871]), jnp.asarray(mask)
+
+
+@functools.lru_cache
+def tiny_params():
+  """Random normal params (biases included) of tiny_model's shapes; eval_shape avoids compiling init."""
+  x, x01, t, mask = padded_inputs()
+  shapes = jax.eval_shape(
+    functools.partial(tiny_model().init, train=False), jax.random.key(0), x, x01, t, mask
+  )
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), jnp.float32), shapes)
+
+
+@pytest.mark.parametrize(
+  "encoder_fields,decoder_fields,want",
+  [
+    (
+      dict(num_layers=10, num_f_maps=64, num_classes=11, feature_layer_indices=(5, 7, 9)),
+      dict(num_layers=8, num_f_maps=24, num_classes=11),
+      1_204_438,
+    ),
+    (
+      dict(num_layers=12, num_f_maps=256, num_classes=48, feature_layer_indices=(7, 8, 9)),
+      dict(num_layers=8, num_f_maps=128, num_classes=48),
+      11_912_800,
+    ),
+  ],
+  ids=["gtea", "breakfast"],
+)
+def test_parameter_count_matches_diffact(encoder_fields, decoder_fields, want):
+  model = asformer.DiffActModel(
+    encoder=asformer.Encoder(
+      kernel_size=5, dropout=0.5, channel_dropout=0.5, temporal_dropout=0.5, **encoder_fields
+    ),
+    decoder=asformer.Decoder(kernel_size=5, dropout=0.1, time_emb_dim=512, **decoder_fields),
+  )
+  num_classes, num_frames = encoder_fields["num_classes"], 16
+  shapes = jax.eval_shape(
+    functools.partial(model.init, train=False),
+    jax.random.key(0),
+    jnp.zeros((1, num_frames, 2048)),
+    jnp.zeros((1, num_frames, num_classes)),
+    jnp.zeros((1,), jnp.int32),
+    jnp.ones((1, num_frames)),
+  )
+  assert layers.count_params(shapes) == want
+
+
+@functools.lru_cache
+def jitted_apply(method, train):
+  return jax.jit(functools.partial(tiny_model().apply, method=method, train=train))
+
+
+def apply(method, *args, train=False, rng=None):
+  """tiny_model().apply(tiny_params(), *args, method=method), jitted once per (method, train)."""
+  return jitted_apply(method, train)(
+    tiny_params(), *args, rngs=None if rng is None else {"dropout": rng}
+  )
+
+
+def all_eqns(jaxpr):
+  """Every equation of a jaxpr, including those of nested jaxprs (jit, custom_jvp, ...)."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      yield from all_eqns(sub)
+
+
+def check_matches_each_video_alone(batch_output, single_output_fn):
+  """batch_output [2, T, ...] must equal single_output_fn(b, length) on valid frames, and be 0 after."""
+  for b, length in enumerate(LENGTHS):
+    alone = single_output_fn(b, length)
+    np.testing.assert_allclose(batch_output[b, :length], alone[0], atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(batch_output[b, length:], 0.0)
+
+
+def test_encoder_padded_batch_equals_each_video_alone():
+  x, _, _, mask = padded_inputs()
+  logits, cond = apply(asformer.DiffActModel.encode, x, mask)
+  assert logits.shape == (2, PADDED_T, C) and cond.shape == (2, PADDED_T, D + 8 + 8 + C)
+  alone = [
+    apply(asformer.DiffActModel.encode, x[b : b + 1, :n], mask[b : b + 1, :n])
+    for b, n in enumerate(LENGTHS)
+  ]
+  for output_index, batch_output in enumerate((logits, cond)):
+    check_matches_each_video_alone(batch_output, lambda b, n: alone[b][output_index])
+
+
+def test_decoder_padded_batch_equals_each_video_alone():
+  x, x01, t, mask = padded_inputs()
+  _, cond = apply(asformer.DiffActModel.encode, x, mask)
+  cond = cond + 3.0 * (1 - mask[..., None])  # the condition on padded frames must not matter
+  decoder_params = {"params": tiny_params()["params"]["decoder"]}
+  logits = jax.jit(functools.partial(tiny_decoder().apply, train=False))(
+    decoder_params, x01, t, cond, mask
+  )
+
+  def alone(b, n):
+    cond_proj = apply(asformer.DiffActModel.project_condition, cond[b : b + 1, :n])
+    return apply(
+      asformer.DiffActModel.denoise,
+      x01[b : b + 1, :n],
+      t[b : b + 1],
+      cond_proj,
+      mask[b : b + 1, :n],
+    )
+
+  check_matches_each_video_alone(logits, alone)
+
+
+def test_decoder_denoise_with_hoisted_condition_is_exactly_call():
+  x, x01, t, mask = padded_inputs(seed=1)
+  _, cond = apply(asformer.DiffActModel.encode, x, mask)
+  model, params = tiny_model(), tiny_params()
+  decoder_params = {"params": params["params"]["decoder"]}
+  direct = tiny_decoder().apply(decoder_params, x01, t, cond, mask, False)
+  cond_proj = model.apply(params, cond, False, method=asformer.DiffActModel.project_condition)
+  assert len(cond_proj) == 2 and cond_proj[0].query.shape == (2, PADDED_T, 8)
+  hoisted = model.apply(
+    params, x01, t, cond_proj, mask, False, method=asformer.DiffActModel.denoise
+  )
+  np.testing.assert_array_equal(hoisted, direct)
+
+
+def test_hoisted_condition_inside_a_jitted_scan():
+  """The DDIM pattern: project once, then scan denoise over steps with the projection closed over."""
+  x, x01, _, mask = padded_inputs()
+  model, params = tiny_model(), tiny_params()
+
+  @jax.jit
+  def sample(params, x, x01, mask):
+    _, cond = model.apply(params, x, mask, False, method=asformer.DiffActModel.encode)
+    cond_proj = model.apply(params, cond, False, method=asformer.DiffActModel.project_condition)
+
+    def step(x01, t):
+      logits = model.apply(
+        params, x01, jnp.full((2,), t), cond_proj, mask, False, method=asformer.DiffActModel.denoise
+      )
+      return jax.nn.softmax(logits) * mask[..., None], None
+
+    return jax.lax.scan(step, x01, jnp.array([999, 500, 0]))[0]
+
+  out = sample(params, x, x01, mask)
+  want = x01
+  for t in (999, 500, 0):
+    logits = model.apply(params, x, want, jnp.full((2,), t), mask, False)[1]
+    want = jax.nn.softmax(logits) * mask[..., None]
+  np.testing.assert_allclose(out, want, atol=1e-5)
+
+
+def test_encode_vmaps_over_temporal_views():
+  x, _, _, mask = padded_inputs()
+  encode = functools.partial(tiny_model().apply, method=asformer.DiffActModel.encode, train=False)
+  per_view = jax.jit(jax.vmap(encode, in_axes=(None, 0, 0)))(
+    tiny_params(), x[:, None], mask[:, None]
+  )
+  batched = apply(asformer.DiffActModel.encode, x, mask)
+  for got, want in zip(per_view, batched):
+    np.testing.assert_allclose(got[:, 0], want, atol=1e-5)
+
+
+def test_condition_is_raw_input_then_layer_outputs_then_softmax():
+  x, _, _, mask = padded_inputs()
+  model = tiny_model()
+  (logits, cond), state = model.apply(
+    tiny_params(),
+    x,
+    mask,
+    True,
+    method=asformer.DiffActModel.encode,
+    rngs={"dropout": jax.random.key(3)},
+    capture_intermediates=True,
+  )
+  layer_outputs = state["intermediates"]["encoder"]
+  want = jnp.concatenate(
+    [
+      x,
+      layer_outputs["layers_0"]["__call__"][0],
+      layer_outputs["layers_1"]["__call__"][0],
+      jax.nn.softmax(logits) * mask[..., None],
+    ],
+    axis=-1,
+  )
+  np.testing.assert_array_equal(cond, want)  # raw input taken before the input dropout
+
+
+def test_encoder_dropout_is_random_in_training_and_off_at_eval():
+  x, _, _, mask = padded_inputs()
+  train_a = apply(asformer.DiffActModel.encode, x, mask, train=True, rng=jax.random.key(1))[0]
+  train_b = apply(asformer.DiffActModel.encode, x, mask, train=True, rng=jax.random.key(2))[0]
+  eval_a = apply(asformer.DiffActModel.encode, x, mask)[0]
+  eval_b = apply(asformer.DiffActModel.encode, x, mask)[0]
+  assert not np.allclose(train_a, train_b)
+  np.testing.assert_array_equal(eval_a, eval_b)
+  np.testing.assert_array_equal(train_a * (1 - mask[..., None]), 0.0)
+
+
+def test_every_parameter_gets_a_gradient():
+  x, x01, t, mask = padded_inputs()
+  model = tiny_model()
+
+  def loss(params):
+    encoder_logits, decoder_logits = model.apply(
+      params, x, x01, t, mask, True, rngs={"dropout": jax.random.key(4)}
+    )
+    return jnp.sum(encoder_logits**2) + jnp.sum(decoder_logits**2)
+
+  grads = jax.jit(jax.grad(loss))(tiny_params())
+  for path, grad in jax.tree_util.tree_leaves_with_path(grads):
+    assert np.all(np.isfinite(grad)) and np.any(grad != 0), jax.tree_util.keystr(path)
+
+
+def test_bfloat16_compute_is_close_to_float32():
+  x, _, _, mask = padded_inputs()
+  params = {"params": tiny_params()["params"]["encoder"]}
+  logits32, _ = tiny_encoder().apply(params, x, mask, False)
+  encoder16 = tiny_encoder(dtype=jnp.bfloat16)
+  logits16, _ = encoder16.apply(params, x, mask, False)
+  jaxpr = jax.make_jaxpr(functools.partial(encoder16.apply, train=False))(params, x, mask)
+  contractions = [
+    e for e in all_eqns(jaxpr.jaxpr) if e.primitive.name in ("dot_general", "conv_general_dilated")
+  ]
+  assert contractions and all(v.aval.dtype == jnp.bfloat16 for e in contractions for v in e.invars)
+  np.testing.assert_allclose(logits16, logits32, atol=0.1 * float(jnp.abs(logits32).max()))
+
+
+def test_memory_is_linear_in_t():
+  num_frames = 97  # no other dimension equals it
+  x = jnp.ones((2, num_frames, D))
+  x01, t, mask = jnp.ones((2, num_frames, C)), jnp.zeros((2,), jnp.int32), jnp.ones((2, num_frames))
+  jaxpr = jax.make_jaxpr(functools.partial(tiny_model().apply, train=False))(
+    tiny_params(), x, x01, t, mask
+  )
+  all_shapes = [v.aval.shape for eqn in all_eqns(jaxpr.jaxpr) for v in eqn.outvars]
+  assert all(s.count(num_frames) <= 1 for s in all_shapes)
+  assert max(math.prod(s) for s in all_shapes) <= 2 * num_frames * 32
+
+
+def test_invalid_configurations_raise():
+  x, _, _, mask = padded_inputs()
+  with pytest.raises(ValueError, match="feature_layer_indices"):
+    tiny_encoder(feature_layer_indices=(2,)).init(jax.random.key(0), x, mask, False)
+  with pytest.raises(ValueError, match="num_classes"):
+    asformer.DiffActModel(encoder=tiny_encoder(), decoder=tiny_decoder(num_classes=C + 1))

@@ -1,0 +1,213 @@
+"""Tests for polyseg.models.layers against plain numpy / scipy references."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from polyseg.models import layers
+
+LENGTHS = (11, 17)  # two videos of a padded batch
+PADDED_T = 24
+
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+
+def padded_batch(rng: np.random.Generator, dim: int, lengths=LENGTHS, num_frames=PADDED_T):
+  """Random [B, T, dim] features, zero after each length, and the matching [B, T] mask."""
+  mask = (np.arange(num_frames)[None, :] < np.array(lengths)[:, None]).astype(np.float32)
+  x = rng.normal(size=(len(lengths), num_frames, dim)).astype(np.float32) * mask[..., None]
+  return x, mask
+
+
+def np_instance_norm(x):
+  """[T, F] -> [T, F], biased variance, eps 1e-5 (torch InstanceNorm1d)."""
+  return (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5)
+
+
+def np_dilated_conv(x, kernel, bias, dilation):
+  """x [T, Fin], kernel [k, Fin, Fout] -> [T, Fout], zero 'same' padding, via scipy correlate1d."""
+  k, f_in, f_out = kernel.shape
+  out = np.tile(np.asarray(bias, np.float64), (x.shape[0], 1))
+  for i in range(f_in):
+    for o in range(f_out):
+      weights = np.zeros((k - 1) * dilation + 1)
+      weights[::dilation] = kernel[:, i, o]
+      out[:, o] += ndimage.correlate1d(x[:, i].astype(np.float64), weights, mode="constant")
+  return out
+
+
+def np_dense_window_attention(q, k, v, kernel_size, dilation):
+  """One unpadded video [T, F]: full T x T attention with a band mask of the k dilated positions."""
+  num_frames = q.shape[0]
+  offsets = np.arange(num_frames)[None, :] - np.arange(num_frames)[:, None]
+  allowed = (offsets % dilation == 0) & (np.abs(offsets) <= (kernel_size // 2) * dilation)
+  scores = np.where(allowed, q @ k.T / math.sqrt(q.shape[1]), -np.inf)
+  weights = np.exp(scores - scores.max(1, keepdims=True))
+  return (weights / weights.sum(1, keepdims=True)) @ v
+
+
+def test_timestep_embedding_hand_values():
+  # dim 6: half 3, frequencies exp(-log(1e4) * [0, 1, 2] / 2) = [1, 1e-2, 1e-4].
+  got = layers.timestep_embedding(jnp.array([0, 3]), 6)
+  want = np.array(
+    [
+      [0, 0, 0, 1, 1, 1],
+      [math.sin(3), math.sin(0.03), math.sin(3e-4), math.cos(3), math.cos(0.03), math.cos(3e-4)],
+    ]
+  )
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  odd = layers.timestep_embedding(jnp.array([0, 3]), 7)
+  np.testing.assert_allclose(odd[:, :6], want, atol=1e-6)
+  np.testing.assert_array_equal(odd[:, 6], 0.0)
+  with pytest.raises(ValueError, match="dim >= 4"):
+    layers.timestep_embedding(jnp.array([1]), 3)
+
+
+def test_instance_norm_matches_numpy_on_valid_frames():
+  x, mask = padded_batch(np.random.default_rng(0), 5)
+  x = x * 3.0 + 2.0 * mask[..., None]  # non-zero mean and non-unit scale on valid frames
+  got = np.asarray(layers.instance_norm(jnp.asarray(x), jnp.asarray(mask)))
+  for b, length in enumerate(LENGTHS):
+    np.testing.assert_allclose(got[b, :length], np_instance_norm(x[b, :length]), atol=1e-5)
+    np.testing.assert_array_equal(got[b, length:], 0.0)
+
+
+def test_instance_norm_empty_video_is_zero_not_nan():
+  got = layers.instance_norm(jnp.ones((1, 4, 3)), jnp.zeros((1, 4)))
+  np.testing.assert_array_equal(got, 0.0)
+
+
+@pytest.mark.parametrize("dilation", [1, 2, 3])
+def test_dilated_conv_matches_scipy_correlate(dilation):
+  x, mask = padded_batch(np.random.default_rng(dilation), 4)
+  x_garbage = x + 5.0 * (1 - mask[..., None])  # padded frames must not leak into valid ones
+  conv = layers.DilatedConv(features=3, kernel_size=5, dilation=dilation)
+  params = conv.init(jax.random.key(0), x, mask)
+  params = jax.tree.map(lambda p: p + 0.1, params)  # non-zero bias
+  got = np.asarray(conv.apply(params, jnp.asarray(x_garbage), jnp.asarray(mask)))
+  p = params["params"]
+  for b, length in enumerate(LENGTHS):
+    want = np_dilated_conv(x[b, :length], np.asarray(p["kernel"]), p["bias"], dilation)
+    np.testing.assert_allclose(got[b, :length], want, atol=1e-5)
+    np.testing.assert_array_equal(got[b, length:], 0.0)
+
+
+def test_even_kernel_is_rejected():
+  with pytest.raises(ValueError, match="kernel_size must be a positive odd"):
+    layers.dilated_windows(jnp.zeros((1, 4, 2)), 4, 1)
+
+
+@pytest.mark.parametrize("kernel_size,dilation", [(3, 1), (5, 1), (5, 2), (3, 4), (5, 3), (5, 8)])
+def test_window_attention_equals_dense_band_attention(kernel_size, dilation):
+  rng = np.random.default_rng(kernel_size * 10 + dilation)
+  (q, mask), (k, _), (v, _) = [padded_batch(rng, 6) for _ in range(3)]
+  got = np.asarray(
+    layers.window_attention(
+      jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(mask), kernel_size, dilation
+    )
+  )
+  for b, length in enumerate(LENGTHS):
+    want = np_dense_window_attention(
+      q[b, :length], k[b, :length], v[b, :length], kernel_size, dilation
+    )
+    np.testing.assert_allclose(got[b, :length], want, atol=1e-5)
+    np.testing.assert_array_equal(got[b, length:], 0.0)
+
+
+def test_window_attention_all_keys_masked_gives_zero():
+  ones = jnp.ones((1, 5, 2))
+  got = layers.window_attention(ones, ones, ones, jnp.zeros((1, 5)), 3, 1)
+  np.testing.assert_array_equal(got, 0.0)
+
+
+def test_window_attention_memory_is_linear_in_t():
+  num_frames = 97  # no other dimension equals it
+  q = jnp.ones((2, num_frames, 8))
+  jaxpr = jax.make_jaxpr(layers.window_attention, static_argnums=(4, 5))(
+    q, q, q, jnp.ones((2, num_frames)), 5, 4
+  )
+  shapes = [v.aval.shape for eqn in jaxpr.eqns for v in eqn.outvars]
+  assert shapes and all(s.count(num_frames) <= 1 for s in shapes)
+  assert max(math.prod(s) for s in shapes) <= 2 * num_frames * 5 * 8
+
+
+@pytest.mark.parametrize(
+  "make_dropout,shared_axis", [(layers.channel_dropout, 1), (layers.temporal_dropout, 2)]
+)
+def test_structured_dropout_drops_whole_channels_or_frames(make_dropout, shared_axis):
+  x = jnp.ones((3, 40, 30))
+  dropout = make_dropout(0.5)
+  y = np.asarray(dropout.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)}))
+  assert set(np.unique(y)) == {0.0, 2.0}  # kept entries rescaled by 1 / (1 - p)
+  np.testing.assert_array_equal(
+    y, np.take(y, [0], axis=shared_axis).repeat(y.shape[shared_axis], shared_axis)
+  )
+  assert 0.3 < (y == 0).mean() < 0.7
+  np.testing.assert_array_equal(dropout.apply({}, x, deterministic=True), x)
+
+
+def np_layer(p, x, kernel_size, dilation, cond=None):
+  """Reference ConvAttentionLayer on one unpadded video; Q and K use one Dense over concat[x, cond]."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+
+  def dense(name, inputs):
+    return inputs @ p[name]["kernel"] + p[name]["bias"]
+
+  qk_input = x if cond is None else np.concatenate([x, cond], axis=1)
+
+  def qk_dense(name):
+    kernel = (
+      p[name]["kernel"]
+      if cond is None
+      else np.concatenate([p[name]["kernel"], p[name + "_cond"]["kernel"]], axis=0)
+    )
+    return qk_input @ kernel + p[name]["bias"]
+
+  attn = np_dense_window_attention(
+    qk_dense("query"), qk_dense("key"), dense("value", x), kernel_size, dilation
+  )
+  conv = np_dilated_conv(x, p["conv"]["kernel"], p["conv"]["bias"], dilation)
+  hidden = np.maximum(dense("ffn_hidden", np_instance_norm(conv + attn)), 0.0)
+  return x + dense("ffn_out", hidden)
+
+
+def perturbed_init(module, method, *args):
+  """init through `method`, then perturb all params so biases are non-zero."""
+  params = module.init(jax.random.key(0), *args, method=method)
+  noise = jax.random.normal(jax.random.key(1), (len(jax.tree.leaves(params)),))
+  leaves, tree = jax.tree.flatten(params)
+  return jax.tree.unflatten(tree, [leaf + 0.1 * n for leaf, n in zip(leaves, noise)])
+
+
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_conv_attention_layer_matches_reference_and_ignores_padding(conditioned):
+  rng = np.random.default_rng(7)
+  x, mask = padded_batch(rng, 8)
+  cond, _ = padded_batch(rng, 5)
+  layer = layers.ConvAttentionLayer(features=8, kernel_size=3, dilation=2, dropout=0.5)
+
+  def run(module, x, mask, cond):
+    cond_proj = module.project_condition(cond, train=False) if conditioned else None
+    return module(x, mask, False, cond_proj)
+
+  params = perturbed_init(layer, run, x, mask, cond)
+  assert ({"query_cond", "key_cond"} <= set(params["params"])) == conditioned
+  if conditioned:
+    assert "bias" not in params["params"]["query_cond"]
+  got = np.asarray(layer.apply(params, x, mask, cond, method=run))
+  for b, length in enumerate(LENGTHS):
+    want = np_layer(
+      params["params"], x[b, :length], 3, 2, cond[b, :length] if conditioned else None
+    )
+    np.testing.assert_allclose(got[b, :length], want, atol=1e-5)
+    np.testing.assert_array_equal(got[b, length:], 0.0)
+
+
+def test_count_params_counts_arrays_and_shape_structs():
+  params = {"a": jnp.zeros((3, 4)), "b": {"c": jax.ShapeDtypeStruct((5,), jnp.float32)}}
+  assert layers.count_params(params) == 17

@@ -1,0 +1,268 @@
+"""Tests for polyseg.data.pipeline: boundary targets, class weights, buckets, loader, test views."""
+
+import numpy as np
+import pytest
+import scipy.ndimage
+
+from polyseg.data import pipeline
+from polyseg.data.formats import Video
+
+DIM = 3
+
+
+def make_video(index: int, length: int, seed: int = 0) -> Video:
+  """Features [T, 3] = (frame index, video index, noise); a few random segments of 4 classes."""
+  rng = np.random.default_rng([seed, index])
+  features = np.stack([np.arange(length), np.full(length, index), rng.standard_normal(length)], 1)
+  cuts = np.sort(rng.choice(np.arange(1, length), size=min(4, length - 1), replace=False))
+  labels = np.repeat(rng.integers(0, 4, size=len(cuts) + 1), np.diff(np.r_[0, cuts, length]))
+  return Video(f'v{index}', features.astype(np.float32), labels.astype(np.int32))
+
+
+VIDEOS = [make_video(i, length) for i, length in enumerate([50, 130, 77, 300, 64, 201, 5])]
+
+
+# ----------------------------------------------------------- boundary target
+
+
+def gaussian_weights(sigma: float) -> np.ndarray:
+  """scipy's truncated (4 sigma) normalised gaussian kernel, by hand: [2r + 1]."""
+  radius = int(4 * sigma + 0.5)
+  weights = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+  return weights / weights.sum()
+
+
+def test_boundary_target_without_smoothing():
+  np.testing.assert_array_equal(
+    pipeline.boundary_target(np.array([0, 0, 0, 1, 1, 2]), None), [0, 0, 1, 1, 1, 1]
+  )
+  np.testing.assert_array_equal(
+    pipeline.boundary_target(np.array([5, 5, 3, 3, 3, 3]), 0), [0, 1, 1, 0, 0, 0]
+  )
+
+
+def test_boundary_target_hand_worked():
+  # One boundary at s = 6 of a 12-frame video: the pair (5, 6) is the isolated pair itself, so the
+  # result is the smoothed pair over its own peak w0 + w1.
+  w = gaussian_weights(1.0)[4:]  # w[k] = weight at distance k
+  labels = np.array([0] * 6 + [1] * 6)
+  target = pipeline.boundary_target(labels, 1.0)
+  peak = w[0] + w[1]
+  expected = [sum(w[abs(t - b)] for b in (5, 6) if abs(t - b) < len(w)) / peak for t in range(12)]
+  assert target.dtype == np.float32
+  np.testing.assert_allclose(target, expected, rtol=1e-6, atol=1e-7)
+  assert target[5] == target[6] == 1.0 and target[4] == pytest.approx((w[1] + w[2]) / peak)
+
+
+def test_boundary_target_close_boundaries_are_clipped():
+  # Starts at 5 and 7: frames 4..7 are 1; frames 5 and 6 get w0 + 2 w1 + w2 > peak -> clipped to 1.
+  w = gaussian_weights(1.0)[4:]
+  labels = np.array([0] * 5 + [1] * 2 + [2] * 5)
+  target = pipeline.boundary_target(labels, 1.0)
+  np.testing.assert_allclose(target[[4, 5, 6, 7]], 1.0)
+  np.testing.assert_allclose(target[3], (w[1] + w[2] + w[3] + w[4]) / (w[0] + w[1]), rtol=1e-6)
+
+
+def diffact_boundary_target(labels, sigma):
+  """DiffAct's get_boundary_seq, transcribed as a plain loop with scipy."""
+  seq = np.zeros(len(labels))
+  for t in range(1, len(labels)):
+    if labels[t] != labels[t - 1]:
+      seq[t] = seq[t - 1] = 1
+  seq = scipy.ndimage.gaussian_filter1d(seq, sigma)
+  pair = np.zeros(len(labels))
+  pair[len(labels) // 2] = pair[len(labels) // 2 - 1] = 1
+  norm = scipy.ndimage.gaussian_filter1d(pair, sigma).max()
+  seq[seq > norm] = norm
+  return seq / seq.max()
+
+
+@pytest.mark.parametrize('sigma', [1.0, 3.0, 20.0])
+def test_boundary_target_matches_scipy_reference(sigma):
+  for video in VIDEOS[:-1]:
+    np.testing.assert_allclose(
+      pipeline.boundary_target(video.labels, sigma),
+      diffact_boundary_target(video.labels, sigma),
+      rtol=1e-6,
+      atol=1e-7,
+    )
+
+
+@pytest.mark.parametrize('length', [1, 2, 9])
+def test_boundary_target_single_segment_is_zero(length):
+  for sigma in (None, 1.0, 20.0):
+    target = pipeline.boundary_target(np.full(length, 3), sigma)
+    assert target.shape == (length,) and target.dtype == np.float32 and not target.any()
+
+
+# ------------------------------------------------------------- class weights
+
+
+def test_class_weights_hand_worked():
+  videos = [
+    Video('a', np.zeros((4, 1)), np.array([0, 0, 0, 1])),
+    Video('b', np.zeros((2, 1)), np.array([1, 2])),
+  ]
+  weights = pipeline.class_weights(videos, 4)  # counts 3, 2, 1, 0; N = 6; C = 4
+  assert weights.dtype == np.float32
+  np.testing.assert_allclose(weights, [6 / 52, 6 / 48, 6 / 44, 6 / 40], rtol=1e-6)
+
+
+# ------------------------------------------------------------------- buckets
+
+
+def test_bucket_length_values():
+  expected = {
+    0: 64,
+    1: 64,
+    64: 64,
+    65: 128,
+    128: 128,
+    129: 192,
+    192: 192,
+    193: 256,
+    257: 384,
+    385: 512,
+    600: 768,
+    800: 1024,
+    1100: 1536,
+    1500: 1536,
+    1537: 2048,
+  }
+  assert {n: pipeline.bucket_length(n) for n in expected} == expected
+  assert pipeline.bucket_length(10, multiple=8) == 16 and pipeline.bucket_length(17, 8) == 24
+
+
+def test_bucket_lengths_are_few_and_waste_at_most_half():
+  lengths = np.arange(1, 50_001)
+  buckets = np.array([pipeline.bucket_length(int(n)) for n in lengths])
+  assert (buckets >= lengths).all() and (buckets % 64 == 0).all()
+  assert (np.diff(buckets) >= 0).all()
+  assert len(np.unique(buckets)) <= 2 * np.log2(50_000 / 64) + 2  # two per octave
+  assert (buckets[lengths > 128] < 1.5 * lengths[lengths > 128]).all()
+
+
+# -------------------------------------------------------------- train loader
+
+
+def make_loader(**kwargs) -> pipeline.TrainLoader:
+  return pipeline.TrainLoader(
+    VIDEOS, **{'batch_size': 3, 'sample_rate': 2, 'boundary_sigma': 1.0, 'seed': 7, **kwargs}
+  )
+
+
+def test_batch_is_a_pure_function_of_seed_and_step():
+  first, second = make_loader(), make_loader()
+  second.batch(11)  # consuming other steps first must not matter
+  for step in (0, 5, 11):
+    a, b = first.batch(step), second.batch(step)
+    assert a.keys() == b.keys() == {'features', 'labels', 'boundary', 'mask'}
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  other_seed = make_loader(seed=8)
+  batches = [first.batch(step) for step in range(6)]
+  for i in range(5):
+    assert not np.array_equal(batches[i]['features'], batches[i + 1]['features'])
+  assert not all(
+    np.array_equal(first.batch(s)['features'], other_seed.batch(s)['features']) for s in range(3)
+  )
+
+
+def test_epochs_visit_every_video():
+  loader = make_loader()
+  assert loader.steps_per_epoch == 3  # ceil(7 / 3)
+  for epoch in range(3):
+    steps = range(epoch * 3, epoch * 3 + 3)
+    indices = np.concatenate([loader.batch_indices(step) for step in steps])
+    order = np.random.default_rng([7, epoch]).permutation(7)
+    np.testing.assert_array_equal(indices, np.r_[order, order[:2]])
+
+
+def check_batch(loader: pipeline.TrainLoader, step: int, max_len=None) -> set[int]:
+  """Checks one batch against the videos it came from; returns the offsets it used."""
+  batch = loader.batch(step)
+  rate = loader.sample_rate
+  assert batch['features'].dtype == np.float32 and batch['labels'].dtype == np.int32
+  assert batch['boundary'].dtype == np.float32 and batch['mask'].dtype == np.float32
+  size, length, dim = batch['features'].shape
+  assert size == loader.batch_size and dim == DIM
+  assert batch['labels'].shape == batch['boundary'].shape == batch['mask'].shape == (size, length)
+  valid_lengths = batch['mask'].sum(1).astype(int)
+  assert length == pipeline.bucket_length(valid_lengths.max())
+  offsets = set()
+  for row, index in enumerate(loader.batch_indices(step)):
+    video, n = VIDEOS[index], valid_lengths[row]
+    np.testing.assert_array_equal(batch['mask'][row], np.arange(length) < n)
+    frames = batch['features'][row, :n, 0].astype(int)  # feature channel 0 = frame index
+    offset, start = frames[0] % rate, frames[0] // rate
+    np.testing.assert_array_equal(frames, np.arange(frames[0], frames[0] + rate * n, rate))
+    full = np.arange(offset, len(video.labels), rate)
+    if max_len is None:
+      assert start == 0 and n == len(full)
+    else:
+      assert n == min(len(full), max_len)
+    np.testing.assert_array_equal(batch['features'][row, :n], video.features[frames])
+    np.testing.assert_array_equal(batch['labels'][row, :n], video.labels[frames])
+    np.testing.assert_allclose(
+      batch['boundary'][row, :n], pipeline.boundary_target(video.labels, 1.0)[frames]
+    )
+    assert not batch['features'][row, n:].any() and not batch['labels'][row, n:].any()
+    assert not batch['boundary'][row, n:].any()
+    offsets.add(int(offset))
+  return offsets
+
+
+@pytest.mark.parametrize('sample_rate', [1, 2, 4])
+def test_batches_are_subsampled_padded_and_masked(sample_rate):
+  loader = make_loader(sample_rate=sample_rate)
+  offsets = set().union(*(check_batch(loader, step) for step in range(12)))
+  assert offsets == set(range(sample_rate))
+
+
+def test_max_len_crops_contiguously():
+  loader = make_loader(max_len=40)
+  starts = set()
+  for step in range(12):
+    check_batch(loader, step, max_len=40)
+    batch = loader.batch(step)
+    assert batch['features'].shape[1] == 64  # bucket of 40
+    starts.update(batch['features'][:, 0, 0].tolist())
+  assert len(starts) > 10  # crops start at many places
+
+
+def test_bucket_lengths_of_batches_are_a_small_set():
+  loader = make_loader(sample_rate=1)
+  lengths = {loader.batch(step)['labels'].shape[1] for step in range(30)}
+  assert lengths <= {64, 128, 192, 256, 384}
+
+
+def test_loader_rejects_bad_arguments():
+  with pytest.raises(ValueError, match='at least one video'):
+    pipeline.TrainLoader([], batch_size=1, sample_rate=1, boundary_sigma=1.0, seed=0)
+  with pytest.raises(ValueError, match='batch_size'):
+    make_loader(batch_size=0)
+  with pytest.raises(ValueError, match=r"shorter than sample_rate 8: \['v6'\]"):
+    make_loader(sample_rate=8)
+
+
+# ---------------------------------------------------------------- test views
+
+
+@pytest.mark.parametrize('length, rate', [(130, 4), (64, 1), (7, 3), (300, 8)])
+def test_test_views(length, rate):
+  video = make_video(0, length)
+  views = pipeline.temporal_views(video, rate)
+  longest = -(-length // rate)
+  padded = pipeline.bucket_length(longest)
+  assert views['features'].shape == (rate, padded, DIM) and views['mask'].shape == (rate, padded)
+  assert views['features'].dtype == np.float32 and views['mask'].dtype == np.float32
+  for offset in range(rate):
+    n = len(range(offset, length, rate))
+    np.testing.assert_array_equal(views['mask'][offset], np.arange(padded) < n)
+    np.testing.assert_array_equal(views['features'][offset, :n], video.features[offset::rate])
+    assert not views['features'][offset, n:].any()
+
+
+def test_test_views_rejects_too_short_video():
+  with pytest.raises(ValueError, match="'v6' has 5 frames"):
+    pipeline.temporal_views(VIDEOS[-1], 8)

@@ -1,0 +1,147 @@
+"""Tests for polyseg.postprocess against hand-worked cases and scipy references (DiffAct's code)."""
+
+import numpy as np
+import pytest
+import scipy.interpolate
+import scipy.ndimage
+import scipy.stats
+
+from polyseg import postprocess
+
+
+def random_probs(rng, length, num_classes):
+  logits = rng.normal(size=(length, num_classes)) * 2
+  return np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize('size', [1, 2, 5, 8, 31])
+def test_median_filter_probs_matches_scipy_per_class(size):
+  probs = random_probs(np.random.default_rng(size), 23, 4)
+  smoothed = np.stack([scipy.ndimage.median_filter(probs[:, c], size=size) for c in range(4)], -1)
+  expected = smoothed / smoothed.sum(-1, keepdims=True)
+  result = postprocess.median_filter_probs(probs, size)
+  np.testing.assert_allclose(result, expected, rtol=1e-12)
+  np.testing.assert_allclose(result.sum(-1), 1.0)
+
+
+@pytest.mark.parametrize(
+  'pred, max_len, expected',
+  [
+    ([1, 2, 2, 2, 2], 1, [2, 2, 2, 2, 2]),  # first short -> next label
+    ([1, 1, 1, 1, 2], 1, [1, 1, 1, 1, 1]),  # last short -> previous label
+    (
+      [1, 1, 1, 1, 2, 2, 2, 3, 3, 3, 3],
+      3,  # middle, 3 frames: mid = 4 + 1
+      [1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3],
+    ),
+    ([1, 1, 1, 2, 2, 3, 3, 3], 2, [1, 1, 1, 1, 3, 3, 3, 3]),  # middle, 2 frames: mid = 3 + 1
+    ([1, 1, 1, 2, 2, 3, 3, 3], 1, [1, 1, 1, 2, 2, 3, 3, 3]),  # longer than max_len: kept
+    (
+      [1, 1, 1, 1, 2, 3, 4, 4, 4, 4],
+      1,  # one pass over the input's segments:
+      [1, 1, 1, 1, 3, 4, 4, 4, 4, 4],
+    ),  # 1-frame middles go to the next label
+    ([2, 2], 5, [2, 2]),  # a single segment is never purged
+  ],
+)
+def test_purge_hand_worked(pred, max_len, expected):
+  np.testing.assert_array_equal(postprocess.purge(np.array(pred), max_len), expected)
+
+
+@pytest.mark.parametrize('size', [1, 2, 3, 4, 7, 30, 61])
+def test_mode_filter_matches_diffact_generic_filter(size):
+  rng = np.random.default_rng(size)
+  pred = np.repeat(rng.integers(0, 5, 12), rng.integers(1, 4, 12))
+  pred[rng.random(pred.size) < 0.3] = 2
+  expected = scipy.ndimage.generic_filter(pred, lambda window: scipy.stats.mode(window).mode, size)
+  np.testing.assert_array_equal(postprocess.mode_filter(pred, size), expected)
+
+
+def test_mode_filter_hand_worked():
+  # window 3 at the border: reflect -> [1, 1, 2] for frame 0; ties (1 vs 2 in size 2) take smaller id.
+  np.testing.assert_array_equal(
+    postprocess.mode_filter(np.array([1, 2, 1, 1, 3, 1]), 3), [1, 1, 1, 1, 1, 1]
+  )
+  np.testing.assert_array_equal(postprocess.mode_filter(np.array([2, 1, 2, 1]), 2), [2, 1, 1, 1])
+
+
+def diffact_restore(pred, full_len, sample_rate):
+  """DiffAct's restore_full_sequence: interp1d 'nearest' between ticks, constant outside."""
+  ticks = np.arange(sample_rate // 2, full_len - (sample_rate - 1) // 2, sample_rate)
+  out = np.zeros(full_len, pred.dtype)
+  out[: ticks[0]] = pred[0]
+  out[ticks[-1] :] = pred[-1]
+  if ticks.size > 1:
+    interpolate = scipy.interpolate.interp1d(ticks, pred, kind='nearest')
+    for i in range(ticks.size - 1):
+      out[ticks[i] : ticks[i + 1]] = interpolate(np.arange(ticks[i], ticks[i + 1]))
+  return out
+
+
+@pytest.mark.parametrize('sample_rate', [1, 2, 3, 4, 8])
+@pytest.mark.parametrize('full_len', [8, 9, 31, 64])
+def test_restore_full_rate_matches_scipy_nearest(sample_rate, full_len):
+  num_ticks = full_len // sample_rate
+  pred = np.random.default_rng(full_len).integers(0, 100, num_ticks)
+  np.testing.assert_array_equal(
+    postprocess.restore_full_rate(pred, full_len, sample_rate),
+    diffact_restore(pred, full_len, sample_rate),
+  )
+
+
+def test_restore_full_rate_hand_worked():
+  # r = 4, full_len 10: ticks 2, 6; frame 4 is halfway -> the earlier tick.
+  np.testing.assert_array_equal(postprocess.frame_ticks(10, 4), [2, 6])
+  np.testing.assert_array_equal(
+    postprocess.restore_full_rate(np.array([7, 9]), 10, 4), [7, 7, 7, 7, 7, 9, 9, 9, 9, 9]
+  )
+  identity = np.arange(5)
+  np.testing.assert_array_equal(postprocess.restore_full_rate(identity, 5, 1), identity)
+  with pytest.raises(ValueError, match='ticks'):
+    postprocess.restore_full_rate(np.arange(3), 10, 4)
+
+
+def test_merge_views_trims_and_averages():
+  full_len, rate = 10, 3  # views o::3 have 4, 3, 3 frames; all share 10 // 3 = 3
+  rng = np.random.default_rng(0)
+  views = [random_probs(rng, len(range(o, full_len, rate)), 2) for o in range(rate)]
+  merged = postprocess.merge_views(views)
+  np.testing.assert_allclose(merged, (views[0][:3] + views[1] + views[2]) / 3)
+  assert merged.shape[0] == postprocess.frame_ticks(full_len, rate).size
+  np.testing.assert_allclose(
+    postprocess.merge_views(np.stack([views[1], views[2]])), (views[1] + views[2]) / 2
+  )
+  with pytest.raises(ValueError, match='no views'):
+    postprocess.merge_views([])
+
+
+def test_postprocess_composes_in_diffact_order():
+  rng = np.random.default_rng(1)
+  full_len, rate = 37, 4
+  probs = random_probs(rng, full_len // rate, 5)
+  plain = postprocess.restore_full_rate(probs.argmax(-1), full_len, rate)
+  np.testing.assert_array_equal(postprocess.postprocess(probs, full_len, rate), plain)
+  np.testing.assert_array_equal(
+    postprocess.postprocess(probs, full_len, rate, 'median', 3),
+    postprocess.restore_full_rate(
+      postprocess.median_filter_probs(probs, 3).argmax(-1), full_len, rate
+    ),
+  )
+  np.testing.assert_array_equal(
+    postprocess.postprocess(probs, full_len, rate, 'mode', 5), postprocess.mode_filter(plain, 5)
+  )
+  np.testing.assert_array_equal(
+    postprocess.postprocess(probs, full_len, rate, 'purge', 4), postprocess.purge(plain, 4)
+  )
+  with pytest.raises(ValueError, match='kind'):
+    postprocess.postprocess(probs, full_len, rate, 'gaussian', 3)
+  with pytest.raises(ValueError, match='positive int'):
+    postprocess.postprocess(probs, full_len, rate, 'purge', None)
+
+
+def test_postprocess_hand_worked_purge_at_full_rate():
+  # r = 2, full_len 8: ticks 1, 3, 5, 7; low-rate labels [0, 1, 0, 0] -> full rate
+  # [0, 0, 0, 1, 1, 0, 0, 0] (frame 2 is halfway -> earlier tick); purge 2 removes the 1s.
+  probs = np.eye(2)[[0, 1, 0, 0]]
+  np.testing.assert_array_equal(postprocess.postprocess(probs, 8, 2), [0, 0, 0, 1, 1, 0, 0, 0])
+  np.testing.assert_array_equal(postprocess.postprocess(probs, 8, 2, 'purge', 2), np.zeros(8))

@@ -1,0 +1,203 @@
+"""The engine end to end on a tiny config: outputs, resume, eval/predict, checkpoints, NaN guard."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from polyseg import checkpoint as checkpoint_lib
+from polyseg import train
+from polyseg.data import formats
+
+
+def _params_equal(a, b):
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _restore_latest(config, workdir):
+  _, data, task = train.setup(config, workdir)
+  return train.restore_params(task, config, workdir)
+
+
+def test_train_writes_every_output(tiny_config, tmp_path):
+  workdir = str(tmp_path / 'run')
+  results = train.train_and_evaluate(tiny_config, workdir)
+  assert set(results) == {'DiffAct'}
+  assert set(results['DiffAct']) >= {'Acc', 'Edit', 'F1@10', 'F1@25', 'F1@50'}
+  files = set(os.listdir(workdir))
+  assert {
+    'checkpoints',
+    'metrics.jsonl',
+    'config.json',
+    'data.json',
+    'eval',
+    'curves.png',
+    'tensorboard',
+  } <= files
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit())
+  assert steps == [3, 6]
+  lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert any('train/loss' in l for l in lines) and any('eval/Acc' in l for l in lines)
+  assert all(np.isfinite(l['train/loss']) for l in lines if 'train/loss' in l)
+  assert any(
+    f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(workdir, 'tensorboard'))
+  )
+  # Predictions in the ground-truth format: one known class name per frame, full length.
+  _, data, _ = train.setup(tiny_config, workdir)
+  classes = set(data.info.classes)
+  for video in data.test:
+    lines = open(os.path.join(workdir, 'eval', 'predictions', f'{video.name}.txt')).read().split()
+    assert len(lines) == len(video.labels) and set(lines) <= classes
+  pngs = os.listdir(os.path.join(workdir, 'eval', 'timelines'))
+  assert len(pngs) == tiny_config.eval.num_timelines
+  with open(os.path.join(workdir, 'eval', 'timelines', pngs[0]), 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_resume_continues_the_same_run(tiny_config, tmp_path):
+  """3 steps, stop, resume to 6 == 6 steps in one go (same step counter, same random stream)."""
+  straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
+  train.train_and_evaluate(tiny_config, straight)
+  first = tiny_config.copy_and_resolve_references()
+  first.train.num_steps = 3
+  train.train_and_evaluate(first, resumed)
+  assert _restore_latest(tiny_config, resumed)[0] == 3
+  train.train_and_evaluate(tiny_config, resumed)
+  step_a, params_a = _restore_latest(tiny_config, straight)
+  step_b, params_b = _restore_latest(tiny_config, resumed)
+  assert step_a == step_b == 6
+  assert _params_equal(params_a, params_b)
+
+
+def test_checkpoint_restore_gives_identical_next_step(tiny_config, tmp_path):
+  _, data, task = train.setup(tiny_config, str(tmp_path / 'w'))
+  tx = train.make_optimizer(tiny_config)
+  loader = task.train_loader(data.train)
+  state = train.init_state(task, tx, jax.random.PRNGKey(0))
+  step = train.make_train_step(task, tx, jax.random.PRNGKey(1))
+  state, _ = step(state, loader.batch(0))
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'w'))
+  ckpt.save(1, state)
+  abstract = jax.eval_shape(lambda: state)
+  restored = ckpt.restore(abstract)
+  ckpt.close()
+  assert int(restored['step']) == 1
+  copy = jax.tree.map(jnp.array, state)  # the step donates its input
+  next_a, metrics_a = step(copy, loader.batch(1))
+  next_b, metrics_b = step(restored, loader.batch(1))
+  assert float(metrics_a['loss']) == float(metrics_b['loss'])
+  assert _params_equal(next_a['params'], next_b['params'])
+
+
+def test_checkpointer_keeps_latest_and_best(tmp_path):
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), keep=2, best_metric='F1@50')
+  state = {'step': jnp.zeros((), jnp.int32), 'params': {'w': jnp.ones(3)}}
+  for step, f1 in [(1, 50.0), (2, 90.0), (3, 10.0), (4, 20.0), (5, 30.0)]:
+    ckpt.save(step, state, metrics={'F1@50': f1})
+  assert ckpt.latest_step() == 5
+  assert ckpt.best_step() == 2
+  assert sorted(ckpt.manager.all_steps()) == [2, 4, 5]
+  ckpt.close()
+
+
+def test_nan_stops_naming_step_and_term(tiny_config, tmp_path):
+  _, data, task = train.setup(tiny_config, str(tmp_path / 'w'))
+  tx = train.make_optimizer(tiny_config)
+  loader = task.train_loader(data.train)
+  state = train.init_state(task, tx, jax.random.PRNGKey(0))
+  before = jax.tree.map(np.asarray, state['params'])
+  step = train.make_train_step(task, tx, jax.random.PRNGKey(1))
+  batch = dict(loader.batch(0))
+  batch['features'] = batch['features'].copy()
+  batch['features'][0, 0, 0] = np.nan
+  state, metrics = step(state, batch)
+  history = [jax.device_get(metrics)]
+  with pytest.raises(train.NonFiniteError, match=r'step 7: .*encoder_ce'):
+    train.check_finite(7, history)
+  assert _params_equal(before, state['params'])  # the bad update was not applied
+
+
+def test_eval_and_predict_modes(tiny_config, tmp_path):
+  workdir = str(tmp_path / 'run')
+  trained = train.train_and_evaluate(tiny_config, workdir)
+  again = train.evaluate(tiny_config, workdir)
+  assert again == trained  # same checkpoint, same sampling seeds
+  _, data, _ = train.setup(tiny_config, workdir)
+  folder = tmp_path / 'new_features'
+  folder.mkdir()
+  long_video = np.concatenate([data.test[0].features] * 3)  # longer than any training video
+  np.save(folder / 'long.npy', long_video.T)
+  np.save(folder / 'short.npy', data.test[1].features.T)
+  config = tiny_config.copy_and_resolve_references()
+  config.predict.features = str(folder)
+  outdir = train.predict(config, workdir)
+  for name, video in [('long', long_video), ('short', data.test[1].features)]:
+    lines = open(os.path.join(outdir, 'predictions', f'{name}.txt')).read().split()
+    assert len(lines) == len(video) and set(lines) <= set(data.info.classes)
+
+
+def test_predict_rejects_wrong_feature_dim(tiny_config, tmp_path):
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(tiny_config, workdir)
+  folder = tmp_path / 'bad'
+  folder.mkdir()
+  np.save(folder / 'v.npy', np.zeros((tiny_config.data.synthetic.input_dim + 1, 20), np.float32))
+  config = tiny_config.copy_and_resolve_references()
+  config.predict.features = str(folder)
+  with pytest.raises(formats.DataError, match='v.npy'):
+    train.predict(config, workdir)
+
+
+def test_unwritable_workdir_fails_before_training(tiny_config, tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('not a directory')
+  with pytest.raises(OSError, match='not writable'):
+    train.train_and_evaluate(tiny_config, str(blocker / 'run'))
+
+
+def test_workdir_of_other_data_is_refused(tiny_config, tmp_path):
+  workdir = str(tmp_path / 'run')
+  train.setup(tiny_config, workdir)
+  other = tiny_config.copy_and_resolve_references()
+  other.data.synthetic.input_dim = tiny_config.data.synthetic.input_dim + 2
+  with pytest.raises(ValueError, match='different data'):
+    train.setup(other, workdir)
+
+
+def test_tiny_model_overfits_tiny_dataset(tiny_config, tmp_path):
+  """Full DiffAct (encoder + decoder + DDIM) reaches > 95% frame accuracy on its training videos."""
+  config = tiny_config.copy_and_resolve_references()
+  config.data.synthetic.update(num_train=2, num_test=1)
+  config.model.encoder.update(dropout=0.0, channel_dropout=0.0, temporal_dropout=0.0)
+  config.model.decoder.dropout = 0.0
+  config.data.sample_rate = 1
+  config.optim.learning_rate = 3e-3
+  config.train.update(
+    num_steps=500, log_every=100, eval_every=500, checkpoint_every=500, batch_size=2
+  )
+  config.eval.postprocess = 'none'
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  _, data, task = train.setup(config, workdir)
+  _, params = train.restore_params(task, config, workdir)
+  predictions = train.run_predictions(task, params, data.train, jax.random.PRNGKey(0), 'train')
+  result = train.score(task, data.train, predictions)['DiffAct']
+  assert result['Acc'] > 95, result
+
+
+def test_gradient_accumulation_updates_every_k_steps(tiny_config, tmp_path):
+  config = tiny_config.copy_and_resolve_references()
+  config.optim.grad_accum_steps = 2
+  _, data, task = train.setup(config, str(tmp_path / 'w'))
+  tx = train.make_optimizer(config)
+  loader = task.train_loader(data.train)
+  state = train.init_state(task, tx, jax.random.PRNGKey(0))
+  initial = jax.tree.map(np.asarray, state['params'])
+  step = train.make_train_step(task, tx, jax.random.PRNGKey(1))
+  state, _ = step(state, loader.batch(0))
+  assert _params_equal(initial, state['params'])  # first micro-batch: gradients only accumulated
+  state, _ = step(state, loader.batch(1))
+  assert not _params_equal(initial, state['params'])
