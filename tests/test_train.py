@@ -17,6 +17,14 @@ def _params_equal(a, b):
   return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+def _engine(config, workdir):
+  """(loader, state, jitted step) of a fresh run of `config`, as train_and_evaluate builds them."""
+  _, data, task = train.setup(config, workdir)
+  tx = train.make_optimizer(config)
+  state = train.init_state(task, tx, jax.random.PRNGKey(0))
+  return task.train_loader(data.train), state, train.make_train_step(task, tx, jax.random.PRNGKey(1))
+
+
 def _restore_latest(config, workdir):
   _, data, task = train.setup(config, workdir)
   return train.restore_params(task, config, workdir)
@@ -73,11 +81,7 @@ def test_resume_continues_the_same_run(tiny_config, tmp_path):
 
 
 def test_checkpoint_restore_gives_identical_next_step(tiny_config, tmp_path):
-  _, data, task = train.setup(tiny_config, str(tmp_path / 'w'))
-  tx = train.make_optimizer(tiny_config)
-  loader = task.train_loader(data.train)
-  state = train.init_state(task, tx, jax.random.PRNGKey(0))
-  step = train.make_train_step(task, tx, jax.random.PRNGKey(1))
+  loader, state, step = _engine(tiny_config, str(tmp_path / 'w'))
   state, _ = step(state, loader.batch(0))
   ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'w'))
   ckpt.save(1, state)
@@ -104,12 +108,8 @@ def test_checkpointer_keeps_latest_and_best(tmp_path):
 
 
 def test_nan_stops_naming_step_and_term(tiny_config, tmp_path):
-  _, data, task = train.setup(tiny_config, str(tmp_path / 'w'))
-  tx = train.make_optimizer(tiny_config)
-  loader = task.train_loader(data.train)
-  state = train.init_state(task, tx, jax.random.PRNGKey(0))
+  loader, state, step = _engine(tiny_config, str(tmp_path / 'w'))
   before = jax.tree.map(np.asarray, state['params'])
-  step = train.make_train_step(task, tx, jax.random.PRNGKey(1))
   batch = dict(loader.batch(0))
   batch['features'] = batch['features'].copy()
   batch['features'][0, 0, 0] = np.nan
@@ -191,12 +191,8 @@ def test_tiny_model_overfits_tiny_dataset(tiny_config, tmp_path):
 def test_gradient_accumulation_updates_every_k_steps(tiny_config, tmp_path):
   config = tiny_config.copy_and_resolve_references()
   config.optim.grad_accum_steps = 2
-  _, data, task = train.setup(config, str(tmp_path / 'w'))
-  tx = train.make_optimizer(config)
-  loader = task.train_loader(data.train)
-  state = train.init_state(task, tx, jax.random.PRNGKey(0))
+  loader, state, step = _engine(config, str(tmp_path / 'w'))
   initial = jax.tree.map(np.asarray, state['params'])
-  step = train.make_train_step(task, tx, jax.random.PRNGKey(1))
   state, _ = step(state, loader.batch(0))
   assert _params_equal(initial, state['params'])  # first micro-batch: gradients only accumulated
   state, _ = step(state, loader.batch(1))
