@@ -71,8 +71,7 @@ class Task:
       decoder=asformer.Decoder(num_classes=self.num_classes, **config.model.decoder.to_dict()),
     )
     self.schedule = diffusion.cosine_schedule(config.diffusion.num_steps)
-    self.condition_types = tuple(config.diffusion.condition_types)
-    diffusion.parse_condition_types(self.condition_types)
+    self.condition_types = diffusion.parse_condition_types(config.diffusion.condition_types)
     self.train_decoder = any(config.loss[k] > 0 for k in DECODER_TERMS)
     self.class_weights = None
     if train_videos is not None and config.loss.class_weighting:
