@@ -64,7 +64,7 @@ def main(argv):
       train.evaluate(config, FLAGS.workdir, FLAGS.checkpoint)
     else:
       train.predict(config, FLAGS.workdir, FLAGS.checkpoint)
-  except (formats.DataError, train.NonFiniteError) as e:  # the user's data or run, not a bug
+  except (formats.DataError, train.NonFiniteError, OSError) as e:  # the user's input, not a bug
     sys.exit(f'polyseg: {type(e).__name__}: {e}')
 
 

@@ -220,7 +220,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, with_data: bool = Tru
     if os.path.exists(info_path):
       saved = read_data_info(info_path)
       if saved != data.info:
-        raise ValueError(
+        raise formats.DataError(
           f'{workdir} holds a run on different data ({info_path}: {saved}); '
           f'this config reads {data.info}. Use another --workdir.'
         )

@@ -135,3 +135,14 @@ def test_config_arg_errors():
     load_config('diffact', 'dataset=kinetics')
   with pytest.raises(ValueError, match='unknown config arg'):
     load_config('diffact', 'datset=gtea')
+
+
+def test_eval_without_checkpoint_says_so(tmp_path, cache_dir):
+  result = run_main(
+    '--config=configs/diffact.py:runlocal=True',
+    f'--workdir={tmp_path / "empty"}',
+    f'--config.data.cache_dir={cache_dir}',
+    '--mode=eval',
+  )
+  assert result.returncode != 0
+  assert 'no checkpoint' in result.stderr and 'Traceback' not in result.stderr

@@ -163,7 +163,7 @@ def test_workdir_of_other_data_is_refused(tiny_config, tmp_path):
   train.setup(tiny_config, workdir)
   other = tiny_config.copy_and_resolve_references()
   other.data.synthetic.input_dim = tiny_config.data.synthetic.input_dim + 2
-  with pytest.raises(ValueError, match='different data'):
+  with pytest.raises(formats.DataError, match='different data'):
     train.setup(other, workdir)
 
 
