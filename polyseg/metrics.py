@@ -7,6 +7,9 @@ video one frame early.
 Conventions for videos without any (non-background) segment: Edit is 100 when both prediction and
 ground truth have no segments (0 when only one has none); F1 counts are (0, 0, 0) for such a video,
 and an F1 whose precision or recall is undefined (no segments anywhere) is 0.
+
+Multi-label frames (referring segmentation, METHODS.md §2) are scored by `MultiLabelMetrics`, which
+applies the same Edit and F1 to each class's binary track; its docstring has the definitions.
 """
 
 import collections
@@ -224,3 +227,127 @@ class SegmentationMetrics:
         )
       matrix[gt_class, pred_class] += count
     return matrix
+
+
+def average_precision(scores, positives) -> float:
+  """Non-interpolated average precision in percent of a ranking: scores [N] float, positives [N] bool.
+
+  Frames are ranked by decreasing score, ties in input order (stable sort); AP = mean over the
+  positive frames of the precision (positives / frames) of the ranking cut at that frame.
+  """
+  scores, positives = np.asarray(scores), np.asarray(positives)
+  if scores.ndim != 1 or scores.shape != positives.shape or positives.dtype != bool:
+    raise ValueError(
+      f'average_precision: expected scores [N] and positives [N] bool, got shapes {scores.shape} '
+      f'and {positives.shape} dtype {positives.dtype}'
+    )
+  if not positives.any():
+    raise ValueError('average_precision: no positive frames, AP is undefined')
+  hits = positives[np.argsort(-scores, kind='stable')]
+  precision_at = np.cumsum(hits) / np.arange(1, hits.size + 1)
+  return float(precision_at[hits].mean() * 100.0)
+
+
+def _check_multilabel(probs, gt) -> tuple[np.ndarray, np.ndarray]:
+  """Checks a multi-label pair: probs [T, C] float in [0, 1], gt [T, C] bool, T, C > 0."""
+  probs, gt = np.asarray(probs), np.asarray(gt)
+  if probs.ndim != 2 or probs.size == 0 or not np.issubdtype(probs.dtype, np.floating):
+    raise ValueError(
+      f'probs: expected a non-empty [T, C] float array, got shape {probs.shape} dtype {probs.dtype}'
+    )
+  if gt.ndim != 2 or gt.dtype != bool:
+    raise ValueError(f'gt: expected a [T, C] bool array, got shape {gt.shape} dtype {gt.dtype}')
+  if probs.shape != gt.shape:
+    raise ValueError(f'probs has shape {probs.shape} but gt has {gt.shape}')
+  if not np.all((probs >= 0.0) & (probs <= 1.0)):
+    raise ValueError(
+      f'probs: values must be in [0, 1], got min {np.min(probs)} max {np.max(probs)}'
+    )
+  return probs, gt
+
+
+class MultiLabelMetrics:
+  """Multi-label (multi-hot, AVA-style) segmentation metrics in percent, accumulated over videos.
+
+  A video is probs [T, C] (per-frame class probabilities in [0, 1]) and gt [T, C] bool (a frame
+  carries zero, one or several labels; zero = no action / person absent). A class is predicted
+  active at a frame when probs >= threshold. Class c's binary track is gt[:, c] (ground truth) or
+  probs[:, c] >= threshold (prediction); its segments are the maximal runs of active frames.
+
+  - Acc: micro over all frames of all videos. A frame with a non-empty GT set is correct if its
+    top-scoring class (argmax of probs, the lowest id on ties) is in the set; a frame with an empty
+    GT set is correct if no class reaches the threshold.
+  - F1@k: on each class track, predicted segments are matched to GT segments as in the single-label
+    F1 (`match_segments`: in temporal order, each takes the GT segment of highest IoU, TP if IoU >= k
+    and that GT segment is unused); TP / FP / FN are summed over classes and videos and F1 is
+    computed from the totals (0 when undefined, `f1_from_counts`).
+  - Edit: per (video, class) track, the single-label Edit score of the binary track with inactive
+    frames as background, (1 - levenshtein / max(n_pred, n_gt)) * 100 over the sequences of active
+    segments (all the same label, so this is min(n_pred, n_gt) / max(n_pred, n_gt) * 100); the mean
+    over the tracks with a segment in GT or prediction; 100 if there is no such track at all.
+  - mAP: per class, the frame-level non-interpolated average precision (`average_precision`) over
+    all frames of all videos ranked by probs (ties: earlier video, then earlier frame, first); the
+    mean over the classes with at least one GT frame; 0 if no class has one.
+  """
+
+  def __init__(self, threshold: float = 0.5, overlaps: Sequence[float] = DEFAULT_OVERLAPS):
+    if not 0.0 < threshold <= 1.0:
+      raise ValueError(f'threshold must be in (0, 1], got {threshold}')
+    for overlap in overlaps:
+      _check_overlap(overlap)
+    self.threshold = float(threshold)
+    self.overlaps = tuple(overlaps)
+    self.num_classes: int | None = None
+    self.correct_frames = 0
+    self.total_frames = 0
+    self.edit_scores: list[float] = []  # one per non-empty (video, class) track
+    self.track_counts = {overlap: np.zeros(3, np.int64) for overlap in self.overlaps}
+    self.all_probs: list[np.ndarray] = []  # [T, C] per video, for mAP
+    self.all_gt: list[np.ndarray] = []
+
+  def add(self, probs, gt) -> None:
+    """Adds one video: probs [T, C] float in [0, 1] and gt [T, C] bool."""
+    probs, gt = _check_multilabel(probs, gt)
+    if self.num_classes is None:
+      self.num_classes = probs.shape[1]
+    elif probs.shape[1] != self.num_classes:
+      raise ValueError(f'probs has {probs.shape[1]} classes, earlier videos had {self.num_classes}')
+    active = probs >= self.threshold
+    top_in_gt = gt[np.arange(gt.shape[0]), probs.argmax(axis=1)]
+    self.correct_frames += int(np.where(gt.any(axis=1), top_in_gt, ~active.any(axis=1)).sum())
+    self.total_frames += gt.shape[0]
+    for c in np.flatnonzero(active.any(axis=0) | gt.any(axis=0)):
+      pred_track, gt_track = active[:, c].astype(np.int8), gt[:, c].astype(np.int8)
+      self.edit_scores.append(edit_score(pred_track, gt_track, background=(0,)))
+      for overlap in self.overlaps:
+        self.track_counts[overlap] += f1_counts(pred_track, gt_track, overlap, background=(0,))
+    self.all_probs.append(probs)
+    self.all_gt.append(gt)
+
+  def counts(self, overlap: float) -> tuple[int, int, int]:
+    """(tp, fp, fn) summed over class tracks and videos at one of `overlaps`."""
+    if overlap not in self.track_counts:
+      raise ValueError(f'overlap {overlap} not in {self.overlaps}')
+    tp, fp, fn = self.track_counts[overlap].tolist()
+    return tp, fp, fn
+
+  def average_precisions(self) -> dict[int, float]:
+    """class id -> frame-level AP in percent, for every class with at least one GT frame."""
+    if not self.all_probs:
+      raise ValueError('MultiLabelMetrics: no videos added')
+    probs, gt = np.concatenate(self.all_probs), np.concatenate(self.all_gt)
+    return {
+      int(c): average_precision(probs[:, c], gt[:, c]) for c in np.flatnonzero(gt.any(axis=0))
+    }
+
+  def result(self) -> dict[str, float]:
+    """{'Acc', 'Edit', 'F1@10', 'F1@25', 'F1@50', 'mAP'} in percent (F1 keys follow `overlaps`)."""
+    average_precisions = list(self.average_precisions().values())
+    scores = {
+      'Acc': self.correct_frames / self.total_frames * 100.0,
+      'Edit': float(np.mean(self.edit_scores)) if self.edit_scores else 100.0,
+    }
+    for overlap in self.overlaps:
+      scores[_overlap_key(overlap)] = f1_from_counts(*self.counts(overlap))
+    scores['mAP'] = float(np.mean(average_precisions)) if average_precisions else 0.0
+    return scores

@@ -3,7 +3,8 @@
 With sample rate r, the model sees the r temporal views `features[o::r]`; their probabilities are
 averaged over the frames all views share (`merge_views`), optionally median-filtered, turned into
 labels, brought back to the full frame rate by nearest neighbour (`restore_full_rate`), and
-optionally mode-filtered or purged.
+optionally mode-filtered or purged. Multi-label probabilities (`postprocess_multilabel`) follow the
+same order, per class track, and stay probabilities.
 """
 
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ import scipy.ndimage
 from polyseg.metrics import segments
 
 POSTPROCESS_KINDS = ('none', 'median', 'mode', 'purge')
+MULTILABEL_POSTPROCESS_KINDS = ('none', 'median', 'purge')
 
 
 def _check_positive(value, name: str) -> int:
@@ -22,10 +24,15 @@ def _check_positive(value, name: str) -> int:
   return int(value)
 
 
-def median_filter_probs(probs: np.ndarray, size: int) -> np.ndarray:
-  """Per-class median filter along time (scipy, mode 'reflect'), renormalised: [T, C] -> [T, C]."""
+def median_filter_time(probs: np.ndarray, size: int) -> np.ndarray:
+  """Per-class median filter along time (scipy, mode 'reflect'): [T, C] -> [T, C]."""
   size = _check_positive(size, 'median filter size')
-  smoothed = scipy.ndimage.median_filter(np.asarray(probs), size=(size, 1))
+  return scipy.ndimage.median_filter(np.asarray(probs), size=(size, 1))
+
+
+def median_filter_probs(probs: np.ndarray, size: int) -> np.ndarray:
+  """`median_filter_time`, renormalised to sum 1 over classes (softmax outputs): [T, C] -> [T, C]."""
+  smoothed = median_filter_time(probs, size)
   return smoothed / smoothed.sum(axis=-1, keepdims=True)
 
 
@@ -129,3 +136,62 @@ def postprocess(
   if kind == 'purge':
     pred = purge(pred, value)
   return pred
+
+
+def binarize(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+  """Multi-label decisions: probs [T, C] -> [T, C] bool, probs >= threshold."""
+  return np.asarray(probs) >= threshold
+
+
+def purge_binary(active: np.ndarray, max_len: int) -> np.ndarray:
+  """Cleans a binary track, [T] bool -> [T] bool, in two passes.
+
+  First fills every inactive gap of <= max_len frames between two active runs (gaps at the start
+  or end of the video are kept: the person may be absent there), then deactivates every active run
+  of <= max_len frames. Filling first joins an action cut by short flickers before its pieces are
+  judged short. The result has neither, so purging twice changes nothing.
+  """
+  max_len = _check_positive(max_len, 'purge max_len')
+  active = np.array(active, bool)
+  runs, starts, ends = segments(active.astype(np.int8))
+  short_gaps = (runs == 0) & (ends - starts <= max_len)
+  short_gaps[[0, -1]] = False  # only gaps between two active runs
+  for start, end in zip(starts[short_gaps], ends[short_gaps]):
+    active[start:end] = True
+  runs, starts, ends = segments(active.astype(np.int8))
+  short_runs = (runs == 1) & (ends - starts <= max_len)
+  for start, end in zip(starts[short_runs], ends[short_runs]):
+    active[start:end] = False
+  return active
+
+
+def postprocess_multilabel(
+  probs: np.ndarray,
+  full_len: int,
+  sample_rate: int,
+  kind: str = 'none',
+  value: int | None = None,
+  threshold: float = 0.5,
+) -> np.ndarray:
+  """Merged low-rate multi-label probabilities [full_len // r, C] -> full-rate [full_len, C] float32.
+
+  kind: 'none'; 'median' (`median_filter_time` of size `value` on each class's probabilities, not
+  renormalised, before restoring the frame rate); 'purge' (`purge_binary` with max_len `value` on each
+  class's track binarize(probs, threshold), after restoring the frame rate). Purge returns
+  probabilities moved to the decided side: 1 where a frame became active, 0 where it became
+  inactive, the input probability where the decision is unchanged (so `binarize` of the result is
+  the purged track, and the ranking for mAP only changes at flipped frames).
+  """
+  if kind not in MULTILABEL_POSTPROCESS_KINDS:
+    raise ValueError(f'multi-label postprocess kind {kind!r} not in {MULTILABEL_POSTPROCESS_KINDS}')
+  probs = np.asarray(probs, np.float32)
+  if probs.ndim != 2:
+    raise ValueError(f'probs: expected a [T, C] array, got shape {probs.shape}')
+  if kind == 'median':
+    probs = median_filter_time(probs, value)
+  probs = restore_full_rate(probs, full_len, sample_rate)
+  if kind == 'purge':
+    decided = binarize(probs, threshold)
+    purged = np.stack([purge_binary(track, value) for track in decided.T], axis=1)
+    probs = np.where(purged == decided, probs, purged.astype(np.float32))
+  return probs

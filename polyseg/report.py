@@ -18,11 +18,19 @@ from polyseg.data import formats
 
 TABLE_COLUMNS = ('Acc', 'Edit', 'F1@10', 'F1@25', 'F1@50')
 BACKGROUND_COLOR = (0.85, 0.85, 0.85)
-CURVE_PREFIXES = ('train/', 'eval/')
+CURVE_PREFIXES = ('train/', 'eval/', 'eval_val/')
+# timeline row kind -> (bar height in inches, colour and width of the lines between rows)
+TIMELINE_STYLES = {'class ids': (0.35, 'white', 2), 'multi-hot': (0.25, 'black', 1)}
 
 
-def format_table(rows: dict[str, dict[str, float]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
-  """Aligned text table, one line per row name, values with 1 decimal, columns 2 spaces apart."""
+def format_table(rows: dict[str, dict[str, float]], columns: Sequence[str] | None = None) -> str:
+  """Aligned text table, one line per row name, values with 1 decimal, columns 2 spaces apart.
+
+  columns: default TABLE_COLUMNS, then any other metric of the first row (e.g. mAP) in its order.
+  """
+  if columns is None:
+    first = next(iter(rows.values()), {})
+    columns = (*TABLE_COLUMNS, *(k for k in first if k not in TABLE_COLUMNS))
   for name, values in rows.items():
     missing = [column for column in columns if column not in values]
     if missing:
@@ -119,6 +127,61 @@ def _save_png(figure, path: str) -> None:
   formats.write_atomic(path, png.getvalue())
 
 
+def _class_id_bars(name: str, rows: dict[str, np.ndarray], colors: np.ndarray):
+  """[T] int rows -> (image [R, T, 3], row labels [R], class ids shown, separator y positions)."""
+  bars = np.stack([np.asarray(labels) for labels in rows.values()])  # [R, T]
+  if bars.min() < 0 or bars.max() >= len(colors):
+    raise ValueError(f'video {name!r}: class ids outside [0, {len(colors)})')
+  return colors[bars], list(rows), np.unique(bars).tolist(), range(1, len(rows))
+
+
+def _multi_hot_bars(name: str, rows: dict[str, np.ndarray], colors: np.ndarray, classes):
+  """[T, C] bool rows -> one sub-row per (row, class active anywhere in the video), labelled
+  '<row>: <class>', class colour where active, white elsewhere; a row without any active class is
+  one white sub-row '<row>: none'. Returns (image [R', T, 3], row labels [R'], class ids shown,
+  separator y positions between the rows' blocks)."""
+  tracks = np.stack([np.asarray(labels) for labels in rows.values()])  # [R, T, C]
+  if tracks.shape[2] != len(classes):
+    raise ValueError(
+      f'video {name!r}: multi-hot rows have {tracks.shape[2]} classes, expected {len(classes)}'
+    )
+  shown = np.flatnonzero(tracks.any(axis=(0, 1)))
+  if shown.size == 0:
+    return (
+      np.ones(tracks.shape[:2] + (3,)),
+      [f'{row}: none' for row in rows],
+      [],
+      range(1, len(rows)),
+    )
+  active = tracks[:, :, shown].transpose(0, 2, 1).reshape(-1, tracks.shape[1])  # [R * S, T]
+  row_colors = colors[np.tile(shown, len(rows))]  # [R * S, 3]
+  image = np.where(active[:, :, None], row_colors[:, None, :], 1.0)
+  labels = [f'{row}: {classes[c]}' for row in rows for c in shown]
+  return image, labels, shown.tolist(), range(shown.size, image.shape[0], shown.size)
+
+
+def _timeline_kind(name: str, rows: dict[str, np.ndarray]) -> str:
+  """'class ids' if every row is [T] ints, 'multi-hot' if every row is [T, C] bool, else an error."""
+  lengths = {row: len(labels) for row, labels in rows.items()}
+  if len(set(lengths.values())) != 1:
+    raise ValueError(f'video {name!r}: rows differ in length {lengths}')
+  kinds = {}
+  for row, labels in rows.items():
+    labels = np.asarray(labels)
+    if labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer):
+      kinds[row] = 'class ids'
+    elif labels.ndim == 2 and labels.dtype == bool:
+      kinds[row] = 'multi-hot'
+    else:
+      raise ValueError(
+        f'video {name!r}, row {row!r}: expected [T] int class ids or [T, C] bool multi-hot, got '
+        f'shape {labels.shape} dtype {labels.dtype}'
+      )
+  if len(set(kinds.values())) != 1:
+    raise ValueError(f'video {name!r}: rows mix [T] class ids and [T, C] multi-hot {kinds}')
+  return next(iter(kinds.values()))
+
+
 def plot_timelines(
   path: str,
   videos: list[tuple[str, dict[str, np.ndarray]]],
@@ -126,37 +189,48 @@ def plot_timelines(
   background: Iterable[int] = (),
 ) -> None:
   """One PNG of coloured label bars: per video, one row per entry of its dict (e.g. 'ground truth',
-  'prediction'; each [T] int class ids, same T), top to bottom in dict order, and a legend of the
-  classes shown."""
+  'prediction'), top to bottom in dict order, and a legend of the classes shown.
+
+  The rows of one video (same T) are either all [T] int class ids (one bar each) or all [T, C] bool
+  multi-hot labels; a multi-hot row becomes one thin sub-row per class active anywhere in that
+  video, labelled '<row>: <class>', in the class colour where active and white where not.
+  """
   from matplotlib.patches import Patch
 
   if not videos:
     raise ValueError(f'plot_timelines({path!r}): no videos')
   colors = class_colors(len(classes), background)
+  panels = []  # (name, kind, image [R, T, 3], row labels [R], separator y positions)
   shown = set()
-  figure = _new_figure(12.0, 0.9 + sum(0.5 + 0.35 * len(rows) for _, rows in videos))
-  axes = figure.subplots(len(videos), 1, squeeze=False)[:, 0]
-  for ax, (name, rows) in zip(axes, videos):
-    lengths = {row: len(labels) for row, labels in rows.items()}
-    if len(set(lengths.values())) != 1:
-      raise ValueError(f'video {name!r}: rows differ in length {lengths}')
-    bars = np.stack([np.asarray(labels) for labels in rows.values()])  # [R, T]
-    if bars.min() < 0 or bars.max() >= len(classes):
-      raise ValueError(f'video {name!r}: class ids outside [0, {len(classes)})')
-    shown.update(np.unique(bars).tolist())
+  for name, rows in videos:
+    kind = _timeline_kind(name, rows)
+    if kind == 'class ids':
+      image, labels, classes_shown, separators = _class_id_bars(name, rows, colors)
+    else:
+      image, labels, classes_shown, separators = _multi_hot_bars(name, rows, colors, classes)
+    panels.append((name, kind, image, labels, separators))
+    shown.update(classes_shown)
+  heights = [0.5 + TIMELINE_STYLES[kind][0] * len(labels) for _, kind, _, labels, _ in panels]
+  figure = _new_figure(12.0, 0.9 + sum(heights))
+  axes = figure.subplots(len(videos), 1, squeeze=False, height_ratios=heights)[:, 0]
+  for ax, (name, kind, image, labels, separators) in zip(axes, panels):
+    _, line_color, line_width = TIMELINE_STYLES[kind]
     ax.imshow(
-      colors[bars],
+      image,
       aspect='auto',
       interpolation='nearest',
-      extent=(0, bars.shape[1], bars.shape[0], 0),
+      extent=(0, image.shape[1], image.shape[0], 0),
     )
-    for row in range(1, bars.shape[0]):
-      ax.axhline(row, color='white', linewidth=2)
-    ax.set_yticks(np.arange(bars.shape[0]) + 0.5, list(rows))
+    for row in separators:
+      ax.axhline(row, color=line_color, linewidth=line_width)
+    ax.set_yticks(np.arange(image.shape[0]) + 0.5, labels)
     ax.set_title(name, loc='left', fontsize=10)
   axes[-1].set_xlabel('frame')
   handles = [Patch(color=colors[c], label=f'{c}: {classes[c]}') for c in sorted(shown)]
-  figure.legend(handles=handles, loc='outside lower center', ncol=min(len(handles), 6), fontsize=8)
+  if handles:
+    figure.legend(
+      handles=handles, loc='outside lower center', ncol=min(len(handles), 6), fontsize=8
+    )
   _save_png(figure, path)
 
 

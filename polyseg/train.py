@@ -160,7 +160,7 @@ def score(
 def write_outputs(
   task,
   outdir: str,
-  videos: list[formats.Video],
+  videos: list,
   predictions: dict[str, dict[str, np.ndarray]],
   num_timelines: int,
 ) -> None:
@@ -171,14 +171,16 @@ def write_outputs(
     rows = predictions[video.name]
     for row, pred in rows.items():
       suffix = '' if len(rows) == 1 else f'.{row}'
-      formats.write_labels(
-        os.path.join(pred_dir, f'{video.name}{suffix}.txt'), [task.classes[i] for i in pred]
+      lines = task.label_lines(pred)
+      formats.write_atomic(
+        os.path.join(pred_dir, f'{video.name}{suffix}.txt'),
+        ''.join(f'{line}\n' for line in lines).encode('utf-8'),
       )
   plot_dir = os.path.join(outdir, 'timelines')
   os.makedirs(plot_dir, exist_ok=True)
   for video in videos[:num_timelines]:
     rows = {} if video.labels is None else {'ground truth': video.labels}
-    rows.update(predictions[video.name])
+    rows.update({row: task.timeline(pred) for row, pred in predictions[video.name].items()})
     report.plot_timelines(
       os.path.join(plot_dir, f'{video.name}.png'),
       [(video.name, rows)],
@@ -187,23 +189,45 @@ def write_outputs(
     )
 
 
+EVAL_SPLITS = {'test': 'eval', 'val': 'eval_val'}
+"""Split evaluated during training -> its output folder under the workdir and its metric prefix."""
+
+
 def evaluate_and_write(
-  task, params, videos, config, outdir: str, step: int, writer: report.MetricWriter | None = None
+  task,
+  params,
+  videos,
+  config,
+  outdir: str,
+  step: int,
+  writer: report.MetricWriter | None = None,
+  split: str = 'test',
 ) -> dict[str, dict[str, float]]:
   """Predicts `videos`, scores them, writes predictions/timelines/results; returns the results."""
   rng = jax.random.PRNGKey(config.eval.seed)
-  predictions = run_predictions(task, params, videos, rng, desc=f'eval @ {step}')
+  predictions = run_predictions(task, params, videos, rng, desc=f'{split} @ {step}')
   results = score(task, videos, predictions)
   if is_main_process():
     write_outputs(task, outdir, videos, predictions, config.eval.num_timelines)
     write_json(os.path.join(outdir, 'results.json'), {'step': step, 'results': results})
     table = report.format_table(results)
     formats.write_atomic(os.path.join(outdir, 'results.txt'), f'step {step}\n{table}\n'.encode())
-    print(f'\nTest results at step {step} ({len(videos)} videos):\n{table}\n', flush=True)
+    print(f'\n{split} results at step {step} ({len(videos)} videos):\n{table}\n', flush=True)
     if writer is not None:
       main_row = results[task.rows[0]]
-      writer.write(step, {f'eval/{k}': v for k, v in main_row.items()})
+      writer.write(step, {f'{EVAL_SPLITS[split]}/{k}': v for k, v in main_row.items()})
   return results
+
+
+def evaluate_splits(task, params, data, config, workdir: str, step: int, writer=None):
+  """Evaluates val (if any) then test; returns the results of the split that selects checkpoints."""
+  results = {}
+  for split in ('val', 'test'):
+    videos = getattr(data, split)
+    if videos:
+      outdir = os.path.join(workdir, EVAL_SPLITS[split])
+      results[split] = evaluate_and_write(task, params, videos, config, outdir, step, writer, split)
+  return results['val'] if 'val' in results else results['test']
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +260,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str, with_data: bool = Tru
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
-  """Trains `config.task` (resuming from the latest checkpoint in `workdir`), then evaluates."""
+  """Trains `config.task` (resuming from the latest checkpoint in `workdir`), evaluating val (if the
+  data has one) and test every `eval_every` steps; the best checkpoint is picked on val when there is
+  one, else on test. Returns the results of that split at the last step."""
   workdir, data, task = setup(config, workdir)
   if is_main_process():
     write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
@@ -250,7 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if is_main_process():
     print(
       f'{config.task}: {tasks.count_params(state["params"]):,} parameters, '
-      f'{len(data.train)} training videos, {len(data.test)} test videos',
+      f'{len(data.train)} training videos, {len(data.val)} val videos, {len(data.test)} test videos',
       flush=True,
     )
 
@@ -283,17 +309,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         bar.set_postfix(loss=f'{summary["train/loss"]:.4f}')
         history, history_start, t0 = [], step, time.time()
       if step % config.train.eval_every == 0 or step == num_steps:
-        results = evaluate_and_write(
-          task, state['params'], data.test, config, os.path.join(workdir, 'eval'), step, writer
-        )
+        results = evaluate_splits(task, state['params'], data, config, workdir, step, writer)
         ckpt.save(step, state, metrics=results[task.rows[0]])
         t0 = time.time()  # steps/s measures training only
       elif step % config.train.checkpoint_every == 0:
         ckpt.save(step, state)
   if results is None:  # resumed a finished run: evaluate the final checkpoint again
-    results = evaluate_and_write(
-      task, state['params'], data.test, config, os.path.join(workdir, 'eval'), step, writer
-    )
+    results = evaluate_splits(task, state['params'], data, config, workdir, step, writer)
   writer.close()
   ckpt.close()
   if is_main_process():
@@ -317,25 +339,27 @@ def restore_params(task, config, workdir: str, which: str = 'latest'):
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = 'latest'):
-  """Evaluates the latest (or best) checkpoint of `workdir` on the test split."""
+  """Evaluates the latest (or best) checkpoint of `workdir` on the val (if any) and test splits;
+  outputs go to `eval_<which>/` (and `eval_<which>_val/`). Returns the test results."""
   workdir, data, task = setup(config, workdir)
   step, params = restore_params(task, config, workdir, which)
-  return evaluate_and_write(
-    task, params, data.test, config, os.path.join(workdir, f'eval_{which}'), step
-  )
+  results = {}
+  for split in ('val', 'test'):
+    videos = getattr(data, split)
+    if videos:
+      suffix = '' if split == 'test' else f'_{split}'
+      outdir = os.path.join(workdir, f'eval_{which}{suffix}')
+      results[split] = evaluate_and_write(task, params, videos, config, outdir, step, split=split)
+  return results['test']
 
 
 def predict(config: ml_collections.ConfigDict, workdir: str, which: str = 'latest') -> str:
-  """Runs the checkpoint on every `<vid>.npy` of `config.predict.features`; returns the output dir."""
+  """Runs the checkpoint on the unlabelled inputs of `config.predict.features` (the task says what
+  they are: a folder of `<vid>.npy`, or a dataset folder without labels); returns the output dir."""
   if not config.predict.features:
-    raise ValueError('--mode=predict needs --config.predict.features=DIR (a folder of <vid>.npy)')
+    raise ValueError('--mode=predict needs --config.predict.features=DIR')
   workdir, _, task = setup(config, workdir, with_data=False)
-  videos = [
-    formats.Video(name, features, None)
-    for name, features in formats.read_feature_folder(
-      config.predict.features, input_dim=task.input_dim
-    )
-  ]
+  videos = tasks.get(config.task).load_unlabelled(config, task.info)
   step, params = restore_params(task, config, workdir, which)
   outdir = config.predict.output or os.path.join(workdir, 'predict')
   predictions = run_predictions(

@@ -335,3 +335,48 @@ def test_kinds_are_drawn_uniformly_per_video():
 
   repeated = _masks(('full', 'full', 'zero'), [1], labels, boundary, mask)[0]
   np.testing.assert_allclose(np.all(repeated == 1, axis=1).mean(), 2 / 3, atol=0.04)
+
+
+# --- multi-hot labels (HopaDIFF) ---------------------------------------------------------------
+
+
+def _multi_hot_masks(kind, seeds, active, mask):
+  """Condition masks [len(seeds), B, T] of multi-hot labels active [B, T, C]."""
+  boundary = np.zeros(mask.shape, np.float32)
+  fn = jax.jit(
+    jax.vmap(
+      lambda seed: diffusion.condition_mask(
+        jax.random.PRNGKey(seed), active, boundary, mask, (kind,), 0.3
+      )[..., 0]
+    )
+  )
+  return np.asarray(fn(jnp.asarray(seeds)))
+
+
+@pytest.mark.parametrize('n', [1, 2, 5])
+def test_segment_mask_of_multi_hot_labels_zeroes_frames_of_n_present_classes(n):
+  # Video 0: class 0 on frames 0-5, class 1 on 3-8, class 2 on 6-7, frame 9 empty, 10-11 padding
+  # (where class 3 is "active" but must never be chosen). Video 1: only class 3, frames 0-3.
+  active = np.zeros((2, 12, 4), np.float32)
+  active[0, 0:6, 0] = active[0, 3:9, 1] = active[0, 6:8, 2] = 1
+  active[0, 10:, 3] = 1
+  active[1, 0:4, 3] = 1
+  mask = np.zeros((2, 12), np.float32)
+  mask[0, :10] = mask[1, :4] = 1
+  valid = mask > 0
+  chosen_counts = np.zeros(4)
+  for out in _multi_hot_masks(f'segment={n}', np.arange(300), active, mask):
+    assert np.all(out[~valid] == 1)
+    # The zeroed frames of video 0 are exactly those where one of n present classes is active.
+    zeroed = out[0] == 0
+    sets = [
+      set(s) for s in ([0], [1], [2], [0, 1], [0, 2], [1, 2], [0, 1, 2]) if len(s) == min(n, 3)
+    ]
+    matches = [s for s in sets if np.array_equal(zeroed, valid[0] & active[0][:, list(s)].any(-1))]
+    assert len(matches) == 1, zeroed
+    chosen_counts[list(matches[0])] += 1
+    assert out[0, 9] == 1  # an empty frame is never zeroed
+    np.testing.assert_array_equal(out[1, :4] == 0, np.ones(4, bool))  # the only class present
+  if n == 1:  # each present class of video 0 is drawn about 1/3 of the time; class 3 never
+    np.testing.assert_allclose(chosen_counts[:3], 100, atol=30)
+  assert chosen_counts[3] == 0

@@ -255,3 +255,38 @@ def test_gaussian_smooth_of_one_hot_labels_is_a_soft_target():
     soft.sum(-1), 1, atol=1e-6
   )  # the filter preserves a partition of unity
   np.testing.assert_array_equal(soft[0].argmax(-1), labels)
+
+
+def test_multilabel_boundary_loss_hand_worked():
+  # Two classes, sigmoid probabilities p0 = (1/2, 1/4), p1 = (3/4, 1/4), p2 = (1/4, 3/4).
+  # d1 = (3/4 * 1/2 + 1/4 * 1/2, 1/4 * 3/4 + 3/4 * 1/4) = (1/2, 3/8): b1 = 1 - (1/2)(5/8) = 11/16.
+  # d2 = (1/4 * 1/4 + 3/4 * 3/4, 3/4 * 3/4 + 1/4 * 1/4) = (5/8, 5/8): b2 = 1 - (3/8)^2 = 55/64.
+  logits = jnp.asarray([[[0.0, -LN(3)], [LN(3), -LN(3)], [-LN(3), LN(3)], [9.0, -9.0]]])
+  target = jnp.asarray([[0.0, 1.0, 0.25, 1.0]])
+  mask = jnp.asarray([[1.0, 1.0, 1.0, 0.0]])
+  expected = (-LN(11 / 16) - (0.25 * LN(55 / 64) + 0.75 * LN(9 / 64))) / 2
+  value = losses.boundary_loss(logits, target, mask, 'sigmoid')
+  np.testing.assert_allclose(value, expected, rtol=1e-5)
+
+
+def test_multilabel_boundary_loss_gradient_only_through_current_frame():
+  logits = jnp.asarray(np.random.default_rng(3).normal(size=(1, 5, 3)), jnp.float32)
+  target = jnp.asarray(np.random.default_rng(4).random((1, 5)), jnp.float32)
+  mask = jnp.ones((1, 5))
+  loss = lambda lo: losses.boundary_loss(lo, target, mask, 'sigmoid')
+  grad = np.asarray(jax.grad(loss)(logits))
+  previous = np.asarray(jax.nn.sigmoid(logits))[:, :-1]
+
+  def reference(lo):
+    p = jax.nn.sigmoid(lo)[:, 1:]
+    change = 1 - jnp.prod(1 - (p * (1 - previous) + (1 - p) * previous), axis=-1)
+    y = target[:, 1:]
+    return jnp.mean(-(y * jnp.log(change) + (1 - y) * jnp.log(1 - change)))
+
+  np.testing.assert_allclose(grad, jax.grad(reference)(logits), atol=1e-6)
+  assert np.all(grad[0, 0] == 0)
+
+
+def test_boundary_loss_rejects_unknown_activation():
+  with pytest.raises(ValueError, match='activation'):
+    losses.boundary_loss(jnp.zeros((1, 2, 2)), jnp.zeros((1, 2)), jnp.ones((1, 2)), 'relu')

@@ -239,3 +239,217 @@ def test_matches_brute_force_reference():
   expected = {'Acc': correct / frames * 100, 'Edit': sum(edits) / len(edits)}
   expected.update({f'F1@{round(o * 100)}': reference_f1(*c) for o, c in totals.items()})
   assert accumulator.result() == pytest.approx(expected)
+
+
+# ---- multi-label (multi-hot) metrics ----
+
+
+def multi_hot(length, num_classes, runs):
+  """[T, C] bool with class c active on [start, end) for each (c, start, end) in runs."""
+  labels = np.zeros((length, num_classes), bool)
+  for c, start, end in runs:
+    labels[start:end, c] = True
+  return labels
+
+
+def multilabel_scores(probs, gt, **kwargs):
+  accumulator = metrics.MultiLabelMetrics(**kwargs)
+  accumulator.add(probs, gt)
+  return accumulator.result()
+
+
+# Five frames, three classes. Ground-truth sets: {0}, {1, 2}, {}, {}, {2}.
+ACC_GT = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0], [0, 0, 0], [0, 0, 1]], bool)
+ACC_PROBS = np.array(
+  [
+    [0.7, 0.2, 0.1],  # top class 0 in {0}: correct
+    [0.5, 0.3, 0.4],  # top class 0 not in {1, 2}: wrong
+    [0.1, 0.4, 0.2],  # empty set, nothing >= .5: correct
+    [0.1, 0.6, 0.0],  # empty set, class 1 >= .5: wrong
+    [0.1, 0.2, 0.3],  # top class 2 in {2}: correct although below the threshold
+  ]
+)
+
+
+def test_multilabel_acc_hand_worked():
+  assert multilabel_scores(ACC_PROBS, ACC_GT)['Acc'] == pytest.approx(60.0)
+  # Threshold .65: frame 3 has no active class any more -> 4 / 5. Threshold .6: .6 >= .6 is active.
+  assert multilabel_scores(ACC_PROBS, ACC_GT, threshold=0.65)['Acc'] == pytest.approx(80.0)
+  assert multilabel_scores(ACC_PROBS, ACC_GT, threshold=0.6)['Acc'] == pytest.approx(60.0)
+
+
+# Twelve frames, four classes (class 3 never active):
+#   class 0: gt [0, 6); pred [0, 2) (IoU 2/6) and [3, 6) (IoU 3/6)
+#   class 1: gt [8, 12); pred [5, 9) (IoU 1/7)
+#   class 2: gt [9, 11); no prediction
+TRACK_GT = multi_hot(12, 4, [(0, 0, 6), (1, 8, 12), (2, 9, 11)])
+TRACK_PRED = multi_hot(12, 4, [(0, 0, 2), (0, 3, 6), (1, 5, 9)])
+TRACK_PROBS = np.where(TRACK_PRED, 0.9, 0.1)
+
+
+def test_multilabel_f1_and_edit_tracks_hand_worked():
+  accumulator = metrics.MultiLabelMetrics()
+  accumulator.add(TRACK_PROBS, TRACK_GT)
+  # Class 0: [0, 2) takes the GT segment first (greedy, temporal order): TP at .1 and .25, FP at .5;
+  # [3, 6) then hits a used segment at .1 / .25 (FP) but is the TP at .5 -> (1, 1, 0) at every k.
+  # Class 1: TP at .1 only; at .25 / .5 one FP and one FN. Class 2: one FN.
+  # @10: (1,1,0) + (1,0,0) + (0,0,1) = (2, 1, 1) -> P = R = 2/3 -> F1 66.7.
+  # @25 and @50: (1,1,0) + (0,1,1) + (0,0,1) = (1, 2, 2) -> P = R = 1/3 -> F1 33.3.
+  assert accumulator.counts(0.1) == (2, 1, 1)
+  assert accumulator.counts(0.25) == (1, 2, 2)
+  assert accumulator.counts(0.5) == (1, 2, 2)
+  result = accumulator.result()
+  assert [result[k] for k in ('F1@10', 'F1@25', 'F1@50')] == pytest.approx(
+    [200 / 3, 100 / 3, 100 / 3]
+  )
+  # Edit per track: class 0 two predicted segments vs one -> 50; class 1 -> 100; class 2 -> 0;
+  # class 3 is empty on both sides and not averaged (it would give 62.5) -> 50.
+  assert result['Edit'] == pytest.approx(50.0)
+  # A second video with class 0 exactly right adds one track of 100 -> (50 + 100 + 0 + 100) / 4.
+  exact = multi_hot(5, 4, [(0, 0, 3)])
+  accumulator.add(np.where(exact, 0.8, 0.0), exact)
+  assert accumulator.result()['Edit'] == pytest.approx(62.5)
+  assert accumulator.counts(0.5) == (2, 2, 2)
+
+
+def test_multilabel_all_empty_video():
+  empty = np.zeros((6, 3), bool)
+  quiet = np.full((6, 3), 0.2)
+  # Every frame correct (no GT label, nothing active); no track anywhere -> Edit 100; no segment
+  # -> F1 undefined -> 0; no positive frame for any class -> mAP 0.
+  assert multilabel_scores(quiet, empty) == {
+    'Acc': 100.0,
+    'Edit': 100.0,
+    'F1@10': 0.0,
+    'F1@25': 0.0,
+    'F1@50': 0.0,
+    'mAP': 0.0,
+  }
+  # A false alarm of class 1 on frames [2, 4): those 2 frames are wrong, its track has Edit 0.
+  alarm = quiet.copy()
+  alarm[2:4, 1] = 0.7
+  accumulator = metrics.MultiLabelMetrics()
+  accumulator.add(alarm, empty)
+  assert accumulator.counts(0.1) == (0, 1, 0)
+  assert accumulator.result()['Acc'] == pytest.approx(400 / 6)
+  assert accumulator.result()['Edit'] == 0.0
+
+
+def test_multilabel_map_tiny_ranking():
+  accumulator = metrics.MultiLabelMetrics()
+  # Class 0 over both videos: scores [.9, .8, .3 | .6, .3], positives [T, F, T | F, T]. Ranked:
+  # .9 (P), .8, .6, .3 (P), .3 (P) -> precisions 1/1, 2/4, 3/5 -> AP (1 + .5 + .6) / 3 = 70.
+  # Class 1: no positive frame -> not averaged. Class 2: all scores .2 (ties keep the frame order),
+  # the only positive is the 4th frame -> AP 1/4 = 25. mAP = (70 + 25) / 2 = 47.5.
+  accumulator.add(
+    np.array([[0.9, 0.1, 0.2], [0.8, 0.1, 0.2], [0.3, 0.1, 0.2]]),
+    np.array([[1, 0, 0], [0, 0, 0], [1, 0, 0]], bool),
+  )
+  accumulator.add(
+    np.array([[0.6, 0.1, 0.2], [0.3, 0.1, 0.2]]), np.array([[0, 0, 1], [1, 0, 0]], bool)
+  )
+  assert accumulator.average_precisions() == pytest.approx({0: 70.0, 2: 25.0})
+  assert accumulator.result()['mAP'] == pytest.approx(47.5)
+  # Ties are broken by input order: the earlier frame ranks first.
+  assert metrics.average_precision(np.array([0.5, 0.5]), np.array([False, True])) == 50.0
+  assert metrics.average_precision(np.array([0.5, 0.5]), np.array([True, False])) == 100.0
+
+
+def brute_force_average_precision(scores, positives):
+  """Mean over positives i of the precision among frames ranked at or above i (higher score, or
+  equal score and not later)."""
+  precisions = []
+  for i in range(len(scores)):
+    if positives[i]:
+      above = [
+        j
+        for j in range(len(scores))
+        if scores[j] > scores[i] or (scores[j] == scores[i] and j <= i)
+      ]
+      precisions.append(sum(positives[j] for j in above) / len(above))
+  return sum(precisions) / len(precisions) * 100
+
+
+def test_average_precision_matches_brute_force():
+  rng = np.random.default_rng(0)
+  for _ in range(50):
+    size = int(rng.integers(1, 30))
+    scores = np.round(rng.random(size), 1)  # coarse values: many ties
+    positives = rng.random(size) < 0.4
+    positives[rng.integers(size)] = True
+    assert metrics.average_precision(scores, positives) == pytest.approx(
+      brute_force_average_precision(scores, positives)
+    )
+
+
+def test_multilabel_matches_per_track_reference():
+  rng = np.random.default_rng(1)
+  threshold = 0.4
+  accumulator = metrics.MultiLabelMetrics(threshold=threshold)
+  correct = frames = 0
+  edits, totals = [], {overlap: [0, 0, 0] for overlap in metrics.DEFAULT_OVERLAPS}
+  videos = []
+  for _ in range(20):
+    length, num_classes = int(rng.integers(1, 30)), 4
+    gt = np.stack([random_video(rng, length, 2) == 1 for _ in range(num_classes)], axis=1)
+    noise = rng.random((length, num_classes)) * 0.5
+    probs = np.clip(np.where(np.roll(gt, rng.integers(-2, 3), axis=0), 0.5, 0.0) + noise, 0, 1)
+    accumulator.add(probs, gt)
+    videos.append((probs, gt))
+    for t in range(length):
+      labels = [c for c in range(num_classes) if gt[t, c]]
+      if labels:
+        correct += int(max(range(num_classes), key=lambda c: (probs[t, c], -c)) in labels)
+      else:
+        correct += int(all(p < threshold for p in probs[t]))
+      frames += 1
+    for c in range(num_classes):
+      pred_track = [int(p >= threshold) for p in probs[:, c]]
+      gt_track = [int(g) for g in gt[:, c]]
+      if 1 not in pred_track and 1 not in gt_track:
+        continue
+      pred_segments = reference_segments(pred_track, (0,))
+      gt_segments = reference_segments(gt_track, (0,))
+      lev = reference_levenshtein([s[0] for s in pred_segments], [s[0] for s in gt_segments])
+      edits.append((1 - lev / max(len(pred_segments), len(gt_segments))) * 100)
+      for overlap, total in totals.items():
+        counts = reference_counts(pred_track, gt_track, overlap, (0,))
+        total[:] = [a + b for a, b in zip(total, counts)]
+  all_probs = np.concatenate([p for p, _ in videos])
+  all_gt = np.concatenate([g for _, g in videos])
+  aps = [
+    brute_force_average_precision(all_probs[:, c].tolist(), all_gt[:, c].tolist())
+    for c in range(4)
+    if all_gt[:, c].any()
+  ]
+  expected = {'Acc': correct / frames * 100, 'Edit': sum(edits) / len(edits)}
+  for overlap, counts in totals.items():
+    assert accumulator.counts(overlap) == tuple(counts)
+    expected[f'F1@{round(overlap * 100)}'] = metrics.f1_from_counts(*counts)
+  expected['mAP'] = sum(aps) / len(aps)
+  assert accumulator.result() == pytest.approx(expected)
+
+
+def test_multilabel_invalid_inputs_raise():
+  accumulator = metrics.MultiLabelMetrics()
+  with pytest.raises(ValueError, match=r'probs: expected a non-empty \[T, C\] float'):
+    accumulator.add(np.zeros((3, 2), int), np.zeros((3, 2), bool))
+  with pytest.raises(ValueError, match='probs: expected'):
+    accumulator.add(np.zeros(3), np.zeros((3, 2), bool))
+  with pytest.raises(ValueError, match=r'gt: expected a \[T, C\] bool'):
+    accumulator.add(np.zeros((3, 2)), np.zeros((3, 2)))
+  with pytest.raises(ValueError, match=r'probs has shape \(3, 2\) but gt has \(4, 2\)'):
+    accumulator.add(np.zeros((3, 2)), np.zeros((4, 2), bool))
+  with pytest.raises(ValueError, match=r'probs: values must be in \[0, 1\]'):
+    accumulator.add(np.full((3, 2), 1.5), np.zeros((3, 2), bool))
+  with pytest.raises(ValueError, match='no videos'):
+    accumulator.result()
+  accumulator.add(np.zeros((3, 2)), np.zeros((3, 2), bool))
+  with pytest.raises(ValueError, match='3 classes, earlier videos had 2'):
+    accumulator.add(np.zeros((3, 3)), np.zeros((3, 3), bool))
+  with pytest.raises(ValueError, match='overlap 0.3 not in'):
+    accumulator.counts(0.3)
+  with pytest.raises(ValueError, match='threshold'):
+    metrics.MultiLabelMetrics(threshold=0.0)
+  with pytest.raises(ValueError, match='no positive frames'):
+    metrics.average_precision(np.ones(2), np.zeros(2, bool))

@@ -266,3 +266,59 @@ def test_test_views(length, rate):
 def test_test_views_rejects_too_short_video():
   with pytest.raises(ValueError, match="'v6' has 5 frames"):
     pipeline.temporal_views(VIDEOS[-1], 8)
+
+
+# --- multi-hot labels and extra fields (HopaDIFF) ------------------------------------------------
+
+
+def test_boundary_target_of_multi_hot_labels_marks_label_set_changes():
+  # Sets: {0} {0} {0,1} {0,1} {} {} {1}: changes at frames 2, 4 and 6.
+  active = np.array([[1, 0], [1, 0], [1, 1], [1, 1], [0, 0], [0, 0], [0, 1]], bool)
+  np.testing.assert_array_equal(pipeline.boundary_target(active, None), [0, 1, 1, 1, 1, 1, 1])
+  same = np.tile([[1, 1]], (5, 1)).astype(bool)
+  np.testing.assert_array_equal(pipeline.boundary_target(same, 1.0), np.zeros(5))
+
+
+class _Sample:
+  def __init__(self, name, length, seed):
+    rng = np.random.default_rng(seed)
+    self.name = name
+    self.a = rng.normal(size=(length, 3)).astype(np.float32)
+    self.labels = rng.random((length, 4)) < 0.3
+    self.code = np.full(2, seed, np.float32)
+
+
+def _sample_fields(sample):
+  return {'a': sample.a, 'labels': sample.labels.astype(np.float32)}, {'code': sample.code}
+
+
+def test_loader_fields_pad_per_frame_arrays_and_stack_per_video_arrays():
+  samples = [_Sample('s0', 70, 0), _Sample('s1', 30, 1)]
+  loader = pipeline.TrainLoader(
+    samples, batch_size=2, sample_rate=2, boundary_sigma=None, seed=3, fields=_sample_fields
+  )
+  batch = loader.batch(0)
+  assert set(batch) == {'a', 'labels', 'code', 'boundary', 'mask'}
+  assert batch['a'].shape == (2, 64, 3) and batch['labels'].shape == (2, 64, 4)
+  for row, index in enumerate(loader.batch_indices(0)):
+    sample = samples[index]
+    length = int(batch['mask'][row].sum())
+    offset = next(o for o in range(2) if np.array_equal(batch['a'][row, 0], sample.a[o]))
+    np.testing.assert_array_equal(batch['a'][row, :length], sample.a[offset::2])
+    np.testing.assert_array_equal(batch['labels'][row, :length], sample.labels[offset::2])
+    np.testing.assert_array_equal(
+      batch['boundary'][row, :length], pipeline.boundary_target(sample.labels, None)[offset::2]
+    )
+    assert np.all(batch['a'][row, length:] == 0)
+    np.testing.assert_array_equal(batch['code'][row], sample.code)
+
+
+def test_frame_views_of_several_arrays():
+  a = np.arange(10, dtype=np.float32)[:, None]
+  views = pipeline.frame_views({'a': a, 'b': 2 * a}, 3, 'v')
+  assert views['a'].shape == (3, 64, 1) and views['mask'].shape == (3, 64)
+  np.testing.assert_array_equal(views['mask'].sum(1), [4, 3, 3])
+  np.testing.assert_array_equal(views['a'][1, :3, 0], [1, 4, 7])
+  np.testing.assert_array_equal(views['b'][1, :3, 0], [2, 8, 14])
+  with pytest.raises(ValueError, match="'v' has 10 frames"):
+    pipeline.frame_views({'a': a}, 11, 'v')

@@ -145,3 +145,120 @@ def test_postprocess_hand_worked_purge_at_full_rate():
   probs = np.eye(2)[[0, 1, 0, 0]]
   np.testing.assert_array_equal(postprocess.postprocess(probs, 8, 2), [0, 0, 0, 1, 1, 0, 0, 0])
   np.testing.assert_array_equal(postprocess.postprocess(probs, 8, 2, 'purge', 2), np.zeros(8))
+
+
+# ---- multi-label post-processing ----
+
+
+@pytest.mark.parametrize('size', [1, 3, 6])
+def test_median_filter_time_is_per_class_scipy_without_renormalisation(size):
+  probs = np.random.default_rng(size).random((17, 3))
+  expected = np.stack([scipy.ndimage.median_filter(probs[:, c], size=size) for c in range(3)], -1)
+  np.testing.assert_array_equal(postprocess.median_filter_time(probs, size), expected)
+  np.testing.assert_allclose(
+    postprocess.median_filter_probs(probs, size), expected / expected.sum(-1, keepdims=True)
+  )
+
+
+def test_restore_full_rate_accepts_class_columns():
+  probs = np.random.default_rng(0).random((4, 3))  # r = 3, full_len 13: ticks 1, 4, 7, 10
+  restored = postprocess.restore_full_rate(probs, 13, 3)
+  assert restored.shape == (13, 3)
+  for c in range(3):
+    np.testing.assert_array_equal(restored[:, c], diffact_restore(probs[:, c], 13, 3))
+
+
+def test_binarize_threshold_is_inclusive():
+  np.testing.assert_array_equal(
+    postprocess.binarize(np.array([[0.49, 0.5], [0.7, 0.2]])), [[False, True], [True, False]]
+  )
+  np.testing.assert_array_equal(postprocess.binarize(np.array([0.5, 0.7]), 0.6), [False, True])
+
+
+@pytest.mark.parametrize(
+  'track, max_len, expected',
+  [
+    ([1, 0, 1], 1, [1, 1, 1]),  # the gap is filled first, so the pieces are joined, not removed
+    ([1, 1, 0, 0, 0, 1], 1, [1, 1, 0, 0, 0, 0]),  # gap of 3 kept, last 1-frame run removed
+    ([0, 1, 0, 0, 1, 1, 1, 0], 2, [0, 1, 1, 1, 1, 1, 1, 0]),  # edge gaps kept, inner gap filled
+    ([0, 1, 1, 1, 0], 1, [0, 1, 1, 1, 0]),  # 1-frame gaps at the edges are not between two runs
+    ([0, 0, 1, 0, 0, 0], 1, [0, 0, 0, 0, 0, 0]),  # short run removed
+    ([0, 0, 1, 1, 0, 0, 0], 1, [0, 0, 1, 1, 0, 0, 0]),  # longer than max_len: kept
+    ([1, 1], 5, [0, 0]),  # a short run is removed even when it fills the video
+    ([0, 0, 0], 5, [0, 0, 0]),
+  ],
+)
+def test_purge_binary_hand_worked(track, max_len, expected):
+  np.testing.assert_array_equal(postprocess.purge_binary(np.array(track, bool), max_len), expected)
+
+
+def test_purge_binary_is_idempotent():
+  rng = np.random.default_rng(0)
+  for _ in range(30):
+    track = rng.random(int(rng.integers(1, 40))) < 0.5
+    max_len = int(rng.integers(1, 4))
+    once = postprocess.purge_binary(track, max_len)
+    np.testing.assert_array_equal(postprocess.purge_binary(once, max_len), once)
+
+
+# r = 2, full_len 8: ticks 1, 3, 5, 7; low-rate frame i covers full-rate frames
+# [0, 1, 2], [3, 4], [5, 6], [7] (frame 2 is halfway -> the earlier tick).
+LOW_RATE = np.array([[0.9, 0.2], [0.1, 0.7], [0.8, 0.3], [0.3, 0.4]])
+
+
+def test_postprocess_multilabel_none_and_purge_hand_worked():
+  plain = postprocess.postprocess_multilabel(LOW_RATE, 8, 2)
+  assert plain.dtype == np.float32
+  np.testing.assert_allclose(plain, LOW_RATE[[0, 0, 0, 1, 1, 2, 2, 3]], rtol=1e-6)
+  # Full-rate decisions: class 0 [1 1 1 0 0 1 1 0], class 1 [0 0 0 1 1 0 0 0].
+  # Purge 1: the gap and the run are 2 frames long -> nothing changes.
+  np.testing.assert_array_equal(
+    postprocess.postprocess_multilabel(LOW_RATE, 8, 2, 'purge', 1), plain
+  )
+  # Purge 2: class 0's gap [3, 5) is filled (-> 1), class 1's run [3, 5) removed (-> 0); all other
+  # frames keep their probability.
+  np.testing.assert_allclose(
+    postprocess.postprocess_multilabel(LOW_RATE, 8, 2, 'purge', 2),
+    [
+      [0.9, 0.2],
+      [0.9, 0.2],
+      [0.9, 0.2],
+      [1.0, 0.0],
+      [1.0, 0.0],
+      [0.8, 0.3],
+      [0.8, 0.3],
+      [0.3, 0.4],
+    ],
+    rtol=1e-6,
+  )
+  # With threshold .75, class 0's frames at .8 decide active and class 0 ends [1 1 1 1 1 1 1 0];
+  # class 1 (.7 < .75) has no run.
+  purged = postprocess.postprocess_multilabel(LOW_RATE, 8, 2, 'purge', 2, threshold=0.75)
+  np.testing.assert_allclose(purged[:, 0], [0.9, 0.9, 0.9, 1, 1, 0.8, 0.8, 0.3], rtol=1e-6)
+  np.testing.assert_allclose(purged[:, 1], plain[:, 1])
+
+
+def test_postprocess_multilabel_median_hand_worked():
+  # Size 3, reflect borders. Class 0 [.9 .1 .8 .3]: medians of [.9 .9 .1] [.9 .1 .8] [.1 .8 .3]
+  # [.8 .3 .3] = .9 .8 .3 .3; class 1 [.2 .7 .3 .4]: [.2 .2 .7] [.2 .7 .3] [.7 .3 .4] [.3 .4 .4]
+  # = .2 .3 .4 .4. Rows are not renormalised (the first sums to 1.1).
+  expected_low = np.array([[0.9, 0.2], [0.8, 0.3], [0.3, 0.4], [0.3, 0.4]])
+  np.testing.assert_allclose(
+    postprocess.postprocess_multilabel(LOW_RATE, 4, 1, 'median', 3), expected_low, rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    postprocess.postprocess_multilabel(LOW_RATE, 8, 2, 'median', 3),
+    expected_low[[0, 0, 0, 1, 1, 2, 2, 3]],
+    rtol=1e-6,
+  )
+
+
+def test_postprocess_multilabel_invalid_inputs_raise():
+  with pytest.raises(ValueError, match="kind 'mode'"):
+    postprocess.postprocess_multilabel(LOW_RATE, 8, 2, 'mode', 3)
+  with pytest.raises(ValueError, match=r'probs: expected a \[T, C\]'):
+    postprocess.postprocess_multilabel(LOW_RATE[:, 0], 8, 2)
+  with pytest.raises(ValueError, match='positive int'):
+    postprocess.postprocess_multilabel(LOW_RATE, 8, 2, 'purge', None)
+  with pytest.raises(ValueError, match='ticks'):
+    postprocess.postprocess_multilabel(LOW_RATE, 12, 2)

@@ -136,3 +136,87 @@ def test_read_metrics_and_plot_curves(tmp_path):
   assert len(np.unique(image[..., :3].reshape(-1, 3), axis=0)) > 10  # not blank
   with pytest.raises(ValueError, match='no numeric keys'):
     report.plot_curves(str(tmp_path / 'metrics.jsonl'), png_path, prefixes=('val/',))
+
+
+def bands(rows):
+  """Contiguous runs of pixel row indices: [(first, last), ...]."""
+  rows = np.unique(rows)
+  breaks = np.flatnonzero(np.diff(rows) > 1)
+  return list(zip(rows[np.r_[0, breaks + 1]], rows[np.r_[breaks, rows.size - 1]]))
+
+
+def test_plot_timelines_multi_hot_png(tmp_path):
+  classes = ['stand', 'walk', 'sit', 'talk']
+  length = 200
+  gt = np.zeros((length, 4), bool)
+  gt[:100, 1] = True  # walk on frames [0, 100)
+  gt[50:150, 2] = True  # sit on frames [50, 150), ground truth only
+  pred = np.zeros((length, 4), bool)
+  pred[20:100, 1] = True  # walk on frames [20, 100); 'stand' and 'talk' are never active
+  path = str(tmp_path / 'multi.png')
+  report.plot_timelines(path, [('vid__p1', {'ground truth': gt, 'prediction': pred})], classes)
+  with open(path, 'rb') as f:
+    assert f.read(8) == PNG_MAGIC
+  image = matplotlib.image.imread(path)[..., :3]
+  colors = report.class_colors(len(classes))
+  for unused in (0, 3):  # no sub-row and no legend entry for classes never active
+    assert pixels_of(image, colors[unused])[0].size == 0
+  # Sub-rows top to bottom: ground truth: walk, ground truth: sit, prediction: walk, prediction: sit
+  # (all white). Bars are much wider than the legend patches: keep pixel rows with > 300 pixels.
+  walk_rows, walk_cols = pixels_of(image, colors[1])
+  sit_rows = pixels_of(image, colors[2])[0]
+  wide_walk = [r for r in np.unique(walk_rows) if np.sum(walk_rows == r) > 300]
+  wide_sit = [r for r in np.unique(sit_rows) if np.sum(sit_rows == r) > 300]
+  (gt_walk, pred_walk), (gt_sit,) = bands(wide_walk), bands(wide_sit)
+  # Ground-truth 'sit' row: the class colour exactly on frames [50, 150), white on the rest of the
+  # axes (frame width and axes position from the coloured run itself).
+  row = (gt_sit[0] + gt_sit[1]) // 2
+  colored = np.flatnonzero(np.all(np.abs(image[row] - colors[2]) < 1.5 / 255, axis=-1))
+  first, last = colored.min(), colored.max()
+  assert colored.size == last - first + 1  # one contiguous run
+  frame_width = (last + 1 - first) / 100
+  axes_left, axes_right = first - 50 * frame_width, first + 150 * frame_width
+  margin = round(2 * frame_width)  # the axes edges are only known to a few pixels
+  white = np.all(image[row] > 1 - 1.5 / 255, axis=-1)
+  assert white[round(axes_left) + margin : first - 1].all()
+  assert white[last + 2 : round(axes_right) - margin].all()
+  # Ground-truth 'walk' ends 50 frames after 'sit' starts; the predicted one starts 20 frames
+  # after the ground-truth one and ends with it.
+  gt_cols = walk_cols[walk_rows == (gt_walk[0] + gt_walk[1]) // 2]
+  pred_cols = walk_cols[walk_rows == (pred_walk[0] + pred_walk[1]) // 2]
+  assert gt_cols.max() + 1 - first == pytest.approx(50 * frame_width, abs=0.75 * frame_width)
+  assert pred_cols.min() - gt_cols.min() == pytest.approx(20 * frame_width, abs=0.75 * frame_width)
+  assert pred_cols.max() == gt_cols.max()
+  # Four sub-rows of equal height between the axes frame's top and bottom lines, with the black
+  # block separator after the second; the fourth, 'prediction: sit', is white.
+  column = round(axes_left + 10.5 * frame_width)  # clear of tick marks and labels
+  black = np.flatnonzero(np.all(image[:, column] < 0.2, axis=-1))
+  top, separator, bottom = [(start + end) / 2 for start, end in bands(black)]
+  sub_row = (bottom - top) / 4
+  assert separator == pytest.approx(top + 2 * sub_row, abs=2)
+  for index, band in enumerate((gt_walk, gt_sit, pred_walk)):
+    assert (band[0] + band[1]) / 2 == pytest.approx(top + (index + 0.5) * sub_row, abs=2)
+  pred_sit = image[round(top + 3 * sub_row) + 3 : round(bottom) - 2]
+  assert np.all(pred_sit[:, round(axes_left) + margin : round(axes_right) - margin] > 1 - 1.5 / 255)
+
+
+def test_plot_timelines_multi_hot_errors(tmp_path):
+  path = str(tmp_path / 'bad.png')
+  classes = ['a', 'b']
+  with pytest.raises(ValueError, match="'v': rows differ in length"):
+    report.plot_timelines(
+      path,
+      [('v', {'ground truth': np.zeros((5, 2), bool), 'prediction': np.zeros((4, 2), bool)})],
+      classes,
+    )
+  with pytest.raises(ValueError, match="'v': rows mix"):
+    report.plot_timelines(
+      path,
+      [('v', {'ground truth': np.zeros((5, 2), bool), 'prediction': np.zeros(5, int)})],
+      classes,
+    )
+  with pytest.raises(ValueError, match='3 classes, expected 2'):
+    report.plot_timelines(path, [('v', {'prediction': np.zeros((5, 3), bool)})], classes)
+  with pytest.raises(ValueError, match="row 'prediction'.*float"):
+    report.plot_timelines(path, [('v', {'prediction': np.zeros((5, 2))})], classes)
+  assert not os.path.exists(path)

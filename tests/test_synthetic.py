@@ -8,7 +8,7 @@ import pytest
 
 from polyseg.data import formats, synthetic
 
-SMALL = dict(num_train=4, num_test=2, min_len=150, max_len=300, input_dim=16)
+SMALL = {'num_train': 4, 'num_test': 2, 'min_len': 150, 'max_len': 300, 'input_dim': 16}
 
 
 def files(root: pathlib.Path) -> dict[str, bytes]:
@@ -169,12 +169,12 @@ def test_other_sizes():
 @pytest.mark.parametrize(
   'kwargs, message',
   [
-    (dict(num_classes=2), 'num_classes'),
-    (dict(num_activities=0), 'num_activities'),
-    (dict(rank=65), 'rank'),
-    (dict(min_len=700, max_len=600), 'min_len'),
-    (dict(min_len=8, max_len=600), 'too short'),
-    (dict(blend=0), 'blend'),
+    ({'num_classes': 2}, 'num_classes'),
+    ({'num_activities': 0}, 'num_activities'),
+    ({'rank': 65}, 'rank'),
+    ({'min_len': 700, 'max_len': 600}, 'min_len'),
+    ({'min_len': 8, 'max_len': 600}, 'too short'),
+    ({'blend': 0}, 'blend'),
   ],
 )
 def test_bad_arguments(kwargs, message):

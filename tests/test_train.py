@@ -22,7 +22,11 @@ def _engine(config, workdir):
   _, data, task = train.setup(config, workdir)
   tx = train.make_optimizer(config)
   state = train.init_state(task, tx, jax.random.PRNGKey(0))
-  return task.train_loader(data.train), state, train.make_train_step(task, tx, jax.random.PRNGKey(1))
+  return (
+    task.train_loader(data.train),
+    state,
+    train.make_train_step(task, tx, jax.random.PRNGKey(1)),
+  )
 
 
 def _restore_latest(config, workdir):

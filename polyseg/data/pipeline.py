@@ -12,7 +12,8 @@ above 2 * multiple.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.ndimage
@@ -23,16 +24,20 @@ BATCH_STREAM = 1  # seed-sequence tag of the per-batch random stream (offsets an
 
 
 def boundary_target(labels: np.ndarray, sigma: float | None) -> np.ndarray:
-  """DiffAct's boundary target: labels [T] int -> [T] float32 in [0, 1].
+  """DiffAct's boundary target: labels [T] int or multi-hot [T, C] -> [T] float32 in [0, 1].
 
-  1 at frames s-1 and s of every segment start s > 0; if `sigma` is set,
+  1 at frames s-1 and s of every segment start s > 0 (a frame whose label, or label set, differs from
+  the previous frame's); if `sigma` is set,
   gaussian-smoothed (scipy, mode 'reflect'), clipped at the peak an isolated
   boundary pair reaches in a sequence of the same length, divided by the max.
   A one-segment video gives all zeros.
   """
   labels = np.asarray(labels)
   target = np.zeros(len(labels), np.float64)
-  starts = np.flatnonzero(labels[1:] != labels[:-1]) + 1
+  changed = labels[1:] != labels[:-1]
+  if changed.ndim > 1:  # multi-hot [T, C]: the label set changed
+    changed = changed.any(axis=1)
+  starts = np.flatnonzero(changed) + 1
   if starts.size == 0:
     return target.astype(np.float32)
   target[starts] = 1.0
@@ -77,6 +82,15 @@ def _mask(lengths: Sequence[int], length: int) -> np.ndarray:
   return (np.arange(length)[None, :] < np.asarray(lengths)[:, None]).astype(np.float32)
 
 
+def video_fields(video: Video) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """The arrays a single-stream video contributes to a batch: per frame ({'features', 'labels'})
+  and per video (none)."""
+  return {'features': video.features, 'labels': video.labels}, {}
+
+
+Fields = Callable[[Any], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
+
+
 class TrainLoader:
   """Training batches as a pure function of (seed, step).
 
@@ -84,20 +98,25 @@ class TrainLoader:
   `np.random.default_rng([seed, e]).permutation`, `batch_size` at a time (the
   last batch of an epoch is filled up from the start of the same order). Each
   video gets a random offset o in [0, sample_rate) (frames o::sample_rate of
-  features, labels and the full-rate boundary target) and, if `max_len` is
+  its per-frame arrays and of the full-rate boundary target) and, if `max_len` is
   set, a random crop of at most `max_len` subsampled frames. A batch is padded
   to the bucket length of its longest member.
+
+  `fields(video) -> (per_frame, per_video)` says what a video contributes: per-frame arrays
+  [T, ...] (must include 'labels': [T] int or multi-hot [T, C]) are subsampled and padded to
+  [B, T', ...]; per-video arrays are stacked to [B, ...]. Default: `video_fields`.
   """
 
   def __init__(
     self,
-    videos: Sequence[Video],
+    videos: Sequence[Any],
     *,
     batch_size: int,
     sample_rate: int,
     boundary_sigma: float | None,
     seed: int,
     max_len: int | None = None,
+    fields: Fields = video_fields,
   ):
     if not videos:
       raise ValueError('TrainLoader needs at least one video')
@@ -114,6 +133,7 @@ class TrainLoader:
     self.sample_rate = sample_rate
     self.seed = seed
     self.max_len = max_len
+    self.fields = fields
     self.boundaries = [boundary_target(v.labels, boundary_sigma) for v in self.videos]
 
   @property
@@ -129,27 +149,29 @@ class TrainLoader:
     return order[position * self.batch_size : (position + 1) * self.batch_size]
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    """features [B, T, D] f32, labels [B, T] i32, boundary [B, T] f32, mask [B, T] f32."""
+    """Per-frame fields [B, T, ...] (default: features [B, T, D] f32, labels [B, T] i32), per-video
+    fields [B, ...], boundary [B, T] f32 and mask [B, T] f32."""
     epoch, position = divmod(step, self.steps_per_epoch)
     rng = np.random.default_rng([self.seed, epoch, BATCH_STREAM, position])
-    features, labels, boundary = [], [], []
+    per_frame, per_video, boundary = {}, {}, []
     for index in self.batch_indices(step):
       video, rate = self.videos[index], self.sample_rate
       frames = np.arange(rng.integers(rate), len(video.labels), rate)
       if self.max_len is not None and len(frames) > self.max_len:
         start = rng.integers(len(frames) - self.max_len + 1)
         frames = frames[start : start + self.max_len]
-      features.append(video.features[frames])
-      labels.append(video.labels[frames])
+      frame_arrays, video_arrays = self.fields(video)
+      for key, array in frame_arrays.items():
+        per_frame.setdefault(key, []).append(array[frames])
+      for key, array in video_arrays.items():
+        per_video.setdefault(key, []).append(array)
       boundary.append(self.boundaries[index][frames])
-    lengths = [len(x) for x in labels]
+    lengths = [len(x) for x in boundary]
     length = bucket_length(max(lengths))
-    return dict(
-      features=_pad(features, length, np.float32),
-      labels=_pad(labels, length, np.int32),
-      boundary=_pad(boundary, length, np.float32),
-      mask=_mask(lengths, length),
-    )
+    batch = {key: _pad(arrays, length, arrays[0].dtype) for key, arrays in per_frame.items()}
+    batch.update({key: np.stack(arrays) for key, arrays in per_video.items()})
+    batch.update(boundary=_pad(boundary, length, np.float32), mask=_mask(lengths, length))
+    return batch
 
 
 def temporal_views(video: Video, sample_rate: int) -> dict[str, np.ndarray]:
@@ -157,11 +179,23 @@ def temporal_views(video: Video, sample_rate: int) -> dict[str, np.ndarray]:
 
   T' is the bucket length of the longest view, ceil(T / r).
   """
-  if len(video.features) < sample_rate:
+  return frame_views({'features': video.features}, sample_rate, video.name)
+
+
+def frame_views(
+  arrays: dict[str, np.ndarray], sample_rate: int, name: str
+) -> dict[str, np.ndarray]:
+  """The r = sample_rate temporal views of each per-frame array: {key: [r, T', ...] f32} and
+  mask [r, T'] f32 (T' = bucket length of ceil(T / r)). `name` is used in errors."""
+  num_frames = len(next(iter(arrays.values())))
+  if num_frames < sample_rate:
     raise ValueError(
-      f'video {video.name!r} has {len(video.features)} frames, fewer than sample_rate {sample_rate}'
+      f'video {name!r} has {num_frames} frames, fewer than sample_rate {sample_rate}'
     )
-  views = [video.features[offset::sample_rate] for offset in range(sample_rate)]
-  lengths = [len(view) for view in views]
+  lengths = [len(range(offset, num_frames, sample_rate)) for offset in range(sample_rate)]
   length = bucket_length(max(lengths))
-  return dict(features=_pad(views, length, np.float32), mask=_mask(lengths, length))
+  views = {
+    key: _pad([array[offset::sample_rate] for offset in range(sample_rate)], length, np.float32)
+    for key, array in arrays.items()
+  }
+  return dict(views, mask=_mask(lengths, length))

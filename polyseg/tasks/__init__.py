@@ -3,24 +3,29 @@
 The engine (`polyseg.train`) only sees this interface, implemented by `<module>.Task`:
 
   load_data(config) -> Data                     module-level; validated before any training step
+  load_unlabelled(config, info) -> [video]      module-level; --mode=predict inputs
   Task(config, info: DataInfo, train_videos)    builds model, schedule, class weights
-  .classes / .background / .input_dim / .rows   class names, background ids, D, output row names
+  .classes / .background / .rows                class names, background ids, output row names
   .train_loader(videos) -> object with .batch(step) -> dict of numpy arrays (pure in step)
   .example_batch() -> a tiny batch with the right shapes (to build abstract params)
   .init(rng, batch) -> params
   .loss(params, batch, rng) -> (scalar loss, {term: scalar})     jit-able
-  .predict(params, video, rng) -> {row: class ids [T]}
-  .new_metrics() -> object with .add(pred, gt) and .result() -> {metric: value}
+  .predict(params, video, rng) -> {row: prediction}   class ids [T], or probabilities [T, C] (multi-label)
+  .label_lines(prediction) -> [str]             one line per frame, the ground-truth file format
+  .timeline(prediction) -> class ids [T] or multi-hot [T, C]   what a timeline plot shows
+  .new_metrics() -> object with .add(prediction, gt) and .result() -> {metric: value}
+
+A video is any object with `.name` and `.labels` (None when unlabelled); the task reads the rest.
 """
 
 import dataclasses
 import importlib
 
-from polyseg.data import formats
 from polyseg.models.layers import count_params  # noqa: F401  (re-exported for the engine)
 
 REGISTRY = {
   'diffact': 'polyseg.tasks.diffact',
+  'hopadiff': 'polyseg.tasks.hopadiff',
 }
 
 
@@ -29,7 +34,9 @@ class DataInfo:
   """What a trained model needs to know about its data (saved as <workdir>/data.json)."""
 
   classes: tuple[str, ...]
-  input_dim: int
+  input_dim: (
+    int | dict[str, int]
+  )  # feature dimension, or one per input stream ({'holistic': 768, ...})
   background: tuple[int, ...]
 
   def __post_init__(self):  # JSON gives lists; keep tuples so equality is by value.
@@ -39,9 +46,12 @@ class DataInfo:
 
 @dataclasses.dataclass
 class Data:
+  """The splits of a dataset; `val` (may be empty) picks the best checkpoint, `test` is reported."""
+
   info: DataInfo
-  train: list[formats.Video]
-  test: list[formats.Video]
+  train: list
+  test: list
+  val: list = dataclasses.field(default_factory=list)
 
 
 def get(name: str):

