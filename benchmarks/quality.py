@@ -1,11 +1,19 @@
-r"""Does the diffusion pay off? Three models, same synthetic split, same training budget.
+r"""Does each method's idea pay off? Same synthetic split and training budget per table.
 
-  python benchmarks/quality.py [--steps=1200] [--workdir=/tmp/polyseg-quality]
+  python benchmarks/quality.py [--task=diffact|hopadiff] [--steps=N] [--workdir=/tmp/polyseg-quality]
 
+--task=diffact (default):
 (a) a per-frame linear classifier (softmax regression on the features, Adam, the same steps),
 (b) the DiffAct encoder alone (decoder losses off, prediction = encoder argmax),
 (c) full DiffAct (encoder + denoising decoder, DDIM sampling).
-All three get the same post-processing. Prints one table and one JSON line per model.
+All three get the same post-processing.
+
+--task=hopadiff: the paper's Table 5 on the synthetic referring data — full HopaDIFF, w/o the partial
+branch, w/o HP-xLSTM, w/o the cross-attention gates (BCAF), w/o the DFT condition, and w/o all
+(= DiffAct with sigmoid outputs on the holistic features alone); val and test (the best checkpoint is
+picked on val). `--ablations=none,no_all` runs a subset.
+
+Prints one table and one JSON line per model (and split). Finished runs in --workdir are reused.
 """
 
 import argparse
@@ -61,11 +69,55 @@ def linear_baseline(config, steps: int) -> dict[str, float]:
   return scores.result()
 
 
+HOPADIFF_ROWS = {
+  'none': 'HopaDIFF',
+  'no_partial': 'w/o partial branch',
+  'no_xlstm': 'w/o HP-xLSTM',
+  'no_bcaf': 'w/o BCAF',
+  'no_dft': 'w/o DFT-cond',
+  'no_all': 'w/o all (DiffAct, holistic)',
+}
+
+
+def hopadiff_table(args) -> None:
+  """Trains each ablation of configs/hopadiff.py and prints val and test of its fused row."""
+  rows = {'val': {}, 'test': {}}
+  for ablation in args.ablations.split(','):
+    config = load_config('hopadiff', f'ablation={ablation}')
+    steps = args.steps or config.train.num_steps
+    config.train.update(num_steps=steps, checkpoint_every=config.train.eval_every)
+    config.eval.num_timelines = 0
+    workdir = os.path.join(args.workdir, f'hopadiff_{ablation}')
+    train.train_and_evaluate(config, workdir)
+    for split, folder in (('val', 'eval_val'), ('test', 'eval')):
+      with open(os.path.join(workdir, folder, 'results.json')) as f:
+        rows[split][HOPADIFF_ROWS[ablation]] = json.load(f)['results']['HopaDIFF']
+  for split, table in rows.items():
+    print(f'{split}:\n{report.format_table(table)}\n')
+    for name, result in table.items():
+      print(
+        json.dumps(
+          {
+            'benchmark': 'quality',
+            'task': 'hopadiff',
+            'split': split,
+            'model': name,
+            'steps': steps,
+            **result,
+          }
+        )
+      )
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--task', choices=('diffact', 'hopadiff'), default='diffact')
   parser.add_argument('--steps', type=int, default=None, help='training steps (default: config)')
   parser.add_argument('--workdir', default='/tmp/polyseg-quality')
+  parser.add_argument('--ablations', default=','.join(HOPADIFF_ROWS), help='--task=hopadiff rows')
   args = parser.parse_args()
+  if args.task == 'hopadiff':
+    return hopadiff_table(args)
   config = load_config('diffact')
   steps = args.steps or config.train.num_steps
   config.train.update(num_steps=steps, eval_every=steps, checkpoint_every=steps)

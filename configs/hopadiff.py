@@ -86,6 +86,8 @@ def get_config(arg=None):
   c.data.sample_rate = 1
   c.data.boundary_sigma = 1.0
   c.data.max_train_len = config_dict.placeholder(int)  # random crop of longer training samples
+  if synthetic:  # crops of <= 384 frames: one bucket, one compilation of the train step
+    c.data.max_train_len = 384
   c.data.cache_dir = '~/.cache/polyseg'
   c.data.synthetic = ml_collections.ConfigDict(
     dict(
@@ -153,7 +155,8 @@ def get_config(arg=None):
     )
   )
 
-  # BCE and boundary loss equally weighted (the paper), per branch; encoders get BCE too.
+  # BCE (per frame: summed over classes) and boundary loss equally weighted (the paper), per branch;
+  # the encoders get BCE too.
   c.loss = ml_collections.ConfigDict(dict(encoder_bce=0.5, decoder_bce=0.5, decoder_boundary=0.5))
 
   c.optim = ml_collections.ConfigDict(

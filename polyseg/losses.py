@@ -55,10 +55,11 @@ def soft_cross_entropy(logits: jax.Array, soft_targets: jax.Array, mask: jax.Arr
 
 
 def binary_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
-  """Multi-label BCE with logits, mean over valid frames and classes. logits, targets [B, T, C]."""
+  """Multi-label BCE with logits, summed over classes, mean over valid frames (a per-frame loss like
+  CE, so it weighs against the per-frame boundary loss independently of C). logits, targets [B, T, C]."""
   logits = _masked_logits(logits, mask)
   per_entry = -(targets * jax.nn.log_sigmoid(logits) + (1 - targets) * jax.nn.log_sigmoid(-logits))
-  return _safe_ratio(jnp.sum(mask[..., None] * per_entry), jnp.sum(mask) * logits.shape[-1])
+  return _safe_ratio(jnp.sum(mask[..., None] * per_entry), jnp.sum(mask))
 
 
 def smoothing_loss(logits: jax.Array, mask: jax.Array) -> jax.Array:

@@ -94,7 +94,7 @@ def test_binary_cross_entropy_hand_worked_and_stable():
   logits = jnp.asarray([[[LN(3), 0.0], [100.0, -100.0], [7.0, 7.0]]])
   targets = jnp.asarray([[[1.0, 0.5], [1.0, 0.0], [0.0, 0.0]]])
   mask = jnp.asarray([[1.0, 1.0, 0.0]])
-  expected = (LN(4 / 3) + LN(2) + 0.0 + 0.0) / 4
+  expected = (LN(4 / 3) + LN(2) + 0.0 + 0.0) / 2  # summed over classes, mean over 2 frames
   np.testing.assert_allclose(binary_cross_entropy(logits, targets, mask), expected, atol=1e-6)
   wrong = binary_cross_entropy(logits, 1 - targets, mask)
   assert np.isfinite(wrong) and wrong > 40  # -log sigmoid(-100) = 100, not inf

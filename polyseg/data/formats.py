@@ -71,16 +71,22 @@ class Dataset:
 # ----------------------------------------------------------------- readers --
 
 
+def _read_utf8(path: pathlib.Path) -> str:
+  """The text of a UTF-8 file; DataError naming the file and line of the first bad byte."""
+  data = path.read_bytes()
+  try:
+    return data.decode('utf-8')
+  except UnicodeDecodeError as e:
+    line = data[: e.start].count(b'\n') + 1
+    raise DataError(f'{path}:{line}: not valid UTF-8 ({e.reason})') from None
+
+
 def _read_text_lines(path: PathLike, what: str) -> list[str]:
   """Lines of a UTF-8 text file, stripped, trailing blank lines dropped."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise DataError(f'{path}: {what} file not found')
-  try:
-    text = path.read_bytes().decode('utf-8')
-  except UnicodeDecodeError as e:
-    line = path.read_bytes()[: e.start].count(b'\n') + 1
-    raise DataError(f'{path}:{line}: not valid UTF-8 ({e.reason})') from None
+  text = _read_utf8(path)
   lines = [line.strip() for line in text.splitlines()]
   while lines and not lines[-1]:
     lines.pop()
@@ -398,12 +404,7 @@ def read_references(path: PathLike) -> dict[str, dict[str, str]]:
   path = pathlib.Path(path)
   if not path.is_file():
     raise DataError(f'{path}: references file not found')
-  data = path.read_bytes()
-  try:
-    text = data.decode('utf-8')
-  except UnicodeDecodeError as e:
-    line = data[: e.start].count(b'\n') + 1
-    raise DataError(f'{path}:{line}: not valid UTF-8 ({e.reason})') from None
+  text = _read_utf8(path)
   try:
     references = json.loads(text, object_pairs_hook=_unique_keys)
   except json.JSONDecodeError as e:
@@ -439,12 +440,7 @@ def read_multilabels(path: PathLike, classes: Sequence[str]) -> np.ndarray:
   path = pathlib.Path(path)
   if not path.is_file():
     raise DataError(f'{path}: label file not found')
-  data = path.read_bytes()
-  try:
-    text = data.decode('utf-8')
-  except UnicodeDecodeError as e:
-    line = data[: e.start].count(b'\n') + 1
-    raise DataError(f'{path}:{line}: not valid UTF-8 ({e.reason})') from None
+  text = _read_utf8(path)
   lines = text.split('\n')
   if lines[-1] == '':  # the newline that ends the last frame
     lines.pop()
