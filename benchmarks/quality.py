@@ -79,28 +79,54 @@ HOPADIFF_ROWS = {
 }
 
 
+def _read_results(path: str, row: str) -> dict[str, float] | None:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    saved = json.load(f)
+  return saved['results'][row] | {'step': saved['step']}
+
+
 def hopadiff_table(args) -> None:
-  """Trains each ablation of configs/hopadiff.py and prints val and test of its fused row."""
-  rows = {'val': {}, 'test': {}}
+  """Trains each ablation of configs/hopadiff.py; prints val and test of its fused row, from the
+  DDIM decoders (the model's output) and from the encoders alone (same checkpoint)."""
+  rows = {}
   for ablation in args.ablations.split(','):
     config = load_config('hopadiff', f'ablation={ablation}')
     steps = args.steps or config.train.num_steps
     config.train.update(num_steps=steps, checkpoint_every=config.train.eval_every)
     config.eval.num_timelines = 0
     workdir = os.path.join(args.workdir, f'hopadiff_{ablation}')
-    train.train_and_evaluate(config, workdir)
+    done = _read_results(os.path.join(workdir, 'eval', 'results.json'), 'HopaDIFF')
+    if not done or done['step'] != steps:
+      train.train_and_evaluate(config, workdir)
+    encoders = config.copy_and_resolve_references()
+    encoders.eval.use_decoder = False
+    _, data, task = train.setup(encoders, workdir)
+    step, params = train.restore_params(task, encoders, workdir)
     for split, folder in (('val', 'eval_val'), ('test', 'eval')):
-      with open(os.path.join(workdir, folder, 'results.json')) as f:
-        rows[split][HOPADIFF_ROWS[ablation]] = json.load(f)['results']['HopaDIFF']
-  for split, table in rows.items():
-    print(f'{split}:\n{report.format_table(table)}\n')
+      decoded = _read_results(os.path.join(workdir, folder, 'results.json'), 'HopaDIFF')
+      rows.setdefault(f'{split}, DDIM decoders (the model)', {})[HOPADIFF_ROWS[ablation]] = decoded
+      encoded = train.evaluate_and_write(
+        task,
+        params,
+        getattr(data, split),
+        encoders,
+        os.path.join(workdir, f'encoders_{folder}'),
+        step,
+        split=split,
+      )['HopaDIFF']
+      rows.setdefault(f'{split}, encoders alone', {})[HOPADIFF_ROWS[ablation]] = encoded
+  for title, table in rows.items():
+    table = {name: {k: v for k, v in r.items() if k != 'step'} for name, r in table.items()}
+    print(f'{title} ({steps} steps):\n{report.format_table(table)}\n')
     for name, result in table.items():
       print(
         json.dumps(
           {
             'benchmark': 'quality',
             'task': 'hopadiff',
-            'split': split,
+            'table': title,
             'model': name,
             'steps': steps,
             **result,
