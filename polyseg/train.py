@@ -171,10 +171,8 @@ def write_outputs(
     rows = predictions[video.name]
     for row, pred in rows.items():
       suffix = '' if len(rows) == 1 else f'.{row}'
-      lines = task.label_lines(pred)
-      formats.write_atomic(
-        os.path.join(pred_dir, f'{video.name}{suffix}.txt'),
-        ''.join(f'{line}\n' for line in lines).encode('utf-8'),
+      formats.write_labels(
+        os.path.join(pred_dir, f'{video.name}{suffix}.txt'), task.label_lines(pred)
       )
   plot_dir = os.path.join(outdir, 'timelines')
   os.makedirs(plot_dir, exist_ok=True)
@@ -219,15 +217,20 @@ def evaluate_and_write(
   return results
 
 
-def evaluate_splits(task, params, data, config, workdir: str, step: int, writer=None):
-  """Evaluates val (if any) then test; returns the results of the split that selects checkpoints."""
-  results = {}
-  for split in ('val', 'test'):
-    videos = getattr(data, split)
-    if videos:
-      outdir = os.path.join(workdir, EVAL_SPLITS[split])
-      results[split] = evaluate_and_write(task, params, videos, config, outdir, step, writer, split)
-  return results['val'] if 'val' in results else results['test']
+def evaluate_splits(task, params, data, config, outdir_of, step: int, writer=None):
+  """Evaluates val (if the data has one) then test, into `outdir_of(split)`; {split: results}."""
+  return {
+    split: evaluate_and_write(
+      task, params, getattr(data, split), config, outdir_of(split), step, writer, split
+    )
+    for split in ('val', 'test')
+    if getattr(data, split)
+  }
+
+
+def selection_results(results: dict[str, dict]) -> dict[str, dict[str, float]]:
+  """The results that pick the best checkpoint: val when evaluated, else test."""
+  return results.get('val', results['test'])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,6 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if is_main_process():
     write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
   writer = report.MetricWriter(workdir, enabled=is_main_process())
+  outdir_of = lambda split: os.path.join(workdir, EVAL_SPLITS[split])
 
   loader = task.train_loader(data.train)
   tx = make_optimizer(config)
@@ -309,13 +313,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         bar.set_postfix(loss=f'{summary["train/loss"]:.4f}')
         history, history_start, t0 = [], step, time.time()
       if step % config.train.eval_every == 0 or step == num_steps:
-        results = evaluate_splits(task, state['params'], data, config, workdir, step, writer)
+        results = selection_results(
+          evaluate_splits(task, state['params'], data, config, outdir_of, step, writer)
+        )
         ckpt.save(step, state, metrics=results[task.rows[0]])
         t0 = time.time()  # steps/s measures training only
       elif step % config.train.checkpoint_every == 0:
         ckpt.save(step, state)
   if results is None:  # resumed a finished run: evaluate the final checkpoint again
-    results = evaluate_splits(task, state['params'], data, config, workdir, step, writer)
+    results = selection_results(
+      evaluate_splits(task, state['params'], data, config, outdir_of, step, writer)
+    )
   writer.close()
   ckpt.close()
   if is_main_process():
@@ -343,14 +351,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = 'late
   outputs go to `eval_<which>/` (and `eval_<which>_val/`). Returns the test results."""
   workdir, data, task = setup(config, workdir)
   step, params = restore_params(task, config, workdir, which)
-  results = {}
-  for split in ('val', 'test'):
-    videos = getattr(data, split)
-    if videos:
-      suffix = '' if split == 'test' else f'_{split}'
-      outdir = os.path.join(workdir, f'eval_{which}{suffix}')
-      results[split] = evaluate_and_write(task, params, videos, config, outdir, step, split=split)
-  return results['test']
+  outdir_of = lambda split: os.path.join(
+    workdir, EVAL_SPLITS[split].replace('eval', f'eval_{which}')
+  )
+  return evaluate_splits(task, params, data, config, outdir_of, step)['test']
 
 
 def predict(config: ml_collections.ConfigDict, workdir: str, which: str = 'latest') -> str:
