@@ -136,6 +136,23 @@ class TrainLoader:
     self.fields = fields
     self.boundaries = [boundary_target(v.labels, boundary_sigma) for v in self.videos]
 
+  @classmethod
+  def from_config(
+    cls, videos: Sequence[Any], config, fields: Fields = video_fields
+  ) -> TrainLoader:
+    """The loader a task's config asks for: train.batch_size, data.sample_rate / boundary_sigma /
+    max_train_len, and the run's seed."""
+    d = config.data
+    return cls(
+      videos,
+      batch_size=config.train.batch_size,
+      sample_rate=d.sample_rate,
+      boundary_sigma=d.boundary_sigma,
+      seed=config.seed,
+      max_len=d.max_train_len,
+      fields=fields,
+    )
+
   @property
   def steps_per_epoch(self) -> int:
     """ceil(num_videos / batch_size)."""

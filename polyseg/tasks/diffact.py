@@ -93,15 +93,7 @@ class Task:
   # -- data ---------------------------------------------------------------------------------
 
   def train_loader(self, videos: list[formats.Video]) -> pipeline.TrainLoader:
-    d, t = self.config.data, self.config.train
-    return pipeline.TrainLoader(
-      videos,
-      batch_size=t.batch_size,
-      sample_rate=d.sample_rate,
-      boundary_sigma=d.boundary_sigma,
-      seed=self.config.seed,
-      max_len=d.max_train_len,
-    )
+    return pipeline.TrainLoader.from_config(videos, self.config)
 
   def example_batch(self) -> dict[str, np.ndarray]:
     t = 8

@@ -180,18 +180,9 @@ class Task:
     return per_frame, per_sample
 
   def train_loader(self, videos: list[formats.ReferringSample]) -> pipeline.TrainLoader:
-    d, t = self.config.data, self.config.train
     if self.uses_text:
       self._text_arrays([v.reference for v in videos])  # one batched pass over all references
-    return pipeline.TrainLoader(
-      videos,
-      batch_size=t.batch_size,
-      sample_rate=d.sample_rate,
-      boundary_sigma=d.boundary_sigma,
-      seed=self.config.seed,
-      max_len=d.max_train_len,
-      fields=self._fields,
-    )
+    return pipeline.TrainLoader.from_config(videos, self.config, fields=self._fields)
 
   def example_batch(self) -> dict[str, np.ndarray]:
     t, dims = 8, self.info.input_dim
