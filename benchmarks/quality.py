@@ -10,8 +10,9 @@ All three get the same post-processing.
 
 --task=hopadiff: the paper's Table 5 on the synthetic referring data — full HopaDIFF, w/o the partial
 branch, w/o HP-xLSTM, w/o the cross-attention gates (BCAF), w/o the DFT condition, and w/o all
-(= DiffAct with sigmoid outputs on the holistic features alone); val and test (the best checkpoint is
-picked on val). `--ablations=none,no_all` runs a subset.
+(= DiffAct with sigmoid outputs on the holistic features alone), the last also with DiffAct's own
+decoder (attention values from the noisy labels only); val and test (the best checkpoint is picked
+on val). `--ablations=none,no_all` runs a subset.
 
 Prints one table and one JSON line per model (and split). Finished runs in --workdir are reused.
 """
@@ -69,13 +70,17 @@ def linear_baseline(config, steps: int) -> dict[str, float]:
   return scores.result()
 
 
-HOPADIFF_ROWS = {
-  'none': 'HopaDIFF',
-  'no_partial': 'w/o partial branch',
-  'no_xlstm': 'w/o HP-xLSTM',
-  'no_bcaf': 'w/o BCAF',
-  'no_dft': 'w/o DFT-cond',
-  'no_all': 'w/o all (DiffAct, holistic)',
+HOPADIFF_ROWS = {  # --ablations name -> (configs/hopadiff.py arg, table row)
+  'none': ('ablation=none', 'HopaDIFF'),
+  'no_partial': ('ablation=no_partial', 'w/o partial branch'),
+  'no_xlstm': ('ablation=no_xlstm', 'w/o HP-xLSTM'),
+  'no_bcaf': ('ablation=no_bcaf', 'w/o BCAF'),
+  'no_dft': ('ablation=no_dft', 'w/o DFT-cond'),
+  'no_all': ('ablation=no_all', 'w/o all (DiffAct, holistic)'),
+  'no_all_diffact_decoder': (
+    'ablation=no_all,decoder=diffact',
+    "w/o all, DiffAct's decoder (V of labels only)",
+  ),
 }
 
 
@@ -92,7 +97,8 @@ def hopadiff_table(args) -> None:
   DDIM decoders (the model's output) and from the encoders alone (same checkpoint)."""
   rows = {}
   for ablation in args.ablations.split(','):
-    config = load_config('hopadiff', f'ablation={ablation}')
+    arg, row = HOPADIFF_ROWS[ablation]
+    config = load_config('hopadiff', arg)
     steps = args.steps or config.train.num_steps
     config.train.update(num_steps=steps, checkpoint_every=config.train.eval_every)
     config.eval.num_timelines = 0
@@ -106,7 +112,7 @@ def hopadiff_table(args) -> None:
     step, params = train.restore_params(task, encoders, workdir)
     for split, folder in (('val', 'eval_val'), ('test', 'eval')):
       decoded = _read_results(os.path.join(workdir, folder, 'results.json'), 'HopaDIFF')
-      rows.setdefault(f'{split}, DDIM decoders (the model)', {})[HOPADIFF_ROWS[ablation]] = decoded
+      rows.setdefault(f'{split}, DDIM decoders (the model)', {})[row] = decoded
       encoded = train.evaluate_and_write(
         task,
         params,
@@ -116,7 +122,7 @@ def hopadiff_table(args) -> None:
         step,
         split=split,
       )['HopaDIFF']
-      rows.setdefault(f'{split}, encoders alone', {})[HOPADIFF_ROWS[ablation]] = encoded
+      rows.setdefault(f'{split}, encoders alone', {})[row] = encoded
   for title, table in rows.items():
     table = {name: {k: v for k, v in r.items() if k != 'step'} for name, r in table.items()}
     print(f'{title} ({steps} steps):\n{report.format_table(table)}\n')

@@ -17,6 +17,8 @@ Published settings on your own features in the MS-TCN layout (METHODS.md §1):
 import ml_collections
 from ml_collections import config_dict
 
+from polyseg import parallel
+
 # Per-dataset settings from the DiffAct release (METHODS.md §1).
 DATASETS = {
   'gtea': dict(
@@ -131,6 +133,7 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.task = 'diffact'
   c.seed = 0
+  c.parallel = parallel.default_config()  # mesh, FSDP, multi-host (README: Scale)
 
   c.data = ml_collections.ConfigDict()
   c.data.root = config_dict.placeholder(str)  # unset -> the synthetic dataset
@@ -142,11 +145,14 @@ def get_config(arg=None):
   c.data.boundary_sigma = s['boundary_sigma']
   c.data.max_train_len = config_dict.placeholder(int)  # random crop of longer training videos
   c.data.cache_dir = '~/.cache/polyseg'
+  c.data.format = 'folder'  # 'folder': read the files; 'tfds': the TFDS conversion (README)
+  c.data.tfds_dir = config_dict.placeholder(str)  # unset -> <dataset root>/tfds
   c.data.synthetic = ml_collections.ConfigDict(
     dict(seed=0, num_train=48, num_test=16, min_len=400, max_len=900, input_dim=64)
   )
 
   c.model = ml_collections.ConfigDict()
+  c.model.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
   c.model.encoder = ml_collections.ConfigDict(
     dict(
       num_layers=s['enc_layers'],
@@ -165,6 +171,7 @@ def get_config(arg=None):
       kernel_size=s['dec_kernel'],
       dropout=0.1,
       time_emb_dim=512,
+      condition_in_value=False,  # True: V also sees the condition (not in DiffAct; models/layers.py)
     )
   )
 

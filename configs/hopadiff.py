@@ -16,6 +16,9 @@ The paper's settings on your own RHAS-style features (METHODS.md §2, layout in 
   protocol=random|cross_video     random partition of the samples, or whole videos per split
   ablation=none|no_partial|no_xlstm|no_bcaf|no_dft|no_all   the paper's Table 5 rows
                                   (no_all = DiffAct with sigmoid outputs on the holistic features)
+  decoder=conditioned_values|diffact   the decoders' attention values see the condition too (our
+                                  default: models/layers.py ConvAttentionLayer), or only the noisy
+                                  labels, as in DiffAct's decoder (README: HopaDIFF results)
   text=none|film|cross_attention  condition the holistic branch on the MiniLM-L6 embedding of the
                                   reference (for features that are not cross-modal; needs the 'text'
                                   install in the README)
@@ -24,6 +27,8 @@ The paper's settings on your own RHAS-style features (METHODS.md §2, layout in 
 
 import ml_collections
 from ml_collections import config_dict
+
+from polyseg import parallel
 
 ABLATIONS = ('none', 'no_partial', 'no_xlstm', 'no_bcaf', 'no_dft', 'no_all')
 FEATURES = {
@@ -55,13 +60,14 @@ def _choice(args, key, choices, default):
 def get_config(arg=None):
   """Returns the HopaDIFF config for `arg` (see the module docstring)."""
   args = parse_arg(arg)
-  known = {'features', 'frames', 'protocol', 'ablation', 'text', 'runlocal'}
+  known = {'features', 'frames', 'protocol', 'ablation', 'decoder', 'text', 'runlocal'}
   if set(args) - known:
     raise ValueError(f'unknown config arg(s) {sorted(set(args) - known)}; known: {sorted(known)}')
   features = _choice(args, 'features', FEATURES, 'synthetic')
   frames = int(_choice(args, 'frames', ('3000', '2000'), '3000'))
   protocol = _choice(args, 'protocol', ('random', 'cross_video'), 'random')
   ablation = _choice(args, 'ablation', ABLATIONS, 'none')
+  decoder = _choice(args, 'decoder', ('conditioned_values', 'diffact'), 'conditioned_values')
   text = _choice(args, 'text', ('none', 'film', 'cross_attention'), 'none')
   runlocal = args.get('runlocal', 'False').lower() in ('1', 'true', 'yes')
   s = FEATURES[features]
@@ -70,6 +76,7 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.task = 'hopadiff'
   c.seed = 0
+  c.parallel = parallel.default_config()  # mesh, FSDP, multi-host (README: Scale)
 
   c.data = ml_collections.ConfigDict()
   c.data.root = config_dict.placeholder(str)  # unset -> the synthetic referring dataset
@@ -89,6 +96,8 @@ def get_config(arg=None):
   if synthetic:  # crops of <= 384 frames: one bucket, one compilation of the train step
     c.data.max_train_len = 384
   c.data.cache_dir = '~/.cache/polyseg'
+  c.data.format = 'folder'  # 'folder': read the files; 'tfds': the TFDS conversion (README)
+  c.data.tfds_dir = config_dict.placeholder(str)  # unset -> <dataset root>/tfds
   c.data.synthetic = ml_collections.ConfigDict(
     dict(
       seed=0,
@@ -102,6 +111,7 @@ def get_config(arg=None):
   )
 
   c.model = ml_collections.ConfigDict()
+  c.model.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
   c.model.partial_branch = ablation not in ('no_partial', 'no_all')
   c.model.encoder = ml_collections.ConfigDict(
     dict(
@@ -117,7 +127,14 @@ def get_config(arg=None):
   if synthetic:
     c.model.encoder.update(dropout=0.3, channel_dropout=0.3, temporal_dropout=0.1)
   c.model.decoder = ml_collections.ConfigDict(
-    dict(num_layers=s['dec_layers'], num_f_maps=24, kernel_size=5, dropout=0.1, time_emb_dim=512)
+    dict(
+      num_layers=s['dec_layers'],
+      num_f_maps=24,
+      kernel_size=5,
+      dropout=0.1,
+      time_emb_dim=512,
+      condition_in_value=decoder == 'conditioned_values',
+    )
   )
   c.model.xlstm = ml_collections.ConfigDict(
     dict(

@@ -18,6 +18,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from polyseg import parallel
 from polyseg import train
 from polyseg.data import formats
 
@@ -57,6 +58,7 @@ def main(argv):
   if not FLAGS['verbosity'].present:  # orbax logs every save at INFO; keep the console readable
     logging.set_verbosity(logging.WARNING)
   config = FLAGS.config
+  parallel.initialize(config)  # before anything touches a device
   try:
     if FLAGS.mode == 'train':
       train.train_and_evaluate(config, FLAGS.workdir)

@@ -20,9 +20,11 @@ import optax
 import tqdm
 
 from polyseg import checkpoint as checkpoint_lib
+from polyseg import parallel
 from polyseg import report
 from polyseg import tasks
 from polyseg.data import formats
+from polyseg.data import pipeline
 
 
 class NonFiniteError(FloatingPointError):
@@ -74,14 +76,23 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   return tx
 
 
-def init_state(task, tx, rng: jax.Array) -> dict[str, Any]:
-  """The train state: {'step': int32 [], 'params', 'opt_state'} (every leaf a jax.Array)."""
-  params = jax.jit(task.init)(rng, task.example_batch())
-  return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+def init_state(task, tx, rng: jax.Array, shardings: Any = None) -> dict[str, Any]:
+  """The train state: {'step': int32 [], 'params', 'opt_state'} (every leaf a jax.Array), created
+  directly with `shardings` (a matching pytree of shardings, e.g. `parallel.state_shardings`)."""
+
+  def init(rng):
+    params = task.init(rng, task.example_batch())
+    return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+
+  return jax.jit(init, out_shardings=shardings)(rng)
 
 
-def make_train_step(task, tx, base_rng: jax.Array):
+def make_train_step(task, tx, base_rng: jax.Array, mesh=None, state_shardings: Any = None):
   """One jitted program: rng = fold_in(base, step), loss + grads, update; state is donated.
+
+  With a `mesh`, the batch is split over its devices and the state kept in `state_shardings`
+  (replicated params by default); XLA inserts the gradient all-reduce. The result equals the
+  single-device step on the same global batch.
 
   A non-finite loss or gradient leaves params and optimizer state unchanged and is reported in the
   returned metrics (`finite` = 0), so the host can stop at the next log interval naming the step.
@@ -109,7 +120,26 @@ def make_train_step(task, tx, base_rng: jax.Array):
     }
     return new_state, metrics
 
-  return jax.jit(step_fn, donate_argnums=(0,))
+  if mesh is None:
+    return jax.jit(step_fn, donate_argnums=(0,))
+  state_shardings = state_shardings or parallel.replicated(mesh)
+  return jax.jit(
+    step_fn,
+    in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
+    out_shardings=(state_shardings, parallel.replicated(mesh)),
+    donate_argnums=(0,),
+  )
+
+
+def compile_on_every_process(train_step, state, batch):
+  """With several processes: compiles `train_step` for `batch`'s shapes (every batch has them: one
+  padded length) and waits for every process to finish compiling before the first step runs its
+  collectives. Returns the compiled step (the jitted one with a single process)."""
+  if jax.process_count() == 1:
+    return train_step
+  compiled = train_step.lower(state, batch).compile()
+  parallel.barrier('polyseg-train-step-compiled')
+  return compiled
 
 
 def check_finite(first_step: int, history: list[dict[str, np.ndarray]]) -> None:
@@ -237,13 +267,44 @@ def selection_results(results: dict[str, dict]) -> dict[str, dict[str, float]]:
 # Entry points.
 
 
+def make_train_loader(task, videos: list, config, mesh) -> pipeline.TrainLoader:
+  """This process's loader of its `videos` (`process_share`): batch_size / P rows, and with several
+  processes one padded length for all (agreed once, here)."""
+  local_batch_size = parallel.check_batch_size(config.train.batch_size, mesh)
+  pad_to = None
+  if jax.process_count() > 1:
+    longest = pipeline.longest_crop(videos, config.data.sample_rate, config.data.max_train_len)
+    pad_to = pipeline.bucket_length(parallel.max_over_processes(longest))
+  return task.train_loader(videos, batch_size=local_batch_size, pad_to=pad_to)
+
+
+def process_share(data: tasks.Data) -> list:
+  """This process's training videos: every P-th from its index (P processes)."""
+  index, count = jax.process_index(), jax.process_count()
+  if data.train_shard == (index, count):
+    share = data.train
+  elif data.train_shard == (0, 1):
+    share = data.train[index::count]
+  else:
+    raise ValueError(f'data holds training share {data.train_shard}, not {(index, count)}')
+  if not share:
+    raise formats.DataError(f'no training videos for process {index} of {count}')
+  return share
+
+
 def setup(config: ml_collections.ConfigDict, workdir: str, with_data: bool = True):
-  """Workdir check, data (validated before anything runs), task. Returns (workdir, data, task)."""
+  """Workdir check, data (validated before anything runs; `data.train` is this process's share),
+  task. Returns (workdir, data, task)."""
   workdir = prepare_workdir(workdir)
   task_module = tasks.get(config.task)
   info_path = os.path.join(workdir, 'data.json')
   if with_data:
     data = task_module.load_data(config)
+    data = dataclasses.replace(
+      data,
+      train=process_share(data),
+      train_shard=(jax.process_index(), jax.process_count()),
+    )
     if os.path.exists(info_path):
       saved = read_data_info(info_path)
       if saved != data.info:
@@ -272,15 +333,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer = report.MetricWriter(workdir, enabled=is_main_process())
   outdir_of = lambda split: os.path.join(workdir, EVAL_SPLITS[split])
 
-  loader = task.train_loader(data.train)
+  mesh = parallel.make_mesh(config)
+  loader = make_train_loader(task, data.train, config, mesh)
   tx = make_optimizer(config)
   base_rng = jax.random.PRNGKey(config.seed)
   init_rng, step_rng = jax.random.split(base_rng)
-  state = init_state(task, tx, init_rng)
+  shardings = parallel.state_shardings(
+    jax.eval_shape(lambda: init_state(task, tx, init_rng)), mesh, config
+  )
+  state = init_state(task, tx, init_rng, shardings)
   if is_main_process():
     print(
       f'{config.task}: {tasks.count_params(state["params"]):,} parameters, '
-      f'{len(data.train)} training videos, {len(data.val)} val videos, {len(data.test)} test videos',
+      f'{len(data.train)} training videos, {len(data.val)} val videos, {len(data.test)} test videos; '
+      f'{mesh.size} device(s) in {jax.process_count()} process(es), mesh {dict(mesh.shape)}',
       flush=True,
     )
 
@@ -291,7 +357,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = ckpt.restore(state)
     print(f'Resumed from {ckpt.directory} at step {int(state["step"])}', flush=True)
   step = int(state['step'])
-  train_step = make_train_step(task, tx, step_rng)
+  train_step = compile_on_every_process(
+    make_train_step(task, tx, step_rng, mesh, shardings),
+    state,
+    parallel.global_batch(loader.batch(step), mesh),
+  )
 
   num_steps = config.train.num_steps
   history, history_start, t0 = [], step, time.time()
@@ -300,7 +370,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     total=num_steps, initial=step, desc='train', unit='step', disable=not is_main_process()
   ) as bar:
     while step < num_steps:
-      state, metrics = train_step(state, loader.batch(step))
+      state, metrics = train_step(state, parallel.global_batch(loader.batch(step), mesh))
       history.append(metrics)
       step += 1
       bar.update(1)
@@ -335,6 +405,10 @@ def restore_params(task, config, workdir: str, which: str = 'latest'):
   """Restores the params of the latest (or best) checkpoint; returns (step, params)."""
   tx = make_optimizer(config)
   abstract = jax.eval_shape(lambda: init_state(task, tx, jax.random.PRNGKey(0)))
+  shardings = parallel.state_shardings(abstract, parallel.make_mesh(config), config)
+  abstract = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+  )
   ckpt = checkpoint_lib.Checkpointer(
     workdir, keep=config.train.keep_checkpoints, best_metric=config.train.best_metric
   )

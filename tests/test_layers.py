@@ -151,8 +151,9 @@ def test_structured_dropout_drops_whole_channels_or_frames(make_dropout, shared_
   np.testing.assert_array_equal(dropout.apply({}, x, deterministic=True), x)
 
 
-def np_layer(p, x, kernel_size, dilation, cond=None):
-  """Reference ConvAttentionLayer on one unpadded video; Q and K use one Dense over concat[x, cond]."""
+def np_layer(p, x, kernel_size, dilation, cond=None, condition_in_value=False):
+  """Reference ConvAttentionLayer on one unpadded video; Q and K (and with `condition_in_value`, V)
+  use one Dense over concat[x, cond]."""
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
 
   def dense(name, inputs):
@@ -168,9 +169,8 @@ def np_layer(p, x, kernel_size, dilation, cond=None):
     )
     return qk_input @ kernel + p[name]["bias"]
 
-  attn = np_dense_window_attention(
-    qk_dense("query"), qk_dense("key"), dense("value", x), kernel_size, dilation
-  )
+  value = qk_dense("value") if condition_in_value else dense("value", x)
+  attn = np_dense_window_attention(qk_dense("query"), qk_dense("key"), value, kernel_size, dilation)
   conv = np_dilated_conv(x, p["conv"]["kernel"], p["conv"]["bias"], dilation)
   hidden = np.maximum(dense("ffn_hidden", np_instance_norm(conv + attn)), 0.0)
   return x + dense("ffn_out", hidden)
@@ -184,12 +184,18 @@ def perturbed_init(module, method, *args):
   return jax.tree.unflatten(tree, [leaf + 0.1 * n for leaf, n in zip(leaves, noise)])
 
 
-@pytest.mark.parametrize("conditioned", [False, True])
-def test_conv_attention_layer_matches_reference_and_ignores_padding(conditioned):
+@pytest.mark.parametrize(
+  "conditioned,condition_in_value", [(False, False), (True, False), (True, True)]
+)
+def test_conv_attention_layer_matches_reference_and_ignores_padding(
+  conditioned, condition_in_value
+):
   rng = np.random.default_rng(7)
   x, mask = padded_batch(rng, 8)
   cond, _ = padded_batch(rng, 5)
-  layer = layers.ConvAttentionLayer(features=8, kernel_size=3, dilation=2, dropout=0.5)
+  layer = layers.ConvAttentionLayer(
+    features=8, kernel_size=3, dilation=2, dropout=0.5, condition_in_value=condition_in_value
+  )
 
   def run(module, x, mask, cond):
     cond_proj = module.project_condition(cond, train=False) if conditioned else None
@@ -197,12 +203,18 @@ def test_conv_attention_layer_matches_reference_and_ignores_padding(conditioned)
 
   params = perturbed_init(layer, run, x, mask, cond)
   assert ({"query_cond", "key_cond"} <= set(params["params"])) == conditioned
+  assert ("value_cond" in params["params"]) == condition_in_value
   if conditioned:
     assert "bias" not in params["params"]["query_cond"]
   got = np.asarray(layer.apply(params, x, mask, cond, method=run))
   for b, length in enumerate(LENGTHS):
     want = np_layer(
-      params["params"], x[b, :length], 3, 2, cond[b, :length] if conditioned else None
+      params["params"],
+      x[b, :length],
+      3,
+      2,
+      cond[b, :length] if conditioned else None,
+      condition_in_value,
     )
     np.testing.assert_allclose(got[b, :length], want, atol=1e-5)
     np.testing.assert_array_equal(got[b, length:], 0.0)

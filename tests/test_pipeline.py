@@ -103,7 +103,9 @@ def test_class_weights_hand_worked():
     Video('a', np.zeros((4, 1)), np.array([0, 0, 0, 1])),
     Video('b', np.zeros((2, 1)), np.array([1, 2])),
   ]
-  weights = pipeline.class_weights(videos, 4)  # counts 3, 2, 1, 0; N = 6; C = 4
+  counts = pipeline.class_counts(videos, 4)
+  np.testing.assert_array_equal(counts, [3, 2, 1, 0])
+  weights = pipeline.class_weights(counts)  # N = 6; C = 4
   assert weights.dtype == np.float32
   np.testing.assert_allclose(weights, [6 / 52, 6 / 48, 6 / 44, 6 / 40], rtol=1e-6)
 

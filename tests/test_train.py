@@ -11,6 +11,7 @@ import pytest
 from polyseg import checkpoint as checkpoint_lib
 from polyseg import train
 from polyseg.data import formats
+from polyseg.main import load_config
 
 
 def _params_equal(a, b):
@@ -201,3 +202,33 @@ def test_gradient_accumulation_updates_every_k_steps(tiny_config, tmp_path):
   assert _params_equal(initial, state['params'])  # first micro-batch: gradients only accumulated
   state, _ = step(state, loader.batch(1))
   assert not _params_equal(initial, state['params'])
+
+
+@pytest.mark.parametrize('task_name', ['diffact', 'hopadiff'])
+def test_bfloat16_compute_keeps_float32_params_and_a_finite_loss(task_name, cache_dir, tmp_path):
+  """model.dtype='bfloat16': matmuls in bfloat16, params and optimizer state in float32, and the
+  loss of a few steps finite and close to the float32 loss."""
+  losses = {}
+  for dtype in ('float32', 'bfloat16'):
+    config = load_config(task_name, 'runlocal=True')
+    config.data.cache_dir = cache_dir
+    config.model.dtype = dtype
+    _, data, task = train.setup(config, str(tmp_path / dtype))
+    tx = train.make_optimizer(config)
+    loader, state = task.train_loader(data.train), train.init_state(task, tx, jax.random.key(0))
+    jaxpr = str(jax.make_jaxpr(task.loss)(state['params'], loader.batch(0), jax.random.key(1)))
+    assert ('bf16[' in jaxpr) == (dtype == 'bfloat16')
+    step = train.make_train_step(task, tx, jax.random.key(1))
+    for i in range(3):
+      state, metrics = step(state, loader.batch(i))
+      losses.setdefault(dtype, []).append(float(metrics['loss']))
+    floats = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
+    assert floats and all(x.dtype == jnp.float32 for x in floats)
+  assert np.all(np.isfinite(losses['bfloat16']))
+  np.testing.assert_allclose(losses['bfloat16'], losses['float32'], rtol=0.05)
+
+
+def test_unknown_compute_dtype_is_a_clear_error(tiny_config, tmp_path):
+  tiny_config.model.dtype = 'float16'
+  with pytest.raises(ValueError, match="model.dtype='float16'"):
+    train.setup(tiny_config, str(tmp_path / 'run'))

@@ -1,4 +1,5 @@
-"""Read, validate and write the single-stream (MS-TCN) and referring on-disk layouts.
+"""Read, validate and write the on-disk layouts: single stream (MS-TCN), referring, two hands,
+two streams and transcripts.
 
 Single-stream layout under a dataset root::
 
@@ -19,6 +20,15 @@ Referring layout (one sample per referred person of a video; multi-label)::
     splits/<protocol>/<subset>.txt         optional; protocol cross_video (lines = video ids)
                                            or random (lines = sample names); subset train/val/test
 
+Two hands, two streams and transcripts are the single-stream layout (mapping.txt, splits/) with::
+
+    groundTruth/<hand>/<vid>.txt           two hands: T lines per hand, hand in HANDS = (lh, rh)
+    features/<hand>/<vid>.npy              two hands: [D, T] per hand, or features/<vid>.npy shared
+    features_rgb/<vid>.npy                 two streams: [Drgb, T] (groundTruth/<vid>.txt as above)
+    features_flow/<vid>.npy                two streams: [Dflow, T]
+    transcripts/<vid>.txt                  transcripts: the video's actions in order, one per line
+                                           (features/ and, optionally, groundTruth/ as above)
+
 Every reader validates what it reads and raises `DataError` naming the file
 (and the line or frame) at fault. Writers are atomic: they write to a
 temporary sibling and `os.replace` it into place.
@@ -33,7 +43,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -752,3 +762,218 @@ def split_referring(
     subset: [s for s, unit in zip(samples, unit_of, strict=True) if subset_of[unit] == subset]
     for subset in REFERRING_SUBSETS
   }
+
+
+# ------------------------------------------------- two hands, two streams, transcripts --
+
+HANDS = ('lh', 'rh')  # left hand, right hand: the columns of two-hands labels
+STREAMS = ('rgb', 'flow')
+
+
+@dataclasses.dataclass
+class MultiStreamVideo:
+  """One video seen through several feature streams (two hands, or RGB and flow).
+
+  `features` {stream: [T, D_stream] float32}; `labels` [T] int32 (one track), [T, H] int32 (one
+  column per hand, in HANDS order) or None.
+  """
+
+  name: str
+  features: dict[str, np.ndarray]
+  labels: np.ndarray | None = None
+
+
+@dataclasses.dataclass
+class MultiStreamDataset:
+  """Class names (index = class id) and the multi-stream videos of one subset."""
+
+  classes: list[str]
+  videos: list[MultiStreamVideo]
+
+  @property
+  def input_dims(self) -> dict[str, int]:
+    """{stream: feature dimension D shared by all videos}."""
+    if not self.videos:
+      raise DataError('dataset has no videos, so no input_dims')
+    return {stream: int(x.shape[1]) for stream, x in self.videos[0].features.items()}
+
+
+@dataclasses.dataclass(kw_only=True)
+class TranscriptVideo(Video):
+  """A video with its transcript [N] int32: the class ids of its segments, in order.
+
+  `labels` [T] (when read) is consistent with it; None for weakly supervised videos.
+  """
+
+  transcript: np.ndarray
+
+
+def _read_mapping_as(root: pathlib.Path, classes: Sequence[str] | None) -> list[str]:
+  """`root/mapping.txt`, checked against `classes` when given."""
+  mapping_path = root / 'mapping.txt'
+  mapping = read_mapping(mapping_path)
+  if classes is not None and list(classes) != mapping:
+    raise DataError(f'{mapping_path}: classes {mapping} differ from the expected {list(classes)}')
+  return mapping
+
+
+def _check_same_length(arrays: Sequence[tuple[pathlib.Path, np.ndarray]]) -> None:
+  """All arrays (features or labels) have the first one's length T, else DataError naming both."""
+  first_path, first = arrays[0]
+  for path, array in arrays[1:]:
+    if len(array) != len(first):
+      raise DataError(f'{path}: {len(array)} frames but {first_path} has {len(first)} frames')
+
+
+def _read_streams(
+  root: pathlib.Path,
+  subset: str,
+  split: int,
+  classes: Sequence[str] | None,
+  feature_paths: Callable[[str], dict[str, pathlib.Path]],
+  label_paths: Callable[[str], list[pathlib.Path]],
+  dims: Mapping[str, int | None],
+  one_dim: bool,
+) -> MultiStreamDataset:
+  """Videos of `splits/{subset}.split{split}.bundle` with features {stream: feature_paths(name)}
+  and labels from label_paths(name) (one file: [T]; several: [T, H]). `one_dim`: all streams
+  share D, else each stream has its own."""
+  mapping = _read_mapping_as(root, classes)
+  videos, loaded = [], {stream: [] for stream in dims}
+  for name in read_split(root, subset, split):
+    features, arrays = {}, []
+    for stream, path in feature_paths(name).items():
+      shared = next((x for p, x in arrays if p == path), None)  # one file for several streams
+      features[stream] = read_features(path, dims[stream]) if shared is None else shared
+      arrays.append((path, features[stream]))
+      loaded[stream].append((path, features[stream]))
+    paths = label_paths(name)
+    tracks = [read_labels(path, mapping) for path in paths]
+    _check_same_length([*zip(paths, tracks), *arrays])
+    labels = tracks[0] if len(tracks) == 1 else np.stack(tracks, axis=1)
+    videos.append(MultiStreamVideo(name, features, labels))
+  groups = [[x for pairs in loaded.values() for x in pairs]] if one_dim else loaded.values()
+  for group in groups:
+    _check_same_dim(group)
+  return MultiStreamDataset(mapping, videos)
+
+
+def read_two_hands(
+  root: PathLike,
+  subset: str,
+  split: int,
+  classes: Sequence[str] | None = None,
+  input_dim: int | None = None,
+) -> MultiStreamDataset:
+  """Reads one subset of split `split` of a two-hands dataset.
+
+  Labels `groundTruth/<hand>/<vid>.txt` become [T, 2] (columns HANDS); features come from
+  `features/<hand>/<vid>.npy`, or from `features/<vid>.npy` shared by both hands when
+  `features/lh/` does not exist. Both hands' labels and features have one length T and one D.
+  """
+  root = pathlib.Path(root)
+  per_hand = (root / 'features' / HANDS[0]).is_dir()
+  folder = {hand: root / 'features' / hand if per_hand else root / 'features' for hand in HANDS}
+  return _read_streams(
+    root,
+    subset,
+    split,
+    classes,
+    lambda name: {hand: folder[hand] / f'{name}.npy' for hand in HANDS},
+    lambda name: [root / 'groundTruth' / hand / f'{name}.txt' for hand in HANDS],
+    dict.fromkeys(HANDS, input_dim),
+    one_dim=True,
+  )
+
+
+def read_two_streams(
+  root: PathLike,
+  subset: str,
+  split: int,
+  classes: Sequence[str] | None = None,
+  rgb_dim: int | None = None,
+  flow_dim: int | None = None,
+) -> MultiStreamDataset:
+  """Reads one subset of split `split` of a two-streams dataset: features `features_rgb/<vid>.npy`
+  and `features_flow/<vid>.npy` (dimensions may differ), labels `groundTruth/<vid>.txt` [T]; the
+  streams and the labels have one length T."""
+  root = pathlib.Path(root)
+  return _read_streams(
+    root,
+    subset,
+    split,
+    classes,
+    lambda name: {stream: root / f'features_{stream}' / f'{name}.npy' for stream in STREAMS},
+    lambda name: [root / 'groundTruth' / f'{name}.txt'],
+    {'rgb': rgb_dim, 'flow': flow_dim},
+    one_dim=False,
+  )
+
+
+def read_transcript(path: PathLike, classes: Sequence[str]) -> np.ndarray:
+  """Transcript [N] int32 from a file with one action name per line, in order."""
+  lines = _read_text_lines(path, 'transcript')
+  if not lines:
+    raise DataError(f'{path}: empty transcript (no actions)')
+  class_ids = {name: i for i, name in enumerate(classes)}
+  unknown = [(n, name) for n, name in enumerate(lines, start=1) if name not in class_ids]
+  if unknown:
+    line_no, name = unknown[0]
+    raise DataError(f'{path}:{line_no}: action {name!r} is not in the class mapping')
+  return np.asarray([class_ids[name] for name in lines], np.int32)
+
+
+def segment_classes(labels: np.ndarray) -> np.ndarray:
+  """The class of each segment of labels [T], in order: the transcript of the labels, [N]."""
+  return labels[np.r_[0, np.flatnonzero(labels[1:] != labels[:-1]) + 1]]
+
+
+def read_transcripts(
+  root: PathLike,
+  subset: str,
+  split: int,
+  classes: Sequence[str] | None = None,
+  input_dim: int | None = None,
+  labels: bool = True,
+) -> Dataset:
+  """Reads one subset of split `split` of a transcripts dataset as TranscriptVideos.
+
+  Features `features/<vid>.npy`, transcripts `transcripts/<vid>.txt` (no more actions than frames)
+  and, if `labels`, `groundTruth/<vid>.txt`, whose segments must be the transcript; else labels
+  are None (weak supervision).
+  """
+  root = pathlib.Path(root)
+  mapping = _read_mapping_as(root, classes)
+  videos, feature_paths = [], []
+  for name in read_split(root, subset, split):
+    feature_path = root / 'features' / f'{name}.npy'
+    transcript_path = root / 'transcripts' / f'{name}.txt'
+    features = read_features(feature_path, input_dim)
+    transcript = read_transcript(transcript_path, mapping)
+    if len(transcript) > len(features):
+      raise DataError(
+        f'{transcript_path}: {len(transcript)} actions but {feature_path} has only '
+        f'{len(features)} frames'
+      )
+    frame_labels = None
+    if labels:
+      label_path = root / 'groundTruth' / f'{name}.txt'
+      frame_labels = read_labels(label_path, mapping)
+      _check_same_length([(label_path, frame_labels), (feature_path, features)])
+      segments = segment_classes(frame_labels)
+      differ = [i for i, (a, b) in enumerate(zip(transcript, segments)) if a != b]
+      if differ:
+        i = differ[0]
+        raise DataError(
+          f'{transcript_path}:{i + 1}: action {mapping[transcript[i]]!r} but segment {i + 1} of '
+          f'{label_path} is {mapping[segments[i]]!r}'
+        )
+      if len(segments) != len(transcript):
+        raise DataError(
+          f'{transcript_path}: {len(transcript)} actions but {label_path} has '
+          f'{len(segments)} segments'
+        )
+    videos.append(TranscriptVideo(name, features, frame_labels, transcript=transcript))
+    feature_paths.append((feature_path, features))
+  _check_same_dim(feature_paths)
+  return Dataset(mapping, videos)

@@ -52,12 +52,17 @@ def boundary_target(labels: np.ndarray, sigma: float | None) -> np.ndarray:
   return target.astype(np.float32)
 
 
-def class_weights(videos: Sequence[Video], num_classes: int) -> np.ndarray:
-  """Class weights [C] float32: w_c = N / ((n_c + 10) C), n_c frames of class c, N all frames."""
+def class_counts(videos: Sequence[Video], num_classes: int) -> np.ndarray:
+  """Frames per class [C] float64."""
   counts = np.zeros(num_classes, np.float64)
   for video in videos:
     counts += np.bincount(video.labels, minlength=num_classes)
-  return (counts.sum() / ((counts + 10.0) * num_classes)).astype(np.float32)
+  return counts
+
+
+def class_weights(counts: np.ndarray) -> np.ndarray:
+  """Class weights [C] float32 from frame counts [C]: w_c = N / ((n_c + 10) C), N = sum n_c."""
+  return (counts.sum() / ((counts + 10.0) * len(counts))).astype(np.float32)
 
 
 def bucket_length(length: int, multiple: int = 64) -> int:
@@ -100,7 +105,8 @@ class TrainLoader:
   video gets a random offset o in [0, sample_rate) (frames o::sample_rate of
   its per-frame arrays and of the full-rate boundary target) and, if `max_len` is
   set, a random crop of at most `max_len` subsampled frames. A batch is padded
-  to the bucket length of its longest member.
+  to the bucket length of its longest member, or always to `pad_to` when set (several processes
+  must build equally long batches).
 
   `fields(video) -> (per_frame, per_video)` says what a video contributes: per-frame arrays
   [T, ...] (must include 'labels': [T] int or multi-hot [T, C]) are subsampled and padded to
@@ -117,6 +123,7 @@ class TrainLoader:
     seed: int,
     max_len: int | None = None,
     fields: Fields = video_fields,
+    pad_to: int | None = None,
   ):
     if not videos:
       raise ValueError('TrainLoader needs at least one video')
@@ -128,23 +135,27 @@ class TrainLoader:
     short = [v.name for v in videos if len(v.labels) < sample_rate]
     if short:
       raise ValueError(f'videos shorter than sample_rate {sample_rate}: {short}')
+    longest = longest_crop(videos, sample_rate, max_len)
+    if pad_to is not None and pad_to < longest:
+      raise ValueError(f'pad_to={pad_to} is shorter than the longest training crop ({longest})')
     self.videos = list(videos)
     self.batch_size = batch_size
     self.sample_rate = sample_rate
     self.seed = seed
     self.max_len = max_len
     self.fields = fields
+    self.pad_to = pad_to
     self.boundaries = [boundary_target(v.labels, boundary_sigma) for v in self.videos]
 
   @classmethod
   def from_config(
-    cls, videos: Sequence[Any], config, fields: Fields = video_fields
+    cls, videos: Sequence[Any], config, fields: Fields = video_fields, **overrides
   ) -> TrainLoader:
     """The loader a task's config asks for: train.batch_size, data.sample_rate / boundary_sigma /
-    max_train_len, and the run's seed."""
+    max_train_len, and the run's seed; `overrides` replace any of these arguments (the engine
+    passes a process's batch_size and pad_to)."""
     d = config.data
-    return cls(
-      videos,
+    args = dict(
       batch_size=config.train.batch_size,
       sample_rate=d.sample_rate,
       boundary_sigma=d.boundary_sigma,
@@ -152,6 +163,7 @@ class TrainLoader:
       max_len=d.max_train_len,
       fields=fields,
     )
+    return cls(videos, **{**args, **overrides})
 
   @property
   def steps_per_epoch(self) -> int:
@@ -184,11 +196,17 @@ class TrainLoader:
         per_video.setdefault(key, []).append(array)
       boundary.append(self.boundaries[index][frames])
     lengths = [len(x) for x in boundary]
-    length = bucket_length(max(lengths))
+    length = self.pad_to or bucket_length(max(lengths))
     batch = {key: _pad(arrays, length, arrays[0].dtype) for key, arrays in per_frame.items()}
     batch.update({key: np.stack(arrays) for key, arrays in per_video.items()})
     batch.update(boundary=_pad(boundary, length, np.float32), mask=_mask(lengths, length))
     return batch
+
+
+def longest_crop(videos: Sequence[Any], sample_rate: int, max_len: int | None) -> int:
+  """The most frames a training crop of `videos` can have: max ceil(T / rate), capped at max_len."""
+  longest = max(-(-len(v.labels) // sample_rate) for v in videos)
+  return longest if max_len is None else min(longest, max_len)
 
 
 def temporal_views(video: Video, sample_rate: int) -> dict[str, np.ndarray]:

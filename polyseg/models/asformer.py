@@ -62,8 +62,9 @@ class Encoder(nn.Module):
       if i in self.feature_layer_indices:
         features.append(h)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="output")(h) * valid
+    logits = logits.astype(jnp.float32)
     if ENCODER_PROBS in self.feature_layer_indices:
-      features.append(jax.nn.softmax(logits, axis=-1) * valid)
+      features.append((jax.nn.softmax(logits, axis=-1) * valid).astype(h.dtype))
     return logits, jnp.concatenate(features, axis=-1)
 
 
@@ -81,6 +82,7 @@ class Decoder(nn.Module):
   num_classes: int
   dropout: float
   time_emb_dim: int
+  condition_in_value: bool = False  # see layers.ConvAttentionLayer; DiffAct: False
   dtype: layers.Dtype = jnp.float32
 
   def setup(self):
@@ -90,7 +92,12 @@ class Decoder(nn.Module):
     self.time_proj = nn.Dense(self.num_f_maps, dtype=self.dtype)
     self.layers = [
       layers.ConvAttentionLayer(
-        self.num_f_maps, self.kernel_size, 2**i, self.dropout, dtype=self.dtype
+        self.num_f_maps,
+        self.kernel_size,
+        2**i,
+        self.dropout,
+        condition_in_value=self.condition_in_value,
+        dtype=self.dtype,
       )
       for i in range(self.num_layers)
     ]
@@ -116,7 +123,7 @@ class Decoder(nn.Module):
     h = (self.input_proj(x01) + self.time_proj(nn.swish(temb))[:, None, :]) * valid
     for layer, proj in zip(self.layers, cond_proj):
       h = layer(h, mask, train, proj)
-    return self.output(h) * valid
+    return (self.output(h) * valid).astype(jnp.float32)
 
   def __call__(
     self, x01: jax.Array, t: jax.Array, cond: jax.Array, mask: jax.Array, train: bool

@@ -55,7 +55,7 @@ class DFTCondition(nn.Module):
     if self.parts not in ('magnitude', 'complex'):
       raise ValueError(f"DFTCondition.parts must be 'magnitude' or 'complex', got {self.parts!r}")
     valid = mask[..., None]
-    h = nn.Dense(self.channels, name='proj')(x) * valid
+    h = (nn.Dense(self.channels, name='proj')(x) * valid).astype(jnp.float32)  # FFT in float32
     windows = layers.dilated_windows(h, self.window, 1)  # [B, T, W, channels]
     hann = jnp.hanning(self.window + 2)[1:-1].astype(h.dtype)  # nonzero at both ends
     spectrum = jnp.fft.rfft(windows * hann[:, None], axis=2) / hann.sum()  # [B, T, K, channels]

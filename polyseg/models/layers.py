@@ -14,6 +14,15 @@ import jax
 import jax.numpy as jnp
 
 Dtype = Any
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def compute_dtype(name: str) -> Dtype:
+  """`config.model.dtype` -> the dtype activations are computed in (params always stay float32;
+  model outputs are returned in float32 so losses and sampling run in full precision)."""
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f'model.dtype={name!r}; choose one of {sorted(COMPUTE_DTYPES)}')
+  return COMPUTE_DTYPES[name]
 
 
 def _check_odd_kernel(kernel_size: int) -> None:
@@ -143,10 +152,12 @@ class DilatedConv(nn.Module):
 
 
 class ConditionProjection(NamedTuple):
-  """A decoder layer's projections of the condition, added to its queries and keys: [B, T, F] each."""
+  """A decoder layer's projections of the condition, added to its queries, keys and (when the layer
+  has `condition_in_value`) values: [B, T, F] each; value is None otherwise."""
 
   query: jax.Array
   key: jax.Array
+  value: jax.Array | None = None
 
 
 class ConvAttentionLayer(nn.Module):
@@ -156,12 +167,16 @@ class ConvAttentionLayer(nn.Module):
   also takes the condition: Q and K see concat[x', cond'] (cond' = dropout(cond)), computed as
   Dense(x') + Dense_no_bias(cond'), where the second term comes from `project_condition` so it can be
   computed once and reused for every denoising step.
+
+  `condition_in_value=True` (not in DiffAct) lets V see the condition too: with V of x' alone the
+  condition reaches the output only through the attention weights.
   """
 
   features: int
   kernel_size: int
   dilation: int
   dropout: float
+  condition_in_value: bool = False
   dtype: Dtype = jnp.float32
 
   def setup(self):
@@ -171,14 +186,16 @@ class ConvAttentionLayer(nn.Module):
     self.conv = DilatedConv(self.features, self.kernel_size, self.dilation, dtype=self.dtype)
     self.query, self.key, self.value = dense(), dense(), dense()
     self.query_cond, self.key_cond = dense(use_bias=False), dense(use_bias=False)
+    self.value_cond = dense(use_bias=False) if self.condition_in_value else None
     self.ffn_hidden, self.ffn_out = dense(), dense()
     self.drop = nn.Dropout(self.dropout)
 
   def project_condition(self, cond: jax.Array, train: bool) -> ConditionProjection:
-    """cond [B, T, Fc] -> this layer's condition terms of Q and K (dropout on cond when train)."""
+    """cond [B, T, Fc] -> this layer's condition terms of Q, K (and V) (dropout on cond when train)."""
     chex.assert_rank(cond, 3)
     cond = self.drop(cond, deterministic=not train)
-    return ConditionProjection(query=self.query_cond(cond), key=self.key_cond(cond))
+    value = self.value_cond(cond) if self.value_cond is not None else None
+    return ConditionProjection(query=self.query_cond(cond), key=self.key_cond(cond), value=value)
 
   def __call__(
     self, x: jax.Array, mask: jax.Array, train: bool, cond_proj: ConditionProjection | None = None
@@ -187,11 +204,13 @@ class ConvAttentionLayer(nn.Module):
     chex.assert_shape(x, (None, None, self.features))
     chex.assert_shape(mask, x.shape[:2])
     x_drop = self.drop(x, deterministic=not train)
-    q, k = self.query(x_drop), self.key(x_drop)
+    q, k, v = self.query(x_drop), self.key(x_drop), self.value(x_drop)
     if cond_proj is not None:
       chex.assert_equal_shape([q, k, cond_proj.query, cond_proj.key])
       q, k = q + cond_proj.query, k + cond_proj.key
-    attn = window_attention(q, k, self.value(x_drop), mask, self.kernel_size, self.dilation)
+      if cond_proj.value is not None:
+        v = v + cond_proj.value
+    attn = window_attention(q, k, v, mask, self.kernel_size, self.dilation)
     h = instance_norm(self.conv(x_drop, mask) + attn, mask)
     out = self.ffn_out(nn.relu(self.ffn_hidden(h)))
     return (x + out) * mask[..., None].astype(out.dtype)

@@ -6,7 +6,8 @@ The engine (`polyseg.train`) only sees this interface, implemented by `<module>.
   load_unlabelled(config, info) -> [video]      module-level; --mode=predict inputs
   Task(config, info: DataInfo, train_videos)    builds model, schedule, class weights
   .classes / .background / .rows                class names, background ids, output row names
-  .train_loader(videos) -> object with .batch(step) -> dict of numpy arrays (pure in step)
+  .train_loader(videos, **overrides) -> pipeline.TrainLoader (.batch(step) -> dict of numpy
+                                                arrays, pure in step; overrides: batch_size, pad_to)
   .example_batch() -> a tiny batch with the right shapes (to build abstract params)
   .init(rng, batch) -> params
   .loss(params, batch, rng) -> (scalar loss, {term: scalar})     jit-able
@@ -46,12 +47,16 @@ class DataInfo:
 
 @dataclasses.dataclass
 class Data:
-  """The splits of a dataset; `val` (may be empty) picks the best checkpoint, `test` is reported."""
+  """The splits of a dataset; `val` (may be empty) picks the best checkpoint, `test` is reported.
+  `train` is every process's whole training set, or this process's share (`train_shard`)."""
 
   info: DataInfo
   train: list
   test: list
   val: list = dataclasses.field(default_factory=list)
+  # Which training videos `train` holds: every count-th from index, as (index, count). (0, 1) =
+  # all of them; data.format='tfds' reads only this process's share (jax.process_index/count).
+  train_shard: tuple[int, int] = (0, 1)
 
 
 def get(name: str):

@@ -17,12 +17,15 @@ import numpy as np
 from polyseg import diffusion
 from polyseg import losses
 from polyseg import metrics
+from polyseg import parallel
 from polyseg import postprocess
 from polyseg import tasks
 from polyseg.data import formats
 from polyseg.data import pipeline
 from polyseg.data import synthetic
+from polyseg.data import tfds
 from polyseg.models import asformer
+from polyseg.models import layers
 
 DECODER_TERMS = ('decoder_ce', 'decoder_smooth', 'decoder_boundary')
 
@@ -46,18 +49,32 @@ def load_unlabelled(config: ml_collections.ConfigDict, info: tasks.DataInfo) -> 
 
 
 def load_data(config: ml_collections.ConfigDict) -> tasks.Data:
-  """Reads and validates the train and test splits (MS-TCN layout)."""
+  """Reads and validates the train and test splits (MS-TCN layout), from the folder or, with
+  data.format='tfds', from its TFDS conversion (made on first use)."""
   root = dataset_root(config)
   classes = tuple(config.data.classes) if config.data.classes else None
-  train = formats.read_single_stream(
-    root, 'train', config.data.split, classes=classes, input_dim=config.data.input_dim
-  )
-  test = formats.read_single_stream(
-    root, 'test', config.data.split, classes=train.classes, input_dim=train.input_dim
-  )
+  train_shard = (0, 1)
+  if tfds.check_format(config.data.format) == 'tfds':  # each process reads its share of train
+    train_shard = (jax.process_index(), jax.process_count())
+    subsets = tfds.load(
+      root,
+      config.data.tfds_dir,
+      tfds.Spec('single_stream', split=config.data.split),
+      classes=classes,
+      dims={'features': config.data.input_dim},
+      train_shard=train_shard,
+    )
+    train, test = subsets['train'], subsets['test']
+  else:
+    train = formats.read_single_stream(
+      root, 'train', config.data.split, classes=classes, input_dim=config.data.input_dim
+    )
+    test = formats.read_single_stream(
+      root, 'test', config.data.split, classes=train.classes, input_dim=train.input_dim
+    )
   background = tuple(train.classes.index(n) for n in config.data.background if n in train.classes)
   info = tasks.DataInfo(tuple(train.classes), train.input_dim, background)
-  return tasks.Data(info, train.videos, test.videos)
+  return tasks.Data(info, train.videos, test.videos, train_shard=train_shard)
 
 
 class Task:
@@ -77,23 +94,25 @@ class Task:
     self.info = info
     self.input_dim = info.input_dim
     self.num_classes = len(self.classes)
+    m, dtype = config.model, layers.compute_dtype(config.model.dtype)
     self.model = asformer.DiffActModel(
-      encoder=asformer.Encoder(num_classes=self.num_classes, **config.model.encoder.to_dict()),
-      decoder=asformer.Decoder(num_classes=self.num_classes, **config.model.decoder.to_dict()),
+      encoder=asformer.Encoder(num_classes=self.num_classes, dtype=dtype, **m.encoder.to_dict()),
+      decoder=asformer.Decoder(num_classes=self.num_classes, dtype=dtype, **m.decoder.to_dict()),
     )
     self.schedule = diffusion.cosine_schedule(config.diffusion.num_steps)
     self.condition_types = diffusion.parse_condition_types(config.diffusion.condition_types)
     self.train_decoder = any(config.loss[k] > 0 for k in DECODER_TERMS)
     self.class_weights = None
-    if train_videos is not None and config.loss.class_weighting:
-      self.class_weights = jnp.asarray(pipeline.class_weights(train_videos, self.num_classes))
+    if train_videos is not None and config.loss.class_weighting:  # every process's share counts
+      counts = parallel.sum_over_processes(pipeline.class_counts(train_videos, self.num_classes))
+      self.class_weights = jnp.asarray(pipeline.class_weights(counts))
     self._sample = jax.jit(self._sample_views)
     self._encode = jax.jit(self._encode_views)
 
   # -- data ---------------------------------------------------------------------------------
 
-  def train_loader(self, videos: list[formats.Video]) -> pipeline.TrainLoader:
-    return pipeline.TrainLoader.from_config(videos, self.config)
+  def train_loader(self, videos: list[formats.Video], **overrides) -> pipeline.TrainLoader:
+    return pipeline.TrainLoader.from_config(videos, self.config, **overrides)
 
   def example_batch(self) -> dict[str, np.ndarray]:
     t = 8

@@ -24,8 +24,10 @@ from polyseg import tasks
 from polyseg.data import formats
 from polyseg.data import pipeline
 from polyseg.data import synthetic
+from polyseg.data import tfds
 from polyseg.models import asformer
 from polyseg.models import hopadiff
+from polyseg.models import layers
 from polyseg.models import xlstm
 
 FUSED_ROW = 'HopaDIFF'
@@ -45,19 +47,34 @@ def load_data(config: ml_collections.ConfigDict) -> tasks.Data:
   partitions them by `data.protocol` into train / val / test."""
   root = dataset_root(config)
   d = config.data
-  dataset = formats.read_referring(
-    root,
-    classes=tuple(d.classes) if d.classes else None,
-    holistic_dim=d.holistic_dim,
-    partial_dim=d.partial_dim,
-  )
-  samples = formats.window_samples(dataset.samples, d.sample_frames)
-  splits = formats.split_referring(
-    root, samples, d.protocol, seed=d.split_seed, fractions=tuple(d.split_fractions)
-  )
+  classes = tuple(d.classes) if d.classes else None
+  train_shard = (0, 1)
+  if tfds.check_format(d.format) == 'tfds':  # windowed and split at conversion (data/tfds.py)
+    train_shard = (jax.process_index(), jax.process_count())  # each process reads its share
+    spec = tfds.Spec(
+      'referring',
+      protocol=d.protocol,
+      sample_frames=d.sample_frames,
+      split_seed=d.split_seed,
+      split_fractions=tuple(d.split_fractions),
+    )
+    dims = {'holistic': d.holistic_dim, 'partial': d.partial_dim}
+    subsets = tfds.load(root, d.tfds_dir, spec, classes=classes, dims=dims, train_shard=train_shard)
+    dataset = subsets['train']
+    splits = {subset: subsets[subset].samples for subset in subsets}
+  else:
+    dataset = formats.read_referring(
+      root, classes=classes, holistic_dim=d.holistic_dim, partial_dim=d.partial_dim
+    )
+    samples = formats.window_samples(dataset.samples, d.sample_frames)
+    splits = formats.split_referring(
+      root, samples, d.protocol, seed=d.split_seed, fractions=tuple(d.split_fractions)
+    )
   dims = {'holistic': dataset.holistic_dim, 'partial': dataset.partial_dim}
   info = tasks.DataInfo(tuple(dataset.classes), dims, background=())
-  return tasks.Data(info, train=splits['train'], test=splits['test'], val=splits['val'])
+  return tasks.Data(
+    info, train=splits['train'], test=splits['test'], val=splits['val'], train_shard=train_shard
+  )
 
 
 def load_unlabelled(config: ml_collections.ConfigDict, info: tasks.DataInfo) -> list:
@@ -74,13 +91,13 @@ def load_unlabelled(config: ml_collections.ConfigDict, info: tasks.DataInfo) -> 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> hopadiff.HopaDIFFModel:
   """The HopaDIFF networks for `config.model` (ablation switches included)."""
-  m = config.model
+  m, dtype = config.model, layers.compute_dtype(config.model.dtype)
 
   def encoder():
-    return asformer.Encoder(num_classes=num_classes, **m.encoder.to_dict())
+    return asformer.Encoder(num_classes=num_classes, dtype=dtype, **m.encoder.to_dict())
 
   def decoder():
-    return asformer.Decoder(num_classes=num_classes, **m.decoder.to_dict())
+    return asformer.Decoder(num_classes=num_classes, dtype=dtype, **m.decoder.to_dict())
 
   def dft():
     return hopadiff.DFTCondition(m.dft.channels, m.dft.window, m.dft.parts)
@@ -101,6 +118,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> hopadiff
       cross_attention=x.cross_attention,
       window=x.window,
       bidirectional=x.bidirectional,
+      dtype=dtype,
     )
     if x.enabled
     else None,
@@ -179,10 +197,12 @@ class Task:
       per_sample = {k: v[0] for k, v in self._text_arrays([sample.reference]).items()}
     return per_frame, per_sample
 
-  def train_loader(self, videos: list[formats.ReferringSample]) -> pipeline.TrainLoader:
+  def train_loader(
+    self, videos: list[formats.ReferringSample], **overrides
+  ) -> pipeline.TrainLoader:
     if self.uses_text:
       self._text_arrays([v.reference for v in videos])  # one batched pass over all references
-    return pipeline.TrainLoader.from_config(videos, self.config, fields=self._fields)
+    return pipeline.TrainLoader.from_config(videos, self.config, fields=self._fields, **overrides)
 
   def example_batch(self) -> dict[str, np.ndarray]:
     t, dims = 8, self.info.input_dim
