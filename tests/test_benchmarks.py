@@ -1,0 +1,172 @@
+"""The benchmarks at tiny sizes, run as a user runs them (subprocesses): their JSON lines, profile.py's
+costs, roofline, trace and HLO files; and the trace/HLO reading of benchmarks/common.py."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+
+from conftest import REPO
+
+BENCHMARKS = REPO / 'benchmarks'
+# The tiny programs compile faster without XLA's optimisation passes; the persistent compilation cache
+# (conftest) lets the scripts share the programs they have in common.
+ENV = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
+TINY = ['--batch_size=1']  # with --length/--frames=200: the [1, 128] train step every script shares
+
+
+def run(script: str, *args: str) -> list[dict]:
+  """The JSON lines `benchmarks/<script>` prints."""
+  done = subprocess.run(
+    [sys.executable, str(BENCHMARKS / script), *args],
+    cwd=REPO,
+    env=ENV,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  return [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{')]
+
+
+@pytest.fixture(scope='module')
+def common():
+  """benchmarks/common.py, imported without putting benchmarks/ on sys.path (its profile.py would
+  shadow the standard library's)."""
+  spec = importlib.util.spec_from_file_location('benchmarks_common', BENCHMARKS / 'common.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_profile_reports_costs_roofline_trace_and_hlo(tmp_path):
+  trace_dir, hlo_dir = tmp_path / 'trace', tmp_path / 'hlo'
+  header, *rows = run(
+    'profile.py',
+    '--config=configs/diffact.py:runlocal=True',
+    '--config.train.num_steps=1',  # overrides are accepted like polyseg.main's
+    '--num_classes=5',
+    '--length=200',
+    *TINY,
+    '--runs=2',
+    '--peak_flops=1e10',
+    '--peak_bandwidth=1e9',
+    f'--trace_dir={trace_dir}',
+    f'--hlo_dump={hlo_dir}',
+  )
+  assert header['benchmark'] == 'profile' and header['params'] > 0
+  assert not header['peaks_measured']
+  assert [r['program'] for r in rows] == ['train_step', 'ddim_sample']
+  for row in rows:
+    for key in ('flops', 'bytes', 'argument_bytes', 'output_bytes', 'temp_bytes', 'run_s'):
+      assert row[key] > 0, (row['program'], key)
+    assert row['intensity'] == pytest.approx(row['flops'] / row['bytes'], rel=1e-3)
+    attainable = min(1e10, row['intensity'] * 1e9)
+    assert row['attainable_flops_per_s'] == pytest.approx(attainable, rel=1e-3)
+    assert row['roofline_s'] == pytest.approx(row['flops'] / attainable, rel=1e-3)
+    assert row['top_ops'] and all(op['ms'] > 0 and op['source'] for op in row['top_ops'])
+    assert any(op['source'].startswith('polyseg/') for op in row['top_ops'])
+    traces = [f for _, _, files in os.walk(trace_dir / row['program']) for f in files]
+    assert any(f.endswith('.xplane.pb') for f in traces), traces
+    assert 'HloModule' in (hlo_dir / f'{row["program"]}.hlo.txt').read_text()
+    assert 'func.func' in (hlo_dir / f'{row["program"]}.stablehlo.mlir').read_text()
+  assert rows[0]['shape'] == [1, 128] and rows[1]['shape'] == [2, 128]  # sample rate 2: two views
+  assert rows[0]['alias_bytes'] > 0  # the donated state
+  assert 5 in rows[1]['loop_trip_counts']  # runlocal: 5 sampling steps in one lax.scan
+
+
+def test_train_step_reports_throughput():
+  header, row = run(
+    'train_step.py', '--models=tiny_diffact', '--frames=200', *TINY, '--steps=2', '--warmup=1'
+  )
+  assert header['benchmark'] == 'train_step'
+  assert row['model'] == 'tiny_diffact' and row['batch_shape'] == [1, 128]
+  assert row['frames_per_batch'] == 100  # 200 frames at sample rate 2
+  assert row['compile_s'] > 0 and row['step_s'] > 0
+  assert row['frames_per_s'] == pytest.approx(100 / row['step_s'], rel=1e-3)
+
+
+def test_scaling_reports_each_device_count_with_its_efficiency():
+  header, *rows = run(
+    'scaling.py', '--model=tiny_diffact', '--devices=1,2', '--frames=200', '--steps=1'
+  )
+  assert header['benchmark'] == 'scaling'
+  assert [(r['devices'], r['batch_shape']) for r in rows] == [(1, [1, 128]), (2, [2, 128])]
+  assert rows[0]['efficiency'] == 1.0
+  for row in rows:
+    assert row['step_s'] > 0 and row['frames_per_s'] == pytest.approx(
+      100 * row['devices'] / row['step_s'], rel=1e-3
+    )
+    assert row['efficiency'] == pytest.approx(
+      row['frames_per_s'] / (row['devices'] * rows[0]['frames_per_s']), rel=1e-3
+    )
+
+
+def test_ddim_reports_sampling_times_per_length():
+  _, *rows = run('ddim.py', '--models=tiny_diffact,tiny_hopadiff', '--lengths=200')
+  assert [(r['model'], r['T']) for r in rows] == [('tiny_diffact', 200), ('tiny_hopadiff', 200)]
+  for row in rows:
+    assert row['compile_s'] > 0 and row['sample_s'] > 0 and row['encode_s'] > 0
+    assert row['temp_bytes'] > 0
+  assert rows[0]['views'] == 2 and rows[1]['views'] == 1
+
+
+def test_long_video_reports_time_memory_and_growth():
+  _, *rows = run(
+    'long_video.py',
+    '--lengths=100,200',
+    '--infer_model=tiny_diffact',
+    '--train_model=tiny_diffact',
+  )
+  runs = [r for r in rows if 'T' in r]
+  growth = [r for r in rows if 'length_ratio' in r]
+  assert [(r['mode'], r['T']) for r in runs] == [
+    ('infer', 100),
+    ('infer', 200),
+    ('train', 100),
+    ('train', 200),
+  ]
+  for row in runs:
+    assert 'error' not in row, row
+    assert row['run_s'] > 0 and row['temp_bytes'] > 0
+    assert row['peak_rss_bytes'] >= row['run_peak_rss_bytes'] >= row['rss_before_run_bytes'] > 0
+  assert [g['mode'] for g in growth] == ['infer', 'train']
+  for g in growth:
+    assert g['length_ratio'] == 2 and g['time_ratio'] > 0 and g['temp_ratio'] > 1
+
+
+def test_cost_numbers_accept_the_list_form_of_older_jax(common):
+  class Compiled:
+    def cost_analysis(self):
+      return [{'flops': 3.0, 'bytes accessed': 5.0}, {'flops': 1.0, 'bytes accessed': 1.0}]
+
+    def memory_analysis(self):
+      return None
+
+  assert common.cost_numbers(Compiled()) == {'flops': 4.0, 'bytes': 6.0}
+
+
+def test_top_ops_name_the_source_line_under_the_prefix(common, tmp_path):
+  layer = nn.Dense(64)
+  x = jnp.ones((256, 32))
+  params = layer.init(jax.random.PRNGKey(0), x)
+  line = sys._getframe().f_lineno + 1
+  forward = jax.jit(lambda p, x: jnp.tanh(layer.apply(p, x)))
+  compiled = forward.lower(params, x).compile()
+  sources = common.hlo_sources(compiled.as_text(), prefix='tests/')
+  assert f'tests/test_benchmarks.py:{line}' in {source for _, source in sources.values()}
+  jax.block_until_ready(compiled(params, x))
+  with jax.profiler.trace(str(tmp_path)):
+    for _ in range(2):
+      jax.block_until_ready(compiled(params, x))
+  ops = common.top_ops(str(tmp_path), compiled.as_text(), runs=2, count=100)
+  assert ops and math.isclose(sum(op['share'] for op in ops), 1.0)
+  assert all(op['calls'] == 1 for op in ops)
