@@ -41,9 +41,7 @@ def worker(args: argparse.Namespace) -> dict:
   batch = common.train_batch(task, args.frames or size.frames, batch_size)
   tx = train.make_optimizer(config)
   rng = jax.random.PRNGKey(0)
-  shardings = parallel.state_shardings(
-    jax.eval_shape(lambda: train.init_state(task, tx, rng)), mesh, config
-  )
+  shardings = train.state_shardings(task, tx, mesh, config)
   state = train.init_state(task, tx, rng, shardings)
   step = train.make_train_step(task, tx, rng, mesh, shardings)
   global_batch = parallel.global_batch(batch, mesh)

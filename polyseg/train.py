@@ -87,6 +87,12 @@ def init_state(task, tx, rng: jax.Array, shardings: Any = None) -> dict[str, Any
   return jax.jit(init, out_shardings=shardings)(rng)
 
 
+def state_shardings(task, tx, mesh, config) -> Any:
+  """The shardings of the train state on `mesh` (`parallel.state_shardings` of its shapes)."""
+  abstract = jax.eval_shape(lambda: init_state(task, tx, jax.random.PRNGKey(0)))
+  return parallel.state_shardings(abstract, mesh, config)
+
+
 def make_train_step(task, tx, base_rng: jax.Array, mesh=None, state_shardings: Any = None):
   """One jitted program: rng = fold_in(base, step), loss + grads, update; state is donated.
 
@@ -338,9 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tx = make_optimizer(config)
   base_rng = jax.random.PRNGKey(config.seed)
   init_rng, step_rng = jax.random.split(base_rng)
-  shardings = parallel.state_shardings(
-    jax.eval_shape(lambda: init_state(task, tx, init_rng)), mesh, config
-  )
+  shardings = state_shardings(task, tx, mesh, config)
   state = init_state(task, tx, init_rng, shardings)
   if is_main_process():
     print(

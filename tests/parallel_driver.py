@@ -63,9 +63,7 @@ def sharded(task_name: str, cache: str, out: str, fsdp_sizes: list[int]) -> None
     config.parallel.fsdp = fsdp
     mesh = parallel.make_mesh(config)
     assert mesh.size == 4, mesh
-    shardings = parallel.state_shardings(
-      jax.eval_shape(lambda: train.init_state(task, tx, rng)), mesh, config
-    )
+    shardings = train.state_shardings(task, tx, mesh, config)
     step = train.make_train_step(task, tx, step_rng, mesh, shardings)
     global_batch = parallel.global_batch(batch, mesh)
     assert len(global_batch['mask'].addressable_shards) == 4
