@@ -17,6 +17,7 @@ setuptools.setup(
     "scipy>=1.13",
     "ml-collections>=1.1.0",
     "chex>=0.1.90",
+    "av>=14.0",  # PyAV: decode real video files for Polyphony stage 1 (polyseg/data/video.py)
     "absl-py>=2.1",
     "tensorflow-datasets>=4.9.7",
     "tqdm>=4.66",

@@ -78,7 +78,7 @@ def parse_ints(text: str) -> list[int]:
 
 def size_config(name: str) -> ml_collections.ConfigDict:
   """The config of `SIZES[name]`."""
-  from polyseg.main import load_config  # here: importing polyseg.main defines its absl flags
+  from polyseg.configlib import load_config  # here: importing polyseg.main defines its absl flags
 
   size = SIZES[name]
   return load_config(size.config, size.arg)

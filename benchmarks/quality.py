@@ -1,6 +1,7 @@
 r"""Does each method's idea pay off? Same synthetic split and training budget per table.
 
-  python benchmarks/quality.py [--task=diffact|hopadiff] [--steps=N] [--workdir=/tmp/polyseg-quality]
+  python benchmarks/quality.py [--task=diffact|hopadiff|polyphony] [--steps=N] \
+      [--workdir=/tmp/polyseg-quality]
 
 --task=diffact (default):
 (a) a per-frame linear classifier (softmax regression on the features, Adam, the same steps),
@@ -13,6 +14,10 @@ branch, w/o HP-xLSTM, w/o the cross-attention gates (BCAF), w/o the DFT conditio
 (= DiffAct with sigmoid outputs on the holistic features alone), the last also with DiffAct's own
 decoder (attention values from the noisy labels only); val and test (the best checkpoint is picked
 on val). `--ablations=none,no_all` runs a subset.
+
+--task=polyphony: the paper's ablation on the synthetic two-hand data — stage 2 once, then stage 3
+with the MAS parts MF, MF+AF, MF+AF+SF (full), and the full model w/o cross-hand fusion, w/o adaptive
+loss weighting, w/o both; per hand Acc, the gap RH - LH and the hands' mean F1@50, on val and test.
 
 Prints one table and one JSON line per model (and split). Finished runs in --workdir are reused.
 """
@@ -29,8 +34,9 @@ import optax
 from polyseg import postprocess
 from polyseg import report
 from polyseg import train
-from polyseg.main import load_config
+from polyseg.configlib import load_config
 from polyseg.tasks import diffact
+from polyseg.tasks import polyphony
 
 
 def linear_baseline(config, steps: int) -> dict[str, float]:
@@ -141,15 +147,67 @@ def hopadiff_table(args) -> None:
       )
 
 
+POLYPHONY_ROWS = {  # --ablations name (configs/polyphony.py ablation=) -> table row
+  'mf': 'MF',
+  'mf_af': 'MF+AF',
+  'full': 'MF+AF+SF (full)',
+  'no_fusion': 'full w/o fusion',
+  'no_weighting': 'full w/o weighting',
+  'no_fusion_weighting': 'full w/o fusion & weighting',
+}
+
+
+def polyphony_table(args) -> None:
+  """Stage 2 once (its MAS features feed every row), then stage 3 per ablation of
+  configs/polyphony.py; prints per-hand Acc, the gap and mean F1@50 on val and test."""
+  stages_dir = os.path.join(args.workdir, 'polyphony_stage2')
+  config = load_config('polyphony')
+  config.stage = '2'
+  train.train_and_evaluate(config, stages_dir)  # writes (or finds) the MAS features
+  rows = {}
+  for ablation in args.ablations.split(','):
+    config = load_config('polyphony', f'ablation={ablation}')
+    steps = args.steps or config.train.num_steps
+    config.update(stage='3')
+    config.data.root = str(polyphony.stage_output(stages_dir, 2))
+    config.train.update(num_steps=steps)
+    config.eval.num_timelines = 0
+    workdir = os.path.join(args.workdir, f'polyphony_{ablation}')
+    done = _read_results(os.path.join(workdir, 'eval', 'results.json'), 'mean')
+    if not done or done['step'] != steps:
+      train.train_and_evaluate(config, workdir)
+    for split, folder in (('val', 'eval_val'), ('test', 'eval')):
+      with open(os.path.join(workdir, folder, 'results.json')) as f:
+        results = json.load(f)['results']
+      rows.setdefault(split, {})[POLYPHONY_ROWS[ablation]] = {
+        'LH Acc': results['LH']['Acc'],
+        'RH Acc': results['RH']['Acc'],
+        'gap': results['gap']['Acc'],
+        'LH F1@50': results['LH']['F1@50'],
+        'RH F1@50': results['RH']['F1@50'],
+      }
+  for split, table in rows.items():
+    print(f'{split} ({steps} steps):\n{report.format_table(table)}\n')
+    for name, result in table.items():
+      record = {'benchmark': 'quality', 'task': 'polyphony', 'split': split, 'model': name}
+      print(json.dumps({**record, 'steps': steps, **result}))
+
+
+ABLATIONS = {'hopadiff': HOPADIFF_ROWS, 'polyphony': POLYPHONY_ROWS}
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--task', choices=('diffact', 'hopadiff'), default='diffact')
+  parser.add_argument('--task', choices=('diffact', 'hopadiff', 'polyphony'), default='diffact')
   parser.add_argument('--steps', type=int, default=None, help='training steps (default: config)')
   parser.add_argument('--workdir', default='/tmp/polyseg-quality')
-  parser.add_argument('--ablations', default=','.join(HOPADIFF_ROWS), help='--task=hopadiff rows')
+  parser.add_argument(
+    '--ablations', default=None, help='--task=hopadiff|polyphony: the rows (default: all)'
+  )
   args = parser.parse_args()
-  if args.task == 'hopadiff':
-    return hopadiff_table(args)
+  if args.task in ABLATIONS:
+    args.ablations = args.ablations or ','.join(ABLATIONS[args.task])
+    return {'hopadiff': hopadiff_table, 'polyphony': polyphony_table}[args.task](args)
   config = load_config('diffact')
   steps = args.steps or config.train.num_steps
   config.train.update(num_steps=steps, eval_every=steps, checkpoint_every=steps)

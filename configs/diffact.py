@@ -17,117 +17,104 @@ Published settings on your own features in the MS-TCN layout (METHODS.md §1):
 import ml_collections
 from ml_collections import config_dict
 
+from polyseg import configlib
 from polyseg import parallel
 
 # Per-dataset settings from the DiffAct release (METHODS.md §1).
 DATASETS = {
-  'gtea': dict(
-    enc_layers=10,
-    enc_maps=64,
-    enc_dropouts=(0.5, 0.5, 0.5),
-    feature_layers=(5, 7, 9),
-    dec_layers=8,
-    dec_maps=24,
-    dec_kernel=5,
-    snr_scale=0.5,
-    lr=5e-4,
-    weight_decay=1e-6,
-    sample_rate=1,
-    boundary_sigma=1.0,
-    soft_label=1.4,
-    smooth=0.1,
-    boundary_threshold=0.3,
-    condition_types=('full', 'zero', 'boundary', 'segment=1', 'segment=1'),
-    postprocess=('purge', 3),
-    num_steps=10000 * 7,
-    eval_every=700,
-  ),
-  '50salads': dict(
-    enc_layers=10,
-    enc_maps=64,
-    enc_dropouts=(0.5, 0.5, 0.5),
-    feature_layers=(5, 7, 9),
-    dec_layers=8,
-    dec_maps=24,
-    dec_kernel=7,
-    snr_scale=1.0,
-    lr=5e-4,
-    weight_decay=0.0,
-    sample_rate=8,
-    boundary_sigma=20.0,
-    soft_label=None,
-    smooth=0.1,
-    boundary_threshold=0.5,
-    condition_types=('full', 'zero', 'boundary', 'segment=2', 'segment=2'),
-    postprocess=('median', 30),
-    num_steps=5000 * 10,
-    eval_every=1000,
-  ),
-  'breakfast': dict(
-    enc_layers=12,
-    enc_maps=256,
-    enc_dropouts=(0.5, 0.1, 0.1),
-    feature_layers=(7, 8, 9),
-    dec_layers=8,
-    dec_maps=128,
-    dec_kernel=5,
-    snr_scale=0.5,
-    lr=1e-4,
-    weight_decay=0.0,
-    sample_rate=1,
-    boundary_sigma=3.0,
-    soft_label=4.0,
-    smooth=0.025,
-    boundary_threshold=0.3,
-    condition_types=('full', 'zero', 'boundary', 'segment=1', 'segment=1'),
-    postprocess=('median', 15),
-    num_steps=1000 * 318,
-    eval_every=6000,
-  ),
+  'gtea': {
+    'enc_layers': 10,
+    'enc_maps': 64,
+    'enc_dropouts': (0.5, 0.5, 0.5),
+    'feature_layers': (5, 7, 9),
+    'dec_layers': 8,
+    'dec_maps': 24,
+    'dec_kernel': 5,
+    'snr_scale': 0.5,
+    'lr': 5e-4,
+    'weight_decay': 1e-6,
+    'sample_rate': 1,
+    'boundary_sigma': 1.0,
+    'soft_label': 1.4,
+    'smooth': 0.1,
+    'boundary_threshold': 0.3,
+    'condition_types': ('full', 'zero', 'boundary', 'segment=1', 'segment=1'),
+    'postprocess': ('purge', 3),
+    'num_steps': 10000 * 7,
+    'eval_every': 700,
+  },
+  '50salads': {
+    'enc_layers': 10,
+    'enc_maps': 64,
+    'enc_dropouts': (0.5, 0.5, 0.5),
+    'feature_layers': (5, 7, 9),
+    'dec_layers': 8,
+    'dec_maps': 24,
+    'dec_kernel': 7,
+    'snr_scale': 1.0,
+    'lr': 5e-4,
+    'weight_decay': 0.0,
+    'sample_rate': 8,
+    'boundary_sigma': 20.0,
+    'soft_label': None,
+    'smooth': 0.1,
+    'boundary_threshold': 0.5,
+    'condition_types': ('full', 'zero', 'boundary', 'segment=2', 'segment=2'),
+    'postprocess': ('median', 30),
+    'num_steps': 5000 * 10,
+    'eval_every': 1000,
+  },
+  'breakfast': {
+    'enc_layers': 12,
+    'enc_maps': 256,
+    'enc_dropouts': (0.5, 0.1, 0.1),
+    'feature_layers': (7, 8, 9),
+    'dec_layers': 8,
+    'dec_maps': 128,
+    'dec_kernel': 5,
+    'snr_scale': 0.5,
+    'lr': 1e-4,
+    'weight_decay': 0.0,
+    'sample_rate': 1,
+    'boundary_sigma': 3.0,
+    'soft_label': 4.0,
+    'smooth': 0.025,
+    'boundary_threshold': 0.3,
+    'condition_types': ('full', 'zero', 'boundary', 'segment=1', 'segment=1'),
+    'postprocess': ('median', 15),
+    'num_steps': 1000 * 318,
+    'eval_every': 6000,
+  },
   # The embedded synthetic data: GTEA-shaped model, budget for a few CPU minutes.
-  'synthetic': dict(
-    enc_layers=8,
-    enc_maps=64,
-    enc_dropouts=(0.3, 0.3, 0.1),
-    feature_layers=(3, 5, 7),
-    dec_layers=6,
-    dec_maps=24,
-    dec_kernel=5,
-    snr_scale=0.5,
-    lr=1e-3,
-    weight_decay=0.0,
-    sample_rate=2,
-    boundary_sigma=1.0,
-    soft_label=None,
-    smooth=0.1,
-    boundary_threshold=0.3,
-    condition_types=('full', 'zero', 'boundary', 'segment=1', 'segment=1'),
-    postprocess=('purge', 3),
-    num_steps=800,
-    eval_every=400,
-  ),
+  'synthetic': {
+    'enc_layers': 8,
+    'enc_maps': 64,
+    'enc_dropouts': (0.3, 0.3, 0.1),
+    'feature_layers': (3, 5, 7),
+    'dec_layers': 6,
+    'dec_maps': 24,
+    'dec_kernel': 5,
+    'snr_scale': 0.5,
+    'lr': 1e-3,
+    'weight_decay': 0.0,
+    'sample_rate': 2,
+    'boundary_sigma': 1.0,
+    'soft_label': None,
+    'smooth': 0.1,
+    'boundary_threshold': 0.3,
+    'condition_types': ('full', 'zero', 'boundary', 'segment=1', 'segment=1'),
+    'postprocess': ('purge', 3),
+    'num_steps': 800,
+    'eval_every': 400,
+  },
 }
-
-
-def parse_arg(arg):
-  """'a=1,b=x' -> {'a': '1', 'b': 'x'}."""
-  pairs = [p for p in (arg or '').split(',') if p]
-  bad = [p for p in pairs if '=' not in p]
-  if bad:
-    raise ValueError(f'config arg entries must be key=value, got {bad}')
-  return dict(p.split('=', 1) for p in pairs)
 
 
 def get_config(arg=None):
   """Returns the DiffAct config for `arg` (see the module docstring)."""
-  args = parse_arg(arg)
-  unknown = set(args) - {'dataset', 'runlocal'}
-  if unknown:
-    raise ValueError(f'unknown config arg(s) {sorted(unknown)}; known: dataset, runlocal')
-  dataset = args.get('dataset', 'synthetic')
-  if dataset not in DATASETS:
-    raise ValueError(f'dataset={dataset!r}; choose one of {sorted(DATASETS)}')
-  runlocal = args.get('runlocal', 'False').lower() in ('1', 'true', 'yes')
+  args = configlib.parse_arg(arg, known={'dataset', 'runlocal'})
+  dataset = configlib.choice(args, 'dataset', DATASETS, 'synthetic')
+  runlocal = configlib.flag(args, 'runlocal')
   s = DATASETS[dataset]
 
   c = ml_collections.ConfigDict()
@@ -148,81 +135,81 @@ def get_config(arg=None):
   c.data.format = 'folder'  # 'folder': read the files; 'tfds': the TFDS conversion (README)
   c.data.tfds_dir = config_dict.placeholder(str)  # unset -> <dataset root>/tfds
   c.data.synthetic = ml_collections.ConfigDict(
-    dict(seed=0, num_train=48, num_test=16, min_len=400, max_len=900, input_dim=64)
+    {'seed': 0, 'num_train': 48, 'num_test': 16, 'min_len': 400, 'max_len': 900, 'input_dim': 64}
   )
 
   c.model = ml_collections.ConfigDict()
   c.model.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
   c.model.encoder = ml_collections.ConfigDict(
-    dict(
-      num_layers=s['enc_layers'],
-      num_f_maps=s['enc_maps'],
-      kernel_size=5,
-      dropout=s['enc_dropouts'][0],
-      channel_dropout=s['enc_dropouts'][1],
-      temporal_dropout=s['enc_dropouts'][2],
-      feature_layer_indices=s['feature_layers'],
-    )
+    {
+      'num_layers': s['enc_layers'],
+      'num_f_maps': s['enc_maps'],
+      'kernel_size': 5,
+      'dropout': s['enc_dropouts'][0],
+      'channel_dropout': s['enc_dropouts'][1],
+      'temporal_dropout': s['enc_dropouts'][2],
+      'feature_layer_indices': s['feature_layers'],
+    }
   )
   c.model.decoder = ml_collections.ConfigDict(
-    dict(
-      num_layers=s['dec_layers'],
-      num_f_maps=s['dec_maps'],
-      kernel_size=s['dec_kernel'],
-      dropout=0.1,
-      time_emb_dim=512,
-      condition_in_value=False,  # True: V also sees the condition (not in DiffAct; models/layers.py)
-    )
+    {
+      'num_layers': s['dec_layers'],
+      'num_f_maps': s['dec_maps'],
+      'kernel_size': s['dec_kernel'],
+      'dropout': 0.1,
+      'time_emb_dim': 512,
+      'condition_in_value': False,  # True: V also sees the condition (not in DiffAct; models/layers.py)
+    }
   )
 
   c.diffusion = ml_collections.ConfigDict(
-    dict(
-      num_steps=1000,
-      sampling_steps=25,
-      eta=1.0,
-      snr_scale=s['snr_scale'],
-      condition_types=s['condition_types'],
-      boundary_threshold=s['boundary_threshold'],
-    )
+    {
+      'num_steps': 1000,
+      'sampling_steps': 25,
+      'eta': 1.0,
+      'snr_scale': s['snr_scale'],
+      'condition_types': s['condition_types'],
+      'boundary_threshold': s['boundary_threshold'],
+    }
   )
 
   c.loss = ml_collections.ConfigDict(
-    dict(
-      encoder_ce=0.5,
-      encoder_smooth=s['smooth'],
-      decoder_ce=0.5,
-      decoder_smooth=s['smooth'],
-      decoder_boundary=0.1,
-      class_weighting=True,
-    )
+    {
+      'encoder_ce': 0.5,
+      'encoder_smooth': s['smooth'],
+      'decoder_ce': 0.5,
+      'decoder_smooth': s['smooth'],
+      'decoder_boundary': 0.1,
+      'class_weighting': True,
+    }
   )
   # Sigma of the soft-label CE (unweighted); None -> class-weighted CE on hard labels.
   c.loss.soft_label = config_dict.FieldReference(s['soft_label'], field_type=float)
 
   c.optim = ml_collections.ConfigDict(
-    dict(learning_rate=s['lr'], weight_decay=s['weight_decay'], grad_accum_steps=1)
+    {'learning_rate': s['lr'], 'weight_decay': s['weight_decay'], 'grad_accum_steps': 1}
   )
 
   c.train = ml_collections.ConfigDict(
-    dict(
-      batch_size=4,
-      num_steps=s['num_steps'],
-      log_every=50,
-      eval_every=s['eval_every'],
-      checkpoint_every=s['eval_every'],
-      keep_checkpoints=3,
-      best_metric='F1@50',
-    )
+    {
+      'batch_size': 4,
+      'num_steps': s['num_steps'],
+      'log_every': 50,
+      'eval_every': s['eval_every'],
+      'checkpoint_every': s['eval_every'],
+      'keep_checkpoints': 3,
+      'best_metric': 'F1@50',
+    }
   )
 
   c.eval = ml_collections.ConfigDict(
-    dict(
-      postprocess=s['postprocess'][0],
-      postprocess_value=s['postprocess'][1],
-      num_timelines=4,
-      seed=0,
-      use_decoder=True,
-    )
+    {
+      'postprocess': s['postprocess'][0],
+      'postprocess_value': s['postprocess'][1],
+      'num_timelines': 4,
+      'seed': 0,
+      'use_decoder': True,
+    }
   )
 
   c.predict = ml_collections.ConfigDict()

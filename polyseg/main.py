@@ -9,8 +9,6 @@ Any config field can be overridden (`--config.train.num_steps=200`); the config 
 misspelt field is an error instead of a silent no-op.
 """
 
-import importlib.util
-import pathlib
 import sys
 
 from absl import app
@@ -37,19 +35,6 @@ flags.DEFINE_enum(
   'checkpoint', 'latest', ['latest', 'best'], 'Which checkpoint --mode=eval/predict uses.'
 )
 flags.mark_flags_as_required(['config', 'workdir'])
-
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / 'configs'
-
-
-def load_config(name: str, arg: str | None = None):
-  """`get_config(arg)` of `configs/<name>.py` (for notebooks, tests and benchmarks)."""
-  path = CONFIG_DIR / f'{name}.py'
-  if not path.exists():
-    raise FileNotFoundError(f'no config {path}')
-  spec = importlib.util.spec_from_file_location(f'polyseg_config_{name}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def main(argv):

@@ -39,18 +39,18 @@ CLUSTER_ENV = ('SLURM_JOB_ID', 'SLURM_NTASKS', 'TPU_WORKER_HOSTNAMES')
 def default_config() -> ml_collections.ConfigDict:
   """The `parallel` section every config has (see the README's Scale section)."""
   return ml_collections.ConfigDict(
-    dict(
-      fsdp=1,  # size of the mesh's fsdp axis: 1 = pure data parallel (params replicated)
-      fsdp_min_size=2**16,  # parameters with fewer elements stay replicated under FSDP
+    {
+      'fsdp': 1,  # size of the mesh's fsdp axis: 1 = pure data parallel (params replicated)
+      'fsdp_min_size': 2**16,  # parameters with fewer elements stay replicated under FSDP
       # 'auto': start jax.distributed when a coordinator is configured (here or in the
       # environment: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) or a TPU pod /
       # SLURM job is detected; 'on': always (cluster auto-detection); 'off': never.
-      distributed='auto',
-      coordinator_address=ml_collections.config_dict.placeholder(str),  # host:port of process 0
-      num_processes=ml_collections.config_dict.placeholder(int),
-      process_id=ml_collections.config_dict.placeholder(int),
-      cpu_collectives='gloo',  # collectives between CPU processes (tests, laptops): gloo | mpi
-    )
+      'distributed': 'auto',
+      'coordinator_address': ml_collections.config_dict.placeholder(str),  # host:port of process 0
+      'num_processes': ml_collections.config_dict.placeholder(int),
+      'process_id': ml_collections.config_dict.placeholder(int),
+      'cpu_collectives': 'gloo',  # collectives between CPU processes (tests, laptops): gloo | mpi
+    }
   )
 
 

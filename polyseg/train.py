@@ -77,12 +77,15 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 
 def init_state(task, tx, rng: jax.Array, shardings: Any = None) -> dict[str, Any]:
-  """The train state: {'step': int32 [], 'params', 'opt_state'} (every leaf a jax.Array), created
-  directly with `shardings` (a matching pytree of shardings, e.g. `parallel.state_shardings`)."""
+  """The train state: {'step': int32 [], 'params', 'opt_state'} and, for a task that has one,
+  'task_state' (every leaf a jax.Array), created directly with `shardings` (a matching pytree of
+  shardings, e.g. `parallel.state_shardings`)."""
 
   def init(rng):
     params = task.init(rng, task.example_batch())
-    return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+    state = {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+    task_state = task.initial_task_state()
+    return state if task_state is None else {**state, 'task_state': task_state}
 
   return jax.jit(init, out_shardings=shardings)(rng)
 
@@ -106,13 +109,16 @@ def make_train_step(task, tx, base_rng: jax.Array, mesh=None, state_shardings: A
 
   def step_fn(state, batch):
     rng = jax.random.fold_in(base_rng, state['step'])
-    (loss, terms), grads = jax.value_and_grad(task.loss, has_aux=True)(state['params'], batch, rng)
+    task_state = {'task_state': state['task_state']} if 'task_state' in state else {}
+    loss_fn = lambda params: task.loss(params, batch, rng, **task_state)
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     keep_old = lambda new, old: jnp.where(finite, new, old)
     new_state = {
+      **state,
       'step': state['step'] + 1,
       'params': jax.tree.map(keep_old, params, state['params']),
       'opt_state': jax.tree.map(keep_old, opt_state, state['opt_state']),
@@ -166,6 +172,34 @@ def mean_metrics(history: list[dict[str, np.ndarray]]) -> dict[str, float]:
   }
 
 
+class StepLog:
+  """The train steps' metrics since the last log step, kept on device (no host sync per step).
+  `write(step)` fetches them, stops on a non-finite step (NonFiniteError naming it), writes their
+  means (`train/*`, with `train/steps_per_sec`) and shows the loss on the progress bar."""
+
+  def __init__(self, writer: report.MetricWriter, bar: tqdm.tqdm, step: int):
+    self.writer, self.bar = writer, bar
+    self.history, self.first_step, self.t0 = [], step + 1, time.time()
+
+  def add(self, metrics: dict[str, jax.Array]) -> None:
+    self.history.append(metrics)
+
+  def write(self, step: int) -> None:
+    if not self.history:
+      return
+    history = jax.device_get(self.history)
+    check_finite(self.first_step, history)
+    summary = mean_metrics(history)
+    summary['train/steps_per_sec'] = len(history) / (time.time() - self.t0)
+    self.writer.write(step, summary)
+    self.bar.set_postfix(loss=f'{summary["train/loss"]:.4f}')
+    self.history, self.first_step, self.t0 = [], step + 1, time.time()
+
+  def restart_clock(self) -> None:
+    """After an evaluation: steps/s measures training only."""
+    self.t0 = time.time()
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluation and outputs.
 
@@ -185,12 +219,12 @@ def run_predictions(
 def score(
   task, videos: list[formats.Video], predictions: dict[str, dict[str, np.ndarray]]
 ) -> dict[str, dict[str, float]]:
-  """{row name: {metric: value}} over the videos that carry labels."""
+  """{row name: {metric: value}} over the videos that carry labels, with the task's summary rows."""
   per_row = {}
   for video in videos:
     for row, pred in predictions[video.name].items():
-      per_row.setdefault(row, task.new_metrics()).add(pred, video.labels)
-  return {row: m.result() for row, m in per_row.items()}
+      per_row.setdefault(row, task.new_metrics()).add(pred, task.row_labels(video, row))
+  return task.summarize({row: m.result() for row, m in per_row.items()})
 
 
 def write_outputs(
@@ -204,20 +238,16 @@ def write_outputs(
   pred_dir = os.path.join(outdir, 'predictions')
   os.makedirs(pred_dir, exist_ok=True)
   for video in videos:
-    rows = predictions[video.name]
-    for row, pred in rows.items():
-      suffix = '' if len(rows) == 1 else f'.{row}'
-      formats.write_labels(
-        os.path.join(pred_dir, f'{video.name}{suffix}.txt'), task.label_lines(pred)
-      )
+    for row, pred in predictions[video.name].items():
+      path = os.path.join(pred_dir, task.prediction_file(video.name, row))
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      formats.write_labels(path, task.label_lines(pred))
   plot_dir = os.path.join(outdir, 'timelines')
   os.makedirs(plot_dir, exist_ok=True)
   for video in videos[:num_timelines]:
-    rows = {} if video.labels is None else {'ground truth': video.labels}
-    rows.update({row: task.timeline(pred) for row, pred in predictions[video.name].items()})
     report.plot_timelines(
       os.path.join(plot_dir, f'{video.name}.png'),
-      [(video.name, rows)],
+      [(video.name, task.timeline_rows(video, predictions[video.name]))],
       task.classes,
       background=task.background,
     )
@@ -248,7 +278,7 @@ def evaluate_and_write(
     formats.write_atomic(os.path.join(outdir, 'results.txt'), f'step {step}\n{table}\n'.encode())
     print(f'\n{split} results at step {step} ({len(videos)} videos):\n{table}\n', flush=True)
     if writer is not None:
-      main_row = results[task.rows[0]]
+      main_row = results[task.main_row]
       writer.write(step, {f'{EVAL_SPLITS[split]}/{k}': v for k, v in main_row.items()})
   return results
 
@@ -298,6 +328,16 @@ def process_share(data: tasks.Data) -> list:
   return share
 
 
+def prepare_stages(config: ml_collections.ConfigDict, workdir: str, mode: str):
+  """The config the engine runs, after a multi-stage task's earlier stages (its optional
+  module-level `prepare(config, workdir, mode)`: e.g. Polyphony's stages 1 and 2 write the features
+  the segmenter reads). None when the engine has nothing left to do (only earlier stages asked)."""
+  module = tasks.get(config.task)
+  if not hasattr(module, 'prepare'):
+    return config
+  return module.prepare(config, prepare_workdir(workdir), mode)
+
+
 def setup(config: ml_collections.ConfigDict, workdir: str, with_data: bool = True):
   """Workdir check, data (validated before anything runs; `data.train` is this process's share),
   task. Returns (workdir, data, task)."""
@@ -332,7 +372,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str, with_data: bool = Tru
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   """Trains `config.task` (resuming from the latest checkpoint in `workdir`), evaluating val (if the
   data has one) and test every `eval_every` steps; the best checkpoint is picked on val when there is
-  one, else on test. Returns the results of that split at the last step."""
+  one, else on test. Returns the results of that split at the last step ({} when the config asks
+  only for a multi-stage task's earlier stages)."""
+  config = prepare_stages(config, workdir, 'train')
+  if config is None:
+    return {}
   workdir, data, task = setup(config, workdir)
   if is_main_process():
     write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
@@ -367,31 +411,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     parallel.global_batch(loader.batch(step), mesh),
   )
 
+  update_task_state = jax.jit(
+    task.update_task_state, out_shardings=shardings.get('task_state'), donate_argnums=(0,)
+  )
   num_steps = config.train.num_steps
-  history, history_start, t0 = [], step, time.time()
   results = None
   with tqdm.tqdm(
     total=num_steps, initial=step, desc='train', unit='step', disable=not is_main_process()
   ) as bar:
+    log = StepLog(writer, bar, step)
     while step < num_steps:
       state, metrics = train_step(state, parallel.global_batch(loader.batch(step), mesh))
-      history.append(metrics)
+      log.add(metrics)
       step += 1
       bar.update(1)
       if step % config.train.log_every == 0 or step == num_steps:
-        history = jax.device_get(history)
-        check_finite(history_start + 1, history)
-        summary = mean_metrics(history)
-        summary['train/steps_per_sec'] = len(history) / (time.time() - t0)
-        writer.write(step, summary)
-        bar.set_postfix(loss=f'{summary["train/loss"]:.4f}')
-        history, history_start, t0 = [], step, time.time()
+        log.write(step)
       if step % config.train.eval_every == 0 or step == num_steps:
-        results = selection_results(
-          evaluate_splits(task, state['params'], data, config, outdir_of, step, writer)
+        split_results = evaluate_splits(
+          task, state['params'], data, config, outdir_of, step, writer
         )
-        ckpt.save(step, state, metrics=results[task.rows[0]])
-        t0 = time.time()  # steps/s measures training only
+        if 'task_state' in state and 'val' in split_results:
+          state['task_state'] = update_task_state(state['task_state'], split_results['val'])
+        results = selection_results(split_results)
+        ckpt.save(step, state, metrics=results[task.main_row])
+        log.restart_clock()
       elif step % config.train.checkpoint_every == 0:
         ckpt.save(step, state)
   if results is None:  # resumed a finished run: evaluate the final checkpoint again
@@ -427,6 +471,7 @@ def restore_params(task, config, workdir: str, which: str = 'latest'):
 def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = 'latest'):
   """Evaluates the latest (or best) checkpoint of `workdir` on the val (if any) and test splits;
   outputs go to `eval_<which>/` (and `eval_<which>_val/`). Returns the test results."""
+  config = prepare_stages(config, workdir, 'eval')
   workdir, data, task = setup(config, workdir)
   step, params = restore_params(task, config, workdir, which)
   outdir_of = lambda split: os.path.join(
@@ -440,6 +485,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str, which: str = 'lates
   they are: a folder of `<vid>.npy`, or a dataset folder without labels); returns the output dir."""
   if not config.predict.features:
     raise ValueError('--mode=predict needs --config.predict.features=DIR')
+  config = prepare_stages(config, workdir, 'predict')
   workdir, _, task = setup(config, workdir, with_data=False)
   videos = tasks.get(config.task).load_unlabelled(config, task.info)
   step, params = restore_params(task, config, workdir, which)

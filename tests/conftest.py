@@ -12,10 +12,10 @@ os.environ.setdefault(
 )
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import pytest
 
-from polyseg.main import load_config  # noqa: E402
+from polyseg.configlib import load_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

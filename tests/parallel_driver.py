@@ -16,13 +16,13 @@ import time
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
+import jax
+import numpy as np
+import optax
 
-from polyseg import parallel  # noqa: E402
-from polyseg import train  # noqa: E402
-from polyseg.main import load_config  # noqa: E402
+from polyseg import parallel
+from polyseg import train
+from polyseg.configlib import load_config
 
 STEPS = 3
 

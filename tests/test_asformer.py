@@ -20,23 +20,28 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def tiny_encoder(**overrides) -> asformer.Encoder:
-  fields = dict(
-    num_layers=2,
-    num_f_maps=8,
-    kernel_size=3,
-    num_classes=C,
-    dropout=0.5,
-    channel_dropout=0.5,
-    temporal_dropout=0.5,
-    feature_layer_indices=(-2, 1, -1, 0),
-  )
+  fields = {
+    "num_layers": 2,
+    "num_f_maps": 8,
+    "kernel_size": 3,
+    "num_classes": C,
+    "dropout": 0.5,
+    "channel_dropout": 0.5,
+    "temporal_dropout": 0.5,
+    "feature_layer_indices": (-2, 1, -1, 0),
+  }
   return asformer.Encoder(**(fields | overrides))
 
 
 def tiny_decoder(**overrides) -> asformer.Decoder:
-  fields = dict(
-    num_layers=2, num_f_maps=8, kernel_size=3, num_classes=C, dropout=0.5, time_emb_dim=16
-  )
+  fields = {
+    "num_layers": 2,
+    "num_f_maps": 8,
+    "kernel_size": 3,
+    "num_classes": C,
+    "dropout": 0.5,
+    "time_emb_dim": 16,
+  }
   return asformer.Decoder(**(fields | overrides))
 
 
@@ -68,13 +73,13 @@ def tiny_params():
   "encoder_fields,decoder_fields,want",
   [
     (
-      dict(num_layers=10, num_f_maps=64, num_classes=11, feature_layer_indices=(5, 7, 9)),
-      dict(num_layers=8, num_f_maps=24, num_classes=11),
+      {"num_layers": 10, "num_f_maps": 64, "num_classes": 11, "feature_layer_indices": (5, 7, 9)},
+      {"num_layers": 8, "num_f_maps": 24, "num_classes": 11},
       1_204_438,
     ),
     (
-      dict(num_layers=12, num_f_maps=256, num_classes=48, feature_layer_indices=(7, 8, 9)),
-      dict(num_layers=8, num_f_maps=128, num_classes=48),
+      {"num_layers": 12, "num_f_maps": 256, "num_classes": 48, "feature_layer_indices": (7, 8, 9)},
+      {"num_layers": 8, "num_f_maps": 128, "num_classes": 48},
       11_912_800,
     ),
   ],
@@ -136,7 +141,7 @@ def test_encoder_padded_batch_equals_each_video_alone():
     for b, n in enumerate(LENGTHS)
   ]
   for output_index, batch_output in enumerate((logits, cond)):
-    check_matches_each_video_alone(batch_output, lambda b, n: alone[b][output_index])
+    check_matches_each_video_alone(batch_output, lambda b, n, i=output_index: alone[b][i])
 
 
 def test_decoder_padded_batch_equals_each_video_alone():

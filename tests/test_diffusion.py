@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from polyseg import diffusion
+import itertools
 
 SCHEDULE = diffusion.cosine_schedule()
 
@@ -117,7 +118,7 @@ def _reference_ddim(weight, cond, rng, activation, eta=1.0):
   times = [999 - 40 * i for i in range(25)] + [-1]
   keys = jax.random.split(rng, 26)
   x = np.asarray(jax.random.normal(keys[0], SHAPE), np.float64)
-  for i, (time, next_time) in enumerate(zip(times[:-1], times[1:])):
+  for i, (time, next_time) in enumerate(itertools.pairwise(times)):
     x01 = (np.clip(x, -SCALE, SCALE) / SCALE + 1) / 2
     logits = x01 @ weight + cond + time / 1000.0
     x0 = np.clip((act(logits) * 2 - 1) * SCALE, -SCALE, SCALE)

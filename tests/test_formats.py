@@ -397,3 +397,17 @@ def test_write_labels_is_atomic(tmp_path, monkeypatch):
     formats.write_labels(path, ['pour', 'pour'])
   assert path.read_text() == 'cut\n'
   assert [p.name for p in tmp_path.iterdir()] == ['pred.txt']
+
+
+def test_hold_out_is_seeded_and_leaves_training_videos():
+  names = [f'v{i:02d}' for i in range(20)]
+  held = formats.hold_out(names, 0.1, seed=3)
+  assert len(held) == 2 and held == sorted(held) and set(held) <= set(names)
+  assert formats.hold_out(names, 0.1, seed=3) == held
+  assert formats.hold_out(names, 0.1, seed=4) != held
+  assert len(formats.hold_out(names[:3], 0.01, seed=0)) == 1  # at least one
+  assert len(formats.hold_out(names[:2], 0.9, seed=0)) == 1  # never all
+  with pytest.raises(ValueError, match='from 1 video'):
+    formats.hold_out(names[:1], 0.5, seed=0)
+  with pytest.raises(ValueError, match='val_fraction'):
+    formats.hold_out(names, 1.0, seed=0)

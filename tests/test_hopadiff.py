@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures('fast_compile')
 
 def _dft_reference(x, mask, window, parts):
   """Numpy: Hann-weighted rfft of every frame's window of x [T, C] (zero outside valid frames)."""
-  length, channels = x.shape
+  length, _channels = x.shape
   x = x * mask[:, None]
   half = window // 2
   padded = np.pad(x, [(half, half), (0, 0)])
@@ -142,17 +142,24 @@ C, DH, DP = 3, 6, 5
 
 
 def _model(partial=True, use_xlstm=True, cross_attention='chunked', dft=True, text=None):
-  enc = dict(
-    num_layers=2,
-    num_f_maps=8,
-    kernel_size=3,
-    num_classes=C,
-    dropout=0.0,
-    channel_dropout=0.0,
-    temporal_dropout=0.0,
-    feature_layer_indices=(0, 1),
-  )
-  dec = dict(num_layers=2, num_f_maps=6, kernel_size=3, num_classes=C, dropout=0.0, time_emb_dim=8)
+  enc = {
+    'num_layers': 2,
+    'num_f_maps': 8,
+    'kernel_size': 3,
+    'num_classes': C,
+    'dropout': 0.0,
+    'channel_dropout': 0.0,
+    'temporal_dropout': 0.0,
+    'feature_layer_indices': (0, 1),
+  }
+  dec = {
+    'num_layers': 2,
+    'num_f_maps': 6,
+    'kernel_size': 3,
+    'num_classes': C,
+    'dropout': 0.0,
+    'time_emb_dim': 8,
+  }
   return hopadiff.HopaDIFFModel(
     holistic_encoder=asformer.Encoder(**enc),
     holistic_decoder=asformer.Decoder(**dec),
@@ -187,12 +194,12 @@ def _model_inputs(seed=0, lengths=(12, 9), total=12):
 @pytest.mark.parametrize(
   'options, branches, width',
   [
-    (dict(), ('holistic', 'partial'), 16 + 8 + 2 * 3),  # z (2 layers x 8) + zhat (8) + DFT
-    (dict(use_xlstm=False), ('holistic', 'partial'), 16 + 2 * 3),
-    (dict(dft=False), ('holistic', 'partial'), 16 + 8),
-    (dict(partial=False), ('holistic',), 16 + 8 + 2 * 3),
-    (dict(partial=False, use_xlstm=False, dft=False), ('holistic',), 16),
-    (dict(text='film'), ('holistic', 'partial'), 16 + 8 + 2 * 3),
+    ({}, ('holistic', 'partial'), 16 + 8 + 2 * 3),  # z (2 layers x 8) + zhat (8) + DFT
+    ({'use_xlstm': False}, ('holistic', 'partial'), 16 + 2 * 3),
+    ({'dft': False}, ('holistic', 'partial'), 16 + 8),
+    ({'partial': False}, ('holistic',), 16 + 8 + 2 * 3),
+    ({'partial': False, 'use_xlstm': False, 'dft': False}, ('holistic',), 16),
+    ({'text': 'film'}, ('holistic', 'partial'), 16 + 8 + 2 * 3),
   ],
 )
 def test_model_shapes_and_condition_layout(options, branches, width):

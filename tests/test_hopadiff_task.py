@@ -13,7 +13,7 @@ import pytest
 from polyseg import train
 from polyseg.data import formats
 from polyseg.data import synthetic
-from polyseg.main import load_config
+from polyseg.configlib import load_config
 from polyseg.tasks import hopadiff as hopadiff_task
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
@@ -32,12 +32,16 @@ def test_train_evaluates_val_and_test_and_writes_every_output(cache_dir, tmp_pat
   assert set(results) == {'HopaDIFF', 'holistic', 'partial'}
   assert set(results['HopaDIFF']) == {'Acc', 'Edit', 'F1@10', 'F1@25', 'F1@50', 'mAP'}
   for split, folder in (('val', 'eval_val'), ('test', 'eval')):
-    saved = json.load(open(os.path.join(workdir, folder, 'results.json')))
+    saved = json.loads(pathlib.Path(workdir, folder, 'results.json').read_text())
     assert saved['step'] == config.train.num_steps and set(saved['results']) == set(results)
-    table = open(os.path.join(workdir, folder, 'results.txt')).read()
+    table = pathlib.Path(workdir, folder, 'results.txt').read_text()
     assert all(row in table for row in ('HopaDIFF', 'holistic', 'partial', 'mAP'))
-  assert results == json.load(open(os.path.join(workdir, 'eval_val', 'results.json')))['results']
-  lines = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert (
+    results == json.loads(pathlib.Path(workdir, 'eval_val', 'results.json').read_text())['results']
+  )
+  lines = [
+    json.loads(line) for line in pathlib.Path(workdir, 'metrics.jsonl').read_text().splitlines()
+  ]
   assert any('eval_val/F1@50' in line for line in lines) and any(
     'eval/mAP' in line for line in lines
   )
@@ -48,11 +52,11 @@ def test_train_evaluates_val_and_test_and_writes_every_output(cache_dir, tmp_pat
   for sample in data.test:
     for row in task.rows:
       path = os.path.join(workdir, 'eval', 'predictions', f'{sample.name}.{row}.txt')
-      frames = open(path).read().split('\n')[:-1]
+      frames = pathlib.Path(path).read_text().split('\n')[:-1]
       assert len(frames) == len(sample.labels)
       assert {name for frame in frames for name in frame.split(',') if name} <= set(task.classes)
   pngs = os.listdir(os.path.join(workdir, 'eval', 'timelines'))
-  assert len(pngs) == 1 and open(os.path.join(workdir, 'eval', 'timelines', pngs[0]), 'rb').read(4)
+  assert len(pngs) == 1 and pathlib.Path(workdir, 'eval', 'timelines', pngs[0]).read_bytes()[:4]
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints')))[:2] == ['2', '4']
 
   # --mode=predict on a new video's features with a new text reference.
@@ -126,7 +130,7 @@ def test_ablation_switches(cache_dir, ablation, rows, modules):
 def test_bad_referring_data_fails_before_training(cache_dir, tmp_path):
   root = tmp_path / 'data'
   synthetic.referring(root, num_videos=3, min_len=40, max_len=50, holistic_dim=4, partial_dim=3)
-  label = sorted((root / 'labels').iterdir())[0]
+  label = min((root / 'labels').iterdir())
   label.write_text(label.read_text() + 'walk\n')
   config = _config(cache_dir)
   config.data.root = str(root)
@@ -148,7 +152,9 @@ def test_hopadiff_learns_a_tiny_dataset(cache_dir, tmp_path):
   untrained.optim.learning_rate = 0.0
   before = train.train_and_evaluate(untrained, str(tmp_path / 'untrained'))['HopaDIFF']
   after = train.train_and_evaluate(config, workdir)['HopaDIFF']
-  lines = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  lines = [
+    json.loads(line) for line in pathlib.Path(workdir, 'metrics.jsonl').read_text().splitlines()
+  ]
   losses = [line['train/loss'] for line in lines if 'train/loss' in line]
   assert losses[-1] < 0.7 * losses[0]
   assert after['Acc'] > before['Acc'] + 15 and after['mAP'] > before['mAP'] + 10

@@ -17,7 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 from polyseg import parallel
 from polyseg import train
-from polyseg.main import load_config
+from polyseg.configlib import load_config
 
 from conftest import REPO
 

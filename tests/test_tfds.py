@@ -16,7 +16,7 @@ from polyseg.data import formats
 from polyseg.data import synthetic
 from polyseg.data import tfds
 from polyseg.data.formats import DataError
-from polyseg.main import load_config
+from polyseg.configlib import load_config
 from polyseg.tasks import diffact as diffact_task
 from polyseg.tasks import hopadiff as hopadiff_task
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import pytest
 from polyseg import checkpoint as checkpoint_lib
 from polyseg import train
 from polyseg.data import formats
-from polyseg.main import load_config
+from polyseg.configlib import load_config
 
 
 def _params_equal(a, b):
@@ -31,7 +32,7 @@ def _engine(config, workdir):
 
 
 def _restore_latest(config, workdir):
-  _, data, task = train.setup(config, workdir)
+  _, _data, task = train.setup(config, workdir)
   return train.restore_params(task, config, workdir)
 
 
@@ -52,7 +53,7 @@ def test_train_writes_every_output(tiny_config, tmp_path):
   } <= files
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit())
   assert steps == [3, 6]
-  lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  lines = [json.loads(l) for l in pathlib.Path(workdir, 'metrics.jsonl').read_text().splitlines()]
   assert any('train/loss' in l for l in lines) and any('eval/Acc' in l for l in lines)
   assert all(np.isfinite(l['train/loss']) for l in lines if 'train/loss' in l)
   assert any(
@@ -62,7 +63,7 @@ def test_train_writes_every_output(tiny_config, tmp_path):
   _, data, _ = train.setup(tiny_config, workdir)
   classes = set(data.info.classes)
   for video in data.test:
-    lines = open(os.path.join(workdir, 'eval', 'predictions', f'{video.name}.txt')).read().split()
+    lines = pathlib.Path(workdir, 'eval', 'predictions', f'{video.name}.txt').read_text().split()
     assert len(lines) == len(video.labels) and set(lines) <= classes
   pngs = os.listdir(os.path.join(workdir, 'eval', 'timelines'))
   assert len(pngs) == tiny_config.eval.num_timelines
@@ -140,7 +141,7 @@ def test_eval_and_predict_modes(tiny_config, tmp_path):
   config.predict.features = str(folder)
   outdir = train.predict(config, workdir)
   for name, video in [('long', long_video), ('short', data.test[1].features)]:
-    lines = open(os.path.join(outdir, 'predictions', f'{name}.txt')).read().split()
+    lines = pathlib.Path(outdir, 'predictions', f'{name}.txt').read_text().split()
     assert len(lines) == len(video) and set(lines) <= set(data.info.classes)
 
 

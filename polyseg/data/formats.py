@@ -24,6 +24,8 @@ Two hands, two streams and transcripts are the single-stream layout (mapping.txt
 
     groundTruth/<hand>/<vid>.txt           two hands: T lines per hand, hand in HANDS = (lh, rh)
     features/<hand>/<vid>.npy              two hands: [D, T] per hand, or features/<vid>.npy shared
+    features/shared/<vid>.npy              two hands with a shared stream (read_hand_streams):
+                                           [Ds, T], and features/<hand>/ hold logits [C, T]
     features_rgb/<vid>.npy                 two streams: [Drgb, T] (groundTruth/<vid>.txt as above)
     features_flow/<vid>.npy                two streams: [Dflow, T]
     transcripts/<vid>.txt                  transcripts: the video's actions in order, one per line
@@ -43,7 +45,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -721,6 +723,17 @@ def _partition(units: Sequence[str], seed: int, fractions: Sequence[float]) -> d
   }
 
 
+def hold_out(names: Sequence[str], fraction: float, seed: int) -> list[str]:
+  """A seeded `fraction` of `names` (at least one, never all), sorted: the validation videos."""
+  if not 0.0 < fraction < 1.0:
+    raise ValueError(f'val_fraction must be in (0, 1), got {fraction}')
+  if len(names) < 2:
+    raise ValueError(f'cannot hold out validation videos from {len(names)} video(s)')
+  count = min(len(names) - 1, max(1, round(fraction * len(names))))
+  order = np.random.default_rng(seed).permutation(len(names))
+  return sorted(names[i] for i in order[:count])
+
+
 def split_referring(
   root: PathLike | None,
   samples: Sequence[ReferringSample],
@@ -977,3 +990,185 @@ def read_transcripts(
     feature_paths.append((feature_path, features))
   _check_same_dim(feature_paths)
   return Dataset(mapping, videos)
+
+
+# ------------------------------------------------- two hands with a shared stream (Polyphony) --
+
+HAND_STREAMS = ('shared', *HANDS)  # stage-1 output: shared features and each hand's logits
+_ROOT_ENTRIES = ('mapping.txt', 'splits', 'features', 'groundTruth')  # what write_two_hands owns
+
+
+def read_hand_streams(
+  root: PathLike,
+  subset: str,
+  split: int,
+  classes: Sequence[str] | None = None,
+  dims: Mapping[str, int | None] | None = None,
+) -> MultiStreamDataset:
+  """Reads one subset of split `split` of a two-hands dataset with a shared stream.
+
+  Features {'shared': [T, Ds], 'lh': [T, C], 'rh': [T, C]} from `features/<stream>/<vid>.npy`
+  (each hand's per-frame logits over the C classes of mapping.txt), labels [T, 2] (columns HANDS)
+  from `groundTruth/<hand>/<vid>.txt`; all of one length T. `dims` {stream: D or None} checks the
+  dimensions; by default lh and rh must have C.
+  """
+  root = pathlib.Path(root)
+  unknown = sorted(set(dims or {}) - set(HAND_STREAMS))
+  if unknown:
+    raise ValueError(f'dims: unknown streams {unknown}, expected some of {HAND_STREAMS}')
+  mapping = _read_mapping_as(root, classes)
+  expected = {'shared': None, **dict.fromkeys(HANDS, len(mapping)), **(dims or {})}
+  return _read_streams(
+    root,
+    subset,
+    split,
+    mapping,
+    lambda name: {stream: root / 'features' / stream / f'{name}.npy' for stream in HAND_STREAMS},
+    lambda name: [root / 'groundTruth' / hand / f'{name}.txt' for hand in HANDS],
+    expected,
+    one_dim=False,
+  )
+
+
+def _check_class_names(root: pathlib.Path, classes: Sequence[str]) -> None:
+  """DataError unless `classes` can be written to mapping.txt and label files and read back."""
+  if not classes:
+    raise DataError(f'{root}: no classes to write')
+  for name in classes:
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+      raise DataError(f'{root}: class name {name!r} must be non-empty text without outer spaces')
+    if any(c in name for c in '\n\r\0'):
+      raise DataError(f'{root}: class name {name!r} cannot be written on one line')
+  duplicates = sorted({name for name in classes if list(classes).count(name) > 1})
+  if duplicates:
+    raise DataError(f'{root}: duplicate class names {duplicates}')
+
+
+def _check_hand_video(
+  where: str, video: MultiStreamVideo, num_classes: int, dims: dict[str, int | None]
+) -> None:
+  """DataError unless `video` has labels [T, 2] in [0, C) and finite features {folder: [T, D]}
+  whose folders and dimensions are `dims` (filled from the first video when empty)."""
+  labels = video.labels
+  if labels is None:
+    raise DataError(f'{where} has no labels')
+  if not isinstance(labels, np.ndarray) or not np.issubdtype(labels.dtype, np.integer):
+    raise DataError(f'{where}: labels must be an integer array, got {type(labels).__name__}')
+  if labels.ndim != 2 or labels.shape[1] != len(HANDS) or not len(labels):
+    raise DataError(
+      f'{where}: labels must have shape [T, {len(HANDS)}], T >= 1, got {labels.shape}'
+    )
+  if labels.min() < 0 or labels.max() >= num_classes:
+    raise DataError(
+      f'{where}: label ids in [{labels.min()}, {labels.max()}] outside [0, {num_classes})'
+    )
+  if not video.features:
+    raise DataError(f'{where} has no features')
+  if not dims:
+    for folder in video.features:
+      _check_id(where, 'feature folder', folder)
+    dims.update({folder: None for folder in video.features})
+  if sorted(video.features) != sorted(dims):
+    raise DataError(
+      f'{where}: feature streams {sorted(video.features)} differ from the first video '
+      f'{sorted(dims)}'
+    )
+  for folder, features in video.features.items():
+    shape = np.shape(features)
+    if len(shape) != 2 or shape[0] != len(labels) or dims[folder] not in (None, shape[1]):
+      expected = 'D' if dims[folder] is None else dims[folder]
+      raise DataError(
+        f'{where}: features {folder!r} have shape {shape}, expected [T, {expected}] with '
+        f'T = {len(labels)} labels'
+      )
+    if not np.isfinite(features).all():
+      raise DataError(f'{where}: features {folder!r} have non-finite values (NaN/Inf)')
+    dims[folder] = shape[1]
+
+
+def write_two_hands(
+  root: PathLike,
+  classes: Sequence[str],
+  splits: Mapping[str, Sequence[str]],
+  videos: Iterable[MultiStreamVideo],
+  split: int = 1,
+  extra_files: Mapping[str, bytes] | None = None,
+  video_arrays: Callable[[MultiStreamVideo], Mapping[str, np.ndarray]] | None = None,
+) -> pathlib.Path:
+  """Writes a complete two-hands dataset root at `root`, atomically; returns `root`.
+
+  `mapping.txt` from `classes`; `splits/<subset>.split<split>.bundle` from `splits` {subset:
+  video names} (disjoint subsets, each non-empty); per video, labels [T, 2] (columns HANDS) to
+  `groundTruth/<hand>/<vid>.txt` and every `features[folder]` [T, D] to
+  `features/<folder>/<vid>.npy` as [D, T] float32; `extra_files` {name: bytes} at the root (e.g.
+  'mas.json'); `video_arrays(video)` {folder: array}, if given, saved unchanged as
+  `<folder>/<vid>.npy` (e.g. {'videos': frames [T, H, W, 3] uint8}, first axis T). `videos` is
+  consumed once, one video at a time; it must hold exactly the videos of `splits`, with the same
+  feature folders and dimensions. `root` must not exist yet (or be an empty folder).
+  """
+  root = pathlib.Path(root)
+  classes = list(classes)
+  _check_class_names(root, classes)
+  if not splits:
+    raise DataError(f'{root}: no split subsets to write')
+  subset_of = {}
+  for subset, names in splits.items():
+    _check_id(root, 'subset', subset)
+    if not names:
+      raise DataError(f'{root}: split subset {subset!r} lists no videos')
+    for name in names:
+      _check_id(f'{root}: subset {subset!r}', 'video', name)
+      if name in subset_of:
+        raise DataError(
+          f'{root}: video {name!r} is listed in both {subset_of[name]!r} and {subset!r}'
+        )
+      subset_of[name] = subset
+  for name in extra_files or {}:
+    _check_id(root, 'extra file', name)
+    if name in _ROOT_ENTRIES:
+      raise DataError(f'{root}: extra file {name!r} would replace part of the dataset')
+  with _atomic_dir(root) as tmp:
+    for hand in HANDS:
+      (tmp / 'groundTruth' / hand).mkdir(parents=True)
+    (tmp / 'splits').mkdir()
+    (tmp / 'mapping.txt').write_text(
+      ''.join(f'{i} {name}\n' for i, name in enumerate(classes)), encoding='utf-8'
+    )
+    for subset, names in splits.items():
+      split_path(tmp, subset, split).write_text(''.join(f'{name}.txt\n' for name in names))
+    for name, data in (extra_files or {}).items():
+      (tmp / name).write_bytes(data)
+    written, dims = set(), {}
+    for video in videos:
+      where = f'{root}: video {video.name!r}'
+      if video.name not in subset_of:
+        raise DataError(f'{where} is in no split subset')
+      if video.name in written:
+        raise DataError(f'{where} is given twice')
+      _check_hand_video(where, video, len(classes), dims)
+      for folder, features in video.features.items():
+        (tmp / 'features' / folder).mkdir(parents=True, exist_ok=True)
+        _save_features(tmp / 'features' / folder / f'{video.name}.npy', np.asarray(features))
+      for hand, column in zip(HANDS, video.labels.T, strict=True):
+        (tmp / 'groundTruth' / hand / f'{video.name}.txt').write_text(
+          ''.join(f'{classes[c]}\n' for c in column), encoding='utf-8'
+        )
+      for folder, array in (video_arrays(video) if video_arrays else {}).items():
+        _check_id(where, 'array folder', folder)
+        array = np.asarray(array)
+        if folder in _ROOT_ENTRIES or folder in (extra_files or {}):
+          raise DataError(f'{where}: array folder {folder!r} would replace part of the dataset')
+        if array.dtype.hasobject or array.ndim < 1 or len(array) != len(video.labels):
+          raise DataError(
+            f'{where}: array {folder!r} ({array.dtype}, shape {array.shape}) must be numeric '
+            f'with T = {len(video.labels)} first'
+          )
+        (tmp / folder).mkdir(exist_ok=True)
+        np.save(tmp / folder / f'{video.name}.npy', array, allow_pickle=False)
+      written.add(video.name)
+    missing = [name for name in subset_of if name not in written]
+    if missing:
+      raise DataError(
+        f'{root}: {len(missing)} videos of the splits were not given, e.g. {missing[:3]}'
+      )
+  return root

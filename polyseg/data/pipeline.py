@@ -155,14 +155,14 @@ class TrainLoader:
     max_train_len, and the run's seed; `overrides` replace any of these arguments (the engine
     passes a process's batch_size and pad_to)."""
     d = config.data
-    args = dict(
-      batch_size=config.train.batch_size,
-      sample_rate=d.sample_rate,
-      boundary_sigma=d.boundary_sigma,
-      seed=config.seed,
-      max_len=d.max_train_len,
-      fields=fields,
-    )
+    args = {
+      'batch_size': config.train.batch_size,
+      'sample_rate': d.sample_rate,
+      'boundary_sigma': d.boundary_sigma,
+      'seed': config.seed,
+      'max_len': d.max_train_len,
+      'fields': fields,
+    }
     return cls(videos, **{**args, **overrides})
 
   @property

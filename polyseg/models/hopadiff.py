@@ -164,14 +164,16 @@ class HopaDIFFModel(nn.Module):
     """{branch: condition [B, T, Fc]} -> {branch: per-decoder-layer Q/K terms}, reused across steps."""
     return {b: self._decoders()[b].project_condition(conditions[b], train) for b in self.branches}
 
-  def denoise(self, x01: dict[str, jax.Array], t: jax.Array, projections, mask, train: bool):
-    """{branch: noisy labels in [0, 1] [B, T, C]}, t [B] -> {branch: x0 logits [B, T, C]}."""
+  def denoise(self, x01: dict[str, jax.Array], t: dict[str, jax.Array], projections, mask, train):
+    """{branch: noisy labels in [0, 1] [B, T, C]}, {branch: t [B] int} -> {branch: x0 logits}."""
     return {
-      b: self._decoders()[b].denoise(x01[b], t, projections[b], mask, train) for b in self.branches
+      b: self._decoders()[b].denoise(x01[b], t[b], projections[b], mask, train)
+      for b in self.branches
     }
 
   def __call__(self, inputs, x01, t, mask, train: bool):
     """-> ({branch: encoder logits}, {branch: decoder logits})."""
     logits, conditions = self.encode(inputs, mask, train)
     projections = self.project_condition(conditions, train)
-    return logits, self.denoise({b: x01 for b in self.branches}, t, projections, mask, train)
+    same = lambda x: dict.fromkeys(self.branches, x)
+    return logits, self.denoise(same(x01), same(t), projections, mask, train)

@@ -16,6 +16,19 @@ The engine (`polyseg.train`) only sees this interface, implemented by `<module>.
   .timeline(prediction) -> class ids [T] or multi-hot [T, C]   what a timeline plot shows
   .new_metrics() -> object with .add(prediction, gt) and .result() -> {metric: value}
 
+Optional, with defaults in `BaseTask` (for tasks whose rows have their own ground truth, add summary
+rows, or carry state that is not trained by gradients, e.g. Polyphony's adaptive loss weights):
+
+  .main_row                                     the row whose metrics pick the best checkpoint
+  .row_labels(video, row) -> gt                 the ground truth a row is scored against
+  .summarize(results) -> results                adds rows computed from the rows (e.g. a mean)
+  .prediction_file(name, row) -> str            where a row's predictions go under predictions/
+  .timeline_rows(video, predictions) -> {name: [T] or [T, C]}   the bars of a timeline plot
+  .initial_task_state() -> pytree | None        carried in the train state and its checkpoints;
+                                                when not None, the engine calls
+                                                .loss(params, batch, rng, task_state=...)
+  .update_task_state(task_state, val_results) -> task_state   after each validation
+
 A video is any object with `.name` and `.labels` (None when unlabelled); the task reads the rest.
 """
 
@@ -27,6 +40,7 @@ from polyseg.models.layers import count_params  # noqa: F401  (re-exported for t
 REGISTRY = {
   'diffact': 'polyseg.tasks.diffact',
   'hopadiff': 'polyseg.tasks.hopadiff',
+  'polyphony': 'polyseg.tasks.polyphony',
 }
 
 
@@ -57,6 +71,38 @@ class Data:
   # Which training videos `train` holds: every count-th from index, as (index, count). (0, 1) =
   # all of them; data.format='tfds' reads only this process's share (jax.process_index/count).
   train_shard: tuple[int, int] = (0, 1)
+
+
+class BaseTask:
+  """Defaults of the optional part of the task interface (see the module docstring)."""
+
+  rows: tuple[str, ...]
+
+  @property
+  def main_row(self) -> str:
+    return self.rows[0]
+
+  def row_labels(self, video, row: str):
+    del row
+    return video.labels
+
+  def summarize(self, results: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    return results
+
+  def prediction_file(self, name: str, row: str) -> str:
+    return f'{name}.txt' if len(self.rows) == 1 else f'{name}.{row}.txt'
+
+  def timeline_rows(self, video, predictions: dict) -> dict:
+    rows = {} if video.labels is None else {'ground truth': video.labels}
+    rows.update({row: self.timeline(pred) for row, pred in predictions.items()})
+    return rows
+
+  def initial_task_state(self):
+    return None
+
+  def update_task_state(self, task_state, val_results: dict[str, dict[str, float]]):
+    del val_results
+    return task_state
 
 
 def get(name: str):

@@ -77,7 +77,36 @@ def load_data(config: ml_collections.ConfigDict) -> tasks.Data:
   return tasks.Data(info, train.videos, test.videos, train_shard=train_shard)
 
 
-class Task:
+def classification_loss(logits, labels, mask, soft_label: float | None, class_weights=None):
+  """Soft-label CE (gaussian-smoothed one-hot, sigma = soft_label) or (class-weighted) CE.
+  logits [B, T, C], labels [B, T] int, mask [B, T]; class_weights [C] or None."""
+  if soft_label:
+    onehot = jax.nn.one_hot(labels, logits.shape[-1])
+    return losses.soft_cross_entropy(logits, losses.gaussian_smooth(onehot, soft_label, mask), mask)
+  return losses.cross_entropy(logits, labels, mask, class_weights)
+
+
+def encoder_terms(logits, labels, mask, soft_label, class_weights=None) -> dict[str, jax.Array]:
+  """DiffAct's encoder loss terms (unweighted): CE and smoothing.  logits [B, T, C]."""
+  return {
+    'encoder_ce': classification_loss(logits, labels, mask, soft_label, class_weights),
+    'encoder_smooth': losses.smoothing_loss(logits, mask),
+  }
+
+
+def decoder_terms(
+  logits, labels, boundary, mask, soft_label, class_weights=None
+) -> dict[str, jax.Array]:
+  """DiffAct's decoder loss terms (unweighted): CE, smoothing and boundary.  logits [B, T, C],
+  boundary [B, T] the smoothed boundary target."""
+  return {
+    'decoder_ce': classification_loss(logits, labels, mask, soft_label, class_weights),
+    'decoder_smooth': losses.smoothing_loss(logits, mask),
+    'decoder_boundary': losses.boundary_loss(logits, boundary, mask),
+  }
+
+
+class Task(tasks.BaseTask):
   """DiffAct: see the module docstring and `polyseg.tasks` for the interface."""
 
   rows = ('DiffAct',)
@@ -136,14 +165,6 @@ class Task:
       train=False,
     )
 
-  def _classification_loss(self, logits, labels, mask):
-    """Soft-label CE (sigma = config.loss.soft_label) or class-weighted CE.  logits [B, T, C]."""
-    sigma = self.config.loss.soft_label
-    if sigma:
-      onehot = jax.nn.one_hot(labels, self.num_classes)
-      return losses.soft_cross_entropy(logits, losses.gaussian_smooth(onehot, sigma, mask), mask)
-    return losses.cross_entropy(logits, labels, mask, self.class_weights)
-
   def loss(self, params, batch, rng):
     """Weighted DiffAct loss; returns (total, {term: value})."""
     w = self.config.loss
@@ -152,10 +173,7 @@ class Task:
     enc_logits, cond = self.model.apply(
       params, feats, mask, train=True, method=asformer.DiffActModel.encode, rngs={'dropout': k_enc}
     )
-    terms = {
-      'encoder_ce': self._classification_loss(enc_logits, labels, mask),
-      'encoder_smooth': losses.smoothing_loss(enc_logits, mask),
-    }
+    terms = encoder_terms(enc_logits, labels, mask, w.soft_label, self.class_weights)
     if self.train_decoder:
       x01, t = diffusion.noisy_labels(
         k_noise,
@@ -189,9 +207,7 @@ class Task:
         rngs={'dropout': k_dec},
       )
       terms.update(
-        decoder_ce=self._classification_loss(dec_logits, labels, mask),
-        decoder_smooth=losses.smoothing_loss(dec_logits, mask),
-        decoder_boundary=losses.boundary_loss(dec_logits, batch['boundary'], mask),
+        decoder_terms(dec_logits, labels, batch['boundary'], mask, w.soft_label, self.class_weights)
       )
     total = sum(w[k] * v for k, v in terms.items())
     return total, terms

@@ -130,7 +130,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> hopadiff
   )
 
 
-class Task:
+class Task(tasks.BaseTask):
   """HopaDIFF: see the module docstring and `polyseg.tasks` for the interface."""
 
   def __init__(
@@ -264,8 +264,8 @@ class Task:
     )
     dec_logits = self.model.apply(
       params,
-      {b: x01 for b in self.branches},
-      t,
+      dict.fromkeys(self.branches, x01),
+      dict.fromkeys(self.branches, t),
       projections,
       mask,
       train=True,
@@ -296,44 +296,21 @@ class Task:
   def _sample_views(self, params, inputs, mask, rng):
     """DDIM sampling of both branches for every view, one program: inputs {key: [R, ...]}, mask
     [R, T] -> probabilities [R, nb, T, C] (nb = number of branches)."""
-    d, branches = self.config.diffusion, self.branches
-
-    def sample_one(view_inputs, view_mask, key):
-      view_inputs = jax.tree.map(lambda x: x[None], view_inputs)
-      view_mask = view_mask[None]
-      _, conditions = self.model.apply(
-        params, view_inputs, view_mask, train=False, method=hopadiff.HopaDIFFModel.encode
-      )
-      projections = self.model.apply(
-        params, conditions, train=False, method=hopadiff.HopaDIFFModel.project_condition
-      )
-
-      def denoise(x01, t):  # the chains of the branches side by side: [nb, T, C]
-        logits = self.model.apply(
-          params,
-          {b: x01[i : i + 1] for i, b in enumerate(branches)},
-          t[:1],
-          projections,
-          view_mask,
-          train=False,
-          method=hopadiff.HopaDIFFModel.denoise,
-        )
-        return jnp.concatenate([logits[b] for b in branches], axis=0)
-
-      probs = diffusion.ddim_sample(
-        denoise,
-        key,
-        (len(branches), view_mask.shape[1], self.num_classes),
-        self.schedule,
-        snr_scale=d.snr_scale,
-        sampling_steps=d.sampling_steps,
-        eta=d.eta,
-        activation='sigmoid',
-      )
-      return probs * view_mask[0, None, :, None]
-
-    keys = jax.random.split(rng, mask.shape[0])
-    return jax.vmap(sample_one)(inputs, mask, keys)
+    d = self.config.diffusion
+    return diffusion.sample_chains(
+      self.model,
+      params,
+      inputs,
+      mask,
+      rng,
+      chains=self.branches,
+      num_classes=self.num_classes,
+      schedule=self.schedule,
+      snr_scale=d.snr_scale,
+      sampling_steps=d.sampling_steps,
+      eta=d.eta,
+      activation='sigmoid',
+    )
 
   def _view_inputs(self, sample: formats.ReferringSample):
     """Temporal views of the sample's features ({branch: [R, T', D]}, text repeated per view)."""

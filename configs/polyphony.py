@@ -1,0 +1,91 @@
+r"""Polyphony (METHODS.md §3): both hands segmented at once, in three stages.
+
+Default: the embedded synthetic two-hand dataset (generated on first use: stage-1 features, i.e. a
+shared feature and each hand's logits per frame); runs stage 2 (semantic conditioning with MiniLM-L6,
+needs the 'text' install in the README) and stage 3 (the two-hand diffusion segmenter):
+
+  python -m polyseg.main --config=configs/polyphony.py --workdir=runs/polyphony
+
+Each stage on its own (`--config.stage=1`, `2` or `3`; or `1,2,3`). A stage reads the previous stage's
+output in the workdir (`<workdir>/stage<k>/dataset`) when there is one, else `--config.data.root`:
+
+  # stage 1 (ADH-ViT) on videos/<vid>.mp4|.npy + groundTruth/{lh,rh}/ (HA-ViD / ATTACH layout)
+  python -m polyseg.main --config=configs/polyphony.py:dataset=havid,vit=vit_b \
+      --workdir=runs/havid --config.stage=1,2,3 --config.data.root=/data/havid
+  # stage 3 alone on MAS features you already have (features/{lh,rh}/<vid>.npy)
+  python -m polyseg.main --config=configs/polyphony.py:dataset=havid --workdir=runs/havid3 \
+      --config.stage=3 --config.data.root=/data/havid_mas --config.data.features=all
+  # Breakfast mode: single-stream features and labels, the same labels for both hands
+  python -m polyseg.main --config=configs/polyphony.py:dataset=breakfast --workdir=runs/bf \
+      --config.stage=3 --config.data.root=/data/breakfast
+
+`arg` is a comma-separated list of `key=value`:
+  dataset=synthetic|havid|attach|breakfast   data and model sizes (breakfast: single-stream layout)
+  ablation=full|mf|mf_af|no_fusion|no_weighting|no_fusion_weighting   the paper's ablation rows:
+                                  the MAS parts kept (MF = motion features, AF = action logits,
+                                  SF = semantic features; full = all three), w/o cross-hand fusion,
+                                  w/o adaptive loss weighting, w/o both
+  vit=tiny|vit_b                  stage-1 ViT size (vit_b: the paper's ViT-B/16, 16 frames, 224 px)
+  runlocal=True                   tiny models and data for a smoke run
+"""
+
+from polyseg import configlib
+from polyseg.pretrain import adh_vit
+from polyseg.pretrain import semantic
+
+# dataset -> (DiffAct config it starts from, data layout, stage-3 training budget)
+DATASETS = {
+  'synthetic': ('synthetic', 'two_hands', {'num_steps': 1200, 'eval_every': 150}),
+  'havid': ('gtea', 'two_hands', {'num_steps': 20000, 'eval_every': 500}),
+  'attach': ('gtea', 'two_hands', {'num_steps': 20000, 'eval_every': 500}),
+  'breakfast': ('breakfast', 'single_stream', {'num_steps': 100000, 'eval_every': 5000}),
+}
+ABLATIONS = {  # row -> (MAS parts kept, cross-hand fusion, adaptive loss weighting)
+  'full': ('mf+af+sf', True, True),
+  'mf': ('mf', True, True),
+  'mf_af': ('mf+af', True, True),
+  'no_fusion': ('mf+af+sf', False, True),
+  'no_weighting': ('mf+af+sf', True, False),
+  'no_fusion_weighting': ('mf+af+sf', False, False),
+}
+
+
+def get_config(arg=None):
+  """Returns the Polyphony config for `arg` (see the module docstring)."""
+  args = configlib.parse_arg(arg, known={'dataset', 'ablation', 'vit', 'runlocal'})
+  dataset = configlib.choice(args, 'dataset', DATASETS, 'synthetic')
+  ablation = configlib.choice(args, 'ablation', ABLATIONS, 'full')
+  vit = configlib.choice(args, 'vit', ('tiny', 'vit_b'), 'tiny')
+  runlocal = configlib.flag(args, 'runlocal')
+  base, layout, budget = DATASETS[dataset]
+  parts, with_fusion, with_weighting = ABLATIONS[ablation]
+
+  # Stage 3 is DiffAct per hand: start from DiffAct's settings for a dataset of that kind.
+  c = configlib.load_config('diffact', f'dataset={base},runlocal={runlocal}')
+  c.task = 'polyphony'
+  c.stage = '2,3'  # which stages `--mode=train` runs: '1', '2', '3' or consecutive ones ('1,2,3')
+
+  c.data.layout = layout  # 'two_hands' (groundTruth/{lh,rh}/) | 'single_stream' (Breakfast mode)
+  c.data.features = parts if layout == 'two_hands' else 'all'  # MAS parts (mas.json) or 'all'
+  c.data.val_fraction = 0.15  # of train held out for validation when there is no val bundle
+  c.data.val_seed = 0
+  c.data.synthetic = {'seed': 0}  # synthetic.make_two_hands arguments (defaults otherwise)
+
+  c.model.fusion = with_fusion  # cross-hand fusion of the decoder conditions
+
+  # Paper (METHODS.md §3): Adam 1e-3, lambda_smooth 0.05, lambda_boundary 0.2, 5-step DDIM.
+  c.optim.learning_rate = 1e-3
+  c.loss.update(encoder_ce=1.0, decoder_ce=1.0, encoder_smooth=0.05, decoder_smooth=0.05)
+  c.loss.decoder_boundary = 0.2
+  c.loss.adaptive = {'enabled': with_weighting, 'window': 5, 'gap': 0.95, 'max_boost': 2.0}
+  c.diffusion.sampling_steps = 5
+  if not runlocal:
+    c.train.update(checkpoint_every=budget['eval_every'], **budget)
+
+  c.stage1 = adh_vit.default_config(vit)
+  c.stage2 = semantic.default_config()
+  if runlocal:
+    c.data.synthetic.update(num_videos=9, min_len=120, max_len=160)
+    c.stage1.update(num_steps=4, batch_size=4, eval_every=2, checkpoint_every=2)
+    c.stage2.train.num_epochs = 2
+  return c

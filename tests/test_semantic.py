@@ -1,0 +1,326 @@
+"""Polyphony stage 2: label parsing and sentences, MiniLM label vectors, the alignment loss by
+hand, validation split, a tiny TCN that learns, early stopping, MAS features, end-to-end run and
+resume."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from polyseg.data import formats
+from polyseg.data import synthetic
+from polyseg.models import text
+from polyseg.pretrain import semantic
+
+pytestmark = pytest.mark.usefixtures('fast_compile')
+
+CLASSES = ['background', 'take cup', 'screw nut onto bolt', 'screw nut onto shaft']
+
+
+@pytest.mark.parametrize(
+  'name, parts',
+  [
+    ('screw nut onto bolt', ('screw', 'nut', 'bolt', 'none')),
+    ('screw_nut_onto_bolt', ('screw', 'nut', 'bolt', 'none')),  # real label names use '_'
+    ('screw nut onto bolt using wrench', ('screw', 'nut', 'bolt', 'wrench')),
+    ('take cup', ('take', 'cup', 'none', 'none')),
+    ('take', ('take', 'none', 'none', 'none')),  # no object
+    ('background', ('background', 'none', 'none', 'none')),
+    ('null', ('null', 'none', 'none', 'none')),
+    ('tighten_screw_using_screwdriver', ('tighten', 'screw', 'none', 'screwdriver')),
+    ('cut using knife', ('cut', 'none', 'none', 'knife')),  # 'using' right after the verb
+    ('insert into box', ('insert', 'none', 'box', 'none')),  # no manipulated object
+    ('put screw into hole onto board', ('put', 'screw', 'hole onto board', 'none')),  # first wins
+    ('place lid onto box into bag', ('place', 'lid', 'box into bag', 'none')),
+    ('pour water into cup using jug', ('pour', 'water', 'cup', 'jug')),
+    ('pick up cup', ('pick', 'up cup', 'none', 'none')),  # verb = the first word only
+    ('Place Lid Onto Box', ('Place', 'Lid', 'Box', 'none')),  # keywords in any case
+    ('put bolt into', ('put', 'bolt', 'none', 'none')),  # keyword at the end: empty target
+    ('insert  pin__intoslot', ('insert', 'pin intoslot', 'none', 'none')),  # whole words only
+    ('screw_nut_onto_bolt_using_hex_key', ('screw', 'nut', 'bolt', 'hex key')),
+  ],
+)
+def test_parse_label(name, parts):
+  assert tuple(semantic.parse_label(name)) == parts
+
+
+@pytest.mark.parametrize('name', ['', '   ', '__'])
+def test_parse_label_rejects_empty_names(name):
+  with pytest.raises(ValueError, match='no words'):
+    semantic.parse_label(name)
+
+
+def test_label_sentence():
+  assert semantic.label_sentence('screw_nut_onto_bolt_using_wrench') == (
+    'The action is to screw. The manipulated object is nut. The target object is bolt. '
+    'The tool used is wrench.'
+  )
+  assert semantic.label_sentence('take') == (
+    'The action is to take. The manipulated object is none. The target object is none. '
+    'The tool used is none.'
+  )
+
+
+def test_label_vectors_are_minilm_means_of_the_sentences():
+  vectors = semantic.label_vectors(CLASSES)
+  assert vectors.shape == (4, 384) and vectors.dtype == np.float32
+  encoder = text.load_sentence_encoder()
+  sentences = [semantic.label_sentence(name) for name in CLASSES]
+  np.testing.assert_allclose(vectors, encoder.mean_last_hidden(sentences, 64), atol=1e-6)
+  unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+  cos = unit @ unit.T
+  # The confusable pair (only the target differs) is the closest pair, yet distinct.
+  assert 0.9 < cos[2, 3] < 0.999
+  assert cos[2, 3] == cos[np.triu_indices(4, 1)].max()
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss.
+
+
+def test_alignment_loss_by_hand():
+  # Frame 0: orthogonal, cos 0, MSE (1 + 1) / 2 = 1 -> 0.7 + 0.3 = 1.0 (both hands).
+  # Frame 1: same direction, cos 1, MSE (1 + 0) / 2 = 0.5 -> 0.15 (both hands).
+  # Frame 2: padding, huge values ignored.
+  pred = jnp.array([[[[1.0, 0.0]] * 2, [[2.0, 0.0]] * 2, [[1e6, -1e6]] * 2]])
+  target = jnp.array([[[[0.0, 1.0]] * 2, [[1.0, 0.0]] * 2, [[1.0, 1.0]] * 2]])
+  mask = jnp.array([[1.0, 1.0, 0.0]])
+  loss, terms = semantic.alignment_loss(pred, target, mask)
+  np.testing.assert_allclose(terms['cos'], 0.5, rtol=1e-6)
+  np.testing.assert_allclose(terms['mse'], 0.75, rtol=1e-6)
+  np.testing.assert_allclose(loss, (1.0 + 0.15) / 2, rtol=1e-6)
+  # alpha = 1: cosine only; opposite vectors give 1 - (-1) = 2.
+  loss, _ = semantic.alignment_loss(-target[:, :1], target[:, :1], mask[:, :1], alpha=1.0)
+  np.testing.assert_allclose(loss, 2.0, rtol=1e-6)
+
+
+def test_alignment_loss_hands_and_frames_weigh_equally():
+  pred = jnp.array([[[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]]]])  # [1, 2, 2, 2]
+  target = jnp.array([[[[1.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [1.0, 0.0]]]])
+  _, terms = semantic.alignment_loss(pred, target, jnp.ones((1, 2)))
+  np.testing.assert_allclose(terms['cos'], 3 / 4, rtol=1e-6)  # one pair of four is orthogonal
+
+
+def test_alignment_loss_has_finite_gradients_at_zero_predictions():
+  target = jnp.ones((1, 3, 2, 4))
+  mask = jnp.array([[1.0, 1.0, 0.0]])
+  grad = jax.grad(lambda p: semantic.alignment_loss(p, target, mask)[0])(jnp.zeros((1, 3, 2, 4)))
+  assert np.isfinite(grad).all()
+  assert not np.asarray(grad[0, 2]).any()  # padding gets no gradient
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny datasets.
+
+
+def _video(rng, name, length, prototypes, swap=False):
+  """Shared features from both hands' labels (+ noise); logits = noisy one-hot; labels [T, 2]."""
+  num_classes, dim = prototypes.shape
+  labels = np.repeat(rng.integers(0, num_classes, size=(4, 2)), -(-length // 4), axis=0)[:length]
+  shared = prototypes[labels[:, 0]] + 0.5 * prototypes[labels[:, 1]]
+  shared = (shared + 0.3 * rng.normal(size=(length, dim))).astype(np.float32)
+  logits = {
+    hand: (2.0 * np.eye(num_classes)[labels[:, h]] + rng.normal(size=(length, num_classes)))
+    for h, hand in enumerate(formats.HANDS)
+  }
+  if swap:  # labels 0 and 1 exchanged: what the training videos teach is wrong here
+    labels = np.choose(labels, [1, 0, *range(2, num_classes)])
+  features = {'shared': shared, **{k: v.astype(np.float32) for k, v in logits.items()}}
+  return formats.MultiStreamVideo(name, features, labels.astype(np.int32))
+
+
+def _videos(seed, count, prefix, swap=False, num_classes=4, dim=6):
+  rng = np.random.default_rng(seed)
+  prototypes = np.random.default_rng(123).normal(size=(num_classes, dim))
+  return [
+    _video(rng, f'{prefix}{i}', int(rng.integers(20, 40)), prototypes, swap) for i in range(count)
+  ]
+
+
+def _write_root(path, splits, seed=0):
+  names = [name for subset in splits.values() for name in subset]
+  videos = [
+    formats.MultiStreamVideo(name, v.features, v.labels)
+    for name, v in zip(names, _videos(seed, len(names), 'v'), strict=True)
+  ]
+  return formats.write_two_hands(path, CLASSES, splits, videos)
+
+
+def _tiny_config(**train):
+  config = semantic.default_config()
+  config.model.update(num_layers=2, channels=16, dropout=0.0)
+  config.optim.learning_rate = 1e-2
+  config.train.update(batch_size=2, log_every=2, **train)
+  return config
+
+
+def _val_log(stage_dir):
+  rows = [json.loads(line) for line in (stage_dir / 'metrics.jsonl').read_text().splitlines()]
+  return [(r['step'], r['val/loss'], r['val/cos']) for r in rows if 'val/loss' in r]
+
+
+def _steps_trained(stage_dir):
+  rows = [json.loads(line) for line in (stage_dir / 'metrics.jsonl').read_text().splitlines()]
+  return max(r['step'] for r in rows if 'train/loss' in r)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation split.
+
+
+def test_training_data_uses_the_val_bundle_else_part_of_train_never_test(tmp_path):
+  splits = {'train': ['a', 'b', 'c', 'd'], 'val': ['e'], 'test': ['f', 'g']}
+  root = _write_root(tmp_path / 'with_val', splits)
+  train, val = semantic.training_data(root, 1, 0.5, seed=0)
+  assert [v.name for v in train.videos] == splits['train'] and [v.name for v in val] == ['e']
+  assert train.classes == CLASSES and set(val[0].features) == {'shared', 'lh', 'rh'}
+  del splits['val']
+  root = _write_root(tmp_path / 'without_val', splits)
+  train, val = semantic.training_data(root, 1, 0.5, seed=0)
+  held = formats.hold_out(splits['train'], 0.5, seed=0)
+  assert [v.name for v in val] == held
+  assert sorted(v.name for v in train.videos + val) == splits['train']
+  root = _write_root(tmp_path / 'one_train', {'train': ['a'], 'test': ['b']})
+  with pytest.raises(formats.DataError, match=r'train\.split1\.bundle: no .*val\.split1\.bundle'):
+    semantic.training_data(root, 1, 0.1, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training.
+
+
+def test_tiny_tcn_learns_and_resume_continues_the_run(tmp_path):
+  train, val = _videos(0, 6, 't'), _videos(1, 2, 'v')
+  vectors = 2.0 * np.eye(4, 8, dtype=np.float32)
+  config = _tiny_config(num_epochs=16, patience=100)
+  _, best_step = semantic.fit(config, tmp_path, train, val, vectors)
+  log = _val_log(tmp_path)
+  assert [step for step, _, _ in log] == list(range(3, 49, 3))  # 3 steps per epoch
+  # It starts at the mean label vector (cos 0.5 with each of these vectors) and learns the rest.
+  assert log[0][2] < 0.65 and log[-1][2] > log[0][2] + 0.1 and log[-1][1] < 0.7 * log[0][1], log
+  rows = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  train_cos = [row['train/cos'] for row in rows if 'train/cos' in row]
+  assert train_cos[0] < 0.55 and train_cos[-1] > 0.9, train_cos
+  assert best_step == min(log, key=lambda row: row[1])[0]
+  # More epochs in the same workdir: training resumes at step 48 and goes on to 60.
+  config.train.num_epochs = 20
+  semantic.fit(config, tmp_path, train, val, vectors)
+  assert [step for step, _, _ in _val_log(tmp_path)] == list(range(3, 61, 3))
+
+
+def test_early_stopping_keeps_the_best_validation_step(tmp_path):
+  # One validation video agrees with the training videos, the other has labels 0 and 1 exchanged:
+  # fitting the training videos first helps, then hurts.
+  train = _videos(0, 4, 't')
+  val = _videos(1, 1, 'v') + _videos(2, 1, 'w', swap=True)
+  vectors = 2.0 * np.eye(4, 8, dtype=np.float32)
+  config = _tiny_config(num_epochs=40, patience=4)
+  params, best_step = semantic.fit(config, tmp_path, train, val, vectors)
+  log = _val_log(tmp_path)
+  best = min(log, key=lambda row: row[1])
+  assert best_step == best[0] and log[0][0] < best_step < log[-1][0]
+  assert log[-1][0] == best_step + 4 * 2 < 40 * 2  # stopped 4 validations after the best
+  assert _steps_trained(tmp_path) == log[-1][0]
+  objective = semantic.Alignment(
+    semantic.make_model(config, vectors.shape[1]), vectors, 6, config.loss_alpha
+  )
+  np.testing.assert_allclose(semantic.validate(objective, params, val)['loss'], best[1], rtol=1e-5)
+  # Resuming a stopped run trains no further and returns the same best params.
+  again, again_step = semantic.fit(config, tmp_path, train, val, vectors)
+  assert again_step == best_step and _steps_trained(tmp_path) == log[-1][0]
+  jax.tree.map(np.testing.assert_array_equal, again, params)
+
+
+def test_fit_needs_validation_videos(tmp_path):
+  with pytest.raises(formats.DataError, match='validation videos'):
+    semantic.fit(_tiny_config(), tmp_path, _videos(0, 2, 't'), [], np.eye(4, 8, dtype=np.float32))
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end.
+
+
+def test_run_writes_mas_features_and_resumes(tmp_path, monkeypatch):
+  splits = {'train': ['a', 'b', 'c', 'd', 'e'], 'test': ['f', 'g']}
+  root = _write_root(tmp_path / 'stage1', splits)
+  config = _tiny_config(num_epochs=3)
+  out = semantic.run(config, tmp_path / 'work', root)
+  stage_dir = tmp_path / 'work' / 'stage2'
+  assert out == stage_dir / 'dataset'
+  assert json.loads((out / 'mas.json').read_text()) == {'shared': 6, 'logits': 4, 'semantic': 384}
+  assert sorted(p.name for p in (out / 'splits').iterdir()) == [
+    'test.split1.bundle',
+    'train.split1.bundle',
+  ]  # the held-out validation videos stay in train
+  cached = np.load(stage_dir / 'label_vectors.npy')
+  np.testing.assert_array_equal(cached, semantic.label_vectors(CLASSES))
+
+  # Resuming the finished run restores the best params without training or encoding again.
+  monkeypatch.setattr(semantic, 'label_vectors', lambda *a, **k: pytest.fail('recomputed'))
+  train_set, val = semantic.training_data(root, 1, config.val_fraction, config.seed)
+  params, _ = semantic.fit(config, stage_dir, train_set.videos, val, cached)
+  for subset in ('train', 'test'):
+    source = formats.read_hand_streams(root, subset, 1)
+    mas = formats.read_two_hands(out, subset, 1, classes=CLASSES, input_dim=6 + 4 + 384)
+    assert [v.name for v in mas.videos] == splits[subset]
+    for video, mas_video in zip(source.videos, mas.videos, strict=True):
+      np.testing.assert_array_equal(mas_video.labels, video.labels)
+      semantic_vectors = semantic.semantic_features(params, video.features['shared'])
+      for h, hand in enumerate(formats.HANDS):
+        features = mas_video.features[hand]
+        np.testing.assert_array_equal(features[:, :6], video.features['shared'])
+        np.testing.assert_array_equal(features[:, 6:10], video.features[hand])
+        np.testing.assert_allclose(features[:, 10:], semantic_vectors[:, h], rtol=1e-5, atol=1e-6)
+
+  # A complete output is returned as is; a lost output is rewritten from the checkpoints, equal.
+  monkeypatch.setattr(semantic, 'fit', lambda *a, **k: pytest.fail('trained again'))
+  assert semantic.run(config, tmp_path / 'work', root) == out
+  first = np.load(out / 'features' / 'rh' / 'g.npy')
+  (out.parent / 'old').mkdir()
+  out.rename(out.parent / 'old' / 'dataset')
+  monkeypatch.undo()
+  monkeypatch.setattr(semantic, 'label_vectors', lambda *a, **k: pytest.fail('recomputed'))
+  assert semantic.run(config, tmp_path / 'work', root) == out
+  np.testing.assert_array_equal(np.load(out / 'features' / 'rh' / 'g.npy'), first)
+
+
+def test_run_on_synthetic_two_hands_uses_and_copies_the_val_bundle(tmp_path):
+  root = synthetic.make_two_hands(
+    tmp_path / 'stage1', num_videos=6, min_len=40, max_len=60, shared_dim=8, rank=4
+  )
+  out = semantic.run(_tiny_config(num_epochs=2), tmp_path / 'work', root)
+  assert json.loads((out / 'mas.json').read_text()) == {'shared': 8, 'logits': 24, 'semantic': 384}
+  rows = (tmp_path / 'work' / 'stage2' / 'metrics.jsonl').read_text().splitlines()
+  assert sum('val/loss' in row for row in rows) == 2  # one validation per epoch, on the val bundle
+  for subset in ('train', 'val', 'test'):
+    names = formats.read_split(root, subset, 1)
+    assert formats.read_split(out, subset, 1) == names
+    mas = formats.read_two_hands(out, subset, 1, input_dim=8 + 24 + 384)
+    assert [video.name for video in mas.videos] == names
+
+
+def test_semantic_features_are_causal_and_independent_of_padding(tmp_path):
+  train, val = _videos(0, 2, 't'), _videos(1, 1, 'v')
+  params, _ = semantic.fit(
+    _tiny_config(num_epochs=1), tmp_path, train, val, np.eye(4, 8, dtype=np.float32)
+  )
+  shared = train[0].features['shared']
+  full = semantic.semantic_features(params, shared)
+  assert full.shape == (len(shared), 2, 8) and full.dtype == np.float32
+  for length in (1, 7, 20):  # other bucket lengths and padding amounts
+    np.testing.assert_allclose(
+      semantic.semantic_features(params, shared[:length]), full[:length], rtol=1e-5, atol=1e-6
+    )
+
+
+def test_workdir_of_other_classes_is_an_error(tmp_path):
+  semantic.cached_label_vectors(tmp_path, CLASSES[:2], 64, None)
+  assert np.load(tmp_path / 'label_vectors.npy').shape == (2, 384)
+  with pytest.raises(formats.DataError, match='other classes'):
+    semantic.cached_label_vectors(tmp_path, CLASSES, 64, None)
+  with pytest.raises(formats.DataError, match='other classes'):
+    semantic.cached_label_vectors(tmp_path, CLASSES[:2], 32, None)
+  with pytest.raises(formats.DataError, match='other classes'):
+    semantic.cached_label_vectors(tmp_path, CLASSES[:2], 64, str(text.find_model_dir()))
