@@ -187,7 +187,8 @@ def polyphony_table(args) -> None:
         'RH F1@50': results['RH']['F1@50'],
       }
   for split, table in rows.items():
-    print(f'{split} ({steps} steps):\n{report.format_table(table)}\n')
+    columns = list(next(iter(table.values())))
+    print(f'{split} ({steps} steps):\n{report.format_table(table, columns)}\n')
     for name, result in table.items():
       record = {'benchmark': 'quality', 'task': 'polyphony', 'split': split, 'model': name}
       print(json.dumps({**record, 'steps': steps, **result}))

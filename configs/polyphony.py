@@ -25,6 +25,9 @@ output in the workdir (`<workdir>/stage<k>/dataset`) when there is one, else `--
                                   the MAS parts kept (MF = motion features, AF = action logits,
                                   SF = semantic features; full = all three), w/o cross-hand fusion,
                                   w/o adaptive loss weighting, w/o both
+  decoder=conditioned_values|diffact   the decoders' attention values see the condition too (our
+                                  default, as for HopaDIFF: models/layers.py ConvAttentionLayer), or
+                                  only the noisy labels, as in DiffAct's and the paper's decoder
   vit=tiny|vit_b                  stage-1 ViT size (vit_b: the paper's ViT-B/16, 16 frames, 224 px)
   runlocal=True                   tiny models and data for a smoke run
 """
@@ -52,9 +55,12 @@ ABLATIONS = {  # row -> (MAS parts kept, cross-hand fusion, adaptive loss weight
 
 def get_config(arg=None):
   """Returns the Polyphony config for `arg` (see the module docstring)."""
-  args = configlib.parse_arg(arg, known={'dataset', 'ablation', 'vit', 'runlocal'})
+  args = configlib.parse_arg(arg, known={'dataset', 'ablation', 'decoder', 'vit', 'runlocal'})
   dataset = configlib.choice(args, 'dataset', DATASETS, 'synthetic')
   ablation = configlib.choice(args, 'ablation', ABLATIONS, 'full')
+  decoder = configlib.choice(
+    args, 'decoder', ('conditioned_values', 'diffact'), 'conditioned_values'
+  )
   vit = configlib.choice(args, 'vit', ('tiny', 'vit_b'), 'tiny')
   runlocal = configlib.flag(args, 'runlocal')
   base, layout, budget = DATASETS[dataset]
@@ -72,6 +78,7 @@ def get_config(arg=None):
   c.data.synthetic = {'seed': 0}  # synthetic.make_two_hands arguments (defaults otherwise)
 
   c.model.fusion = with_fusion  # cross-hand fusion of the decoder conditions
+  c.model.decoder.condition_in_value = decoder == 'conditioned_values'
 
   # Paper (METHODS.md §3): Adam 1e-3, lambda_smooth 0.05, lambda_boundary 0.2, 5-step DDIM.
   c.optim.learning_rate = 1e-3

@@ -472,3 +472,48 @@ def test_all_three_stages_from_the_command_line(tmp_path):
   results = json.loads((workdir / 'eval' / 'results.json').read_text())['results']
   assert set(results) == {'LH', 'RH', 'mean', 'gap'}
   assert 'test results at step 6' in done.stdout and 'Polyphony stage 3 reads' in done.stdout
+
+
+def test_single_stream_mode_trains_and_scores_both_hands(single_stream_root, tmp_path):
+  config = tiny_config(single_stream_root, **{'data.layout': 'single_stream'})
+  config.train.update(num_steps=2, eval_every=2, checkpoint_every=2, log_every=2)
+  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  np.testing.assert_allclose(
+    results['mean']['Acc'], (results['LH']['Acc'] + results['RH']['Acc']) / 2
+  )
+  assert (tmp_path / 'run' / 'eval' / 'predictions' / 'rh').is_dir()
+
+
+def test_config_variants_carry_the_paper_settings():
+  full = load_config('polyphony')
+  assert (full.optim.learning_rate, full.diffusion.sampling_steps) == (1e-3, 5)
+  assert (full.loss.encoder_smooth, full.loss.decoder_smooth, full.loss.decoder_boundary) == (
+    0.05,
+    0.05,
+    0.2,
+  )
+  assert full.loss.adaptive.to_dict() == {
+    'enabled': True,
+    'window': 5,
+    'gap': 0.95,
+    'max_boost': 2.0,
+  }
+  assert (full.data.features, full.model.fusion, full.stage) == ('mf+af+sf', True, '2,3')
+  assert full.model.decoder.condition_in_value
+  assert not load_config('polyphony', 'decoder=diffact').model.decoder.condition_in_value
+  rows = {
+    'mf': ('mf', True, True),
+    'mf_af': ('mf+af', True, True),
+    'no_fusion': ('mf+af+sf', False, True),
+    'no_weighting': ('mf+af+sf', True, False),
+    'no_fusion_weighting': ('mf+af+sf', False, False),
+  }
+  for ablation, expected in rows.items():
+    c = load_config('polyphony', f'ablation={ablation}')
+    assert (c.data.features, c.model.fusion, c.loss.adaptive.enabled) == expected
+  breakfast = load_config('polyphony', 'dataset=breakfast')
+  assert (breakfast.data.layout, breakfast.data.features) == ('single_stream', 'all')
+  assert breakfast.model.encoder.num_f_maps == 256  # DiffAct's Breakfast sizes
+  assert load_config('polyphony', 'vit=vit_b').stage1.model.width == 768
+  with pytest.raises(ValueError, match='ablation'):
+    load_config('polyphony', 'ablation=no_semantic')
