@@ -16,6 +16,7 @@ from polyseg import tasks
 from polyseg import train
 from polyseg.configlib import load_config
 from polyseg.data import formats
+from polyseg.data import pipeline
 from polyseg.data import synthetic
 from polyseg.models import asformer
 from polyseg.models import fusion
@@ -264,6 +265,18 @@ def test_each_hand_draws_its_own_time_and_mask(task_and_params, monkeypatch):
   assert not np.array_equal(
     jax.random.key_data(drawn['mask'][0]), jax.random.key_data(drawn['mask'][1])
   )
+
+
+def test_batches_carry_each_hands_boundary_target(task_and_params):
+  task, _, batch, data = task_and_params
+  loader = task.train_loader(data.train)
+  assert batch['boundary'].shape == (*batch['mask'].shape, 2)
+  for row, index in enumerate(loader.batch_indices(0)):
+    video = loader.videos[index]
+    n = int(batch['mask'][row].sum())
+    for h in range(2):  # sample_rate 1, no crop: the batch holds each whole video
+      expected = pipeline.boundary_target(video.labels[:, h], task.config.data.boundary_sigma)
+      np.testing.assert_allclose(batch['boundary'][row, :n, h], expected)
 
 
 def test_class_weights_per_hand(task_and_params):

@@ -94,6 +94,7 @@ def video_fields(video: Video) -> tuple[dict[str, np.ndarray], dict[str, np.ndar
 
 
 Fields = Callable[[Any], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
+Boundary = Callable[[np.ndarray, float | None], np.ndarray]  # (labels, sigma) -> target [T, ...]
 
 
 class TrainLoader:
@@ -111,6 +112,8 @@ class TrainLoader:
   `fields(video) -> (per_frame, per_video)` says what a video contributes: per-frame arrays
   [T, ...] (must include 'labels': [T] int or multi-hot [T, C]) are subsampled and padded to
   [B, T', ...]; per-video arrays are stacked to [B, ...]. Default: `video_fields`.
+  `boundary(labels, sigma)` gives a video's full-rate boundary target (computed once per video);
+  default `boundary_target` ([T]); e.g. one column per hand for two-hand labels [T, 2].
   """
 
   def __init__(
@@ -124,6 +127,7 @@ class TrainLoader:
     max_len: int | None = None,
     fields: Fields = video_fields,
     pad_to: int | None = None,
+    boundary: Boundary = boundary_target,
   ):
     if not videos:
       raise ValueError('TrainLoader needs at least one video')
@@ -145,7 +149,7 @@ class TrainLoader:
     self.max_len = max_len
     self.fields = fields
     self.pad_to = pad_to
-    self.boundaries = [boundary_target(v.labels, boundary_sigma) for v in self.videos]
+    self.boundaries = [boundary(v.labels, boundary_sigma) for v in self.videos]
 
   @classmethod
   def from_config(
@@ -179,7 +183,7 @@ class TrainLoader:
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """Per-frame fields [B, T, ...] (default: features [B, T, D] f32, labels [B, T] i32), per-video
-    fields [B, ...], boundary [B, T] f32 and mask [B, T] f32."""
+    fields [B, ...], boundary [B, T, ...] f32 and mask [B, T] f32."""
     epoch, position = divmod(step, self.steps_per_epoch)
     rng = np.random.default_rng([self.seed, epoch, BATCH_STREAM, position])
     per_frame, per_video, boundary = {}, {}, []

@@ -35,6 +35,10 @@ A video is any object with `.name` and `.labels` (None when unlabelled); the tas
 import dataclasses
 import importlib
 
+import numpy as np
+
+from polyseg import metrics
+
 from polyseg.models.layers import count_params  # noqa: F401  (re-exported for the engine)
 
 REGISTRY = {
@@ -103,6 +107,23 @@ class BaseTask:
   def update_task_state(self, task_state, val_results: dict[str, dict[str, float]]):
     del val_results
     return task_state
+
+
+class SingleLabelTask(BaseTask):
+  """Rows that predict one class id per frame [T]: label lines, timelines and segmentation metrics
+  (Acc, Edit, F1@k with `self.background` left out of Edit / F1)."""
+
+  classes: list[str]
+  background: tuple[int, ...]
+
+  def label_lines(self, pred: np.ndarray) -> list[str]:
+    return [self.classes[i] for i in pred]
+
+  def timeline(self, pred: np.ndarray) -> np.ndarray:
+    return pred
+
+  def new_metrics(self) -> metrics.SegmentationMetrics:
+    return metrics.SegmentationMetrics(background=self.background)
 
 
 def get(name: str):

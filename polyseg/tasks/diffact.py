@@ -16,7 +16,6 @@ import numpy as np
 
 from polyseg import diffusion
 from polyseg import losses
-from polyseg import metrics
 from polyseg import parallel
 from polyseg import postprocess
 from polyseg import tasks
@@ -106,7 +105,7 @@ def decoder_terms(
   }
 
 
-class Task(tasks.BaseTask):
+class Task(tasks.SingleLabelTask):
   """DiffAct: see the module docstring and `polyseg.tasks` for the interface."""
 
   rows = ('DiffAct',)
@@ -268,12 +267,3 @@ class Task(tasks.BaseTask):
       probs, len(video.features), self.config.data.sample_rate, e.postprocess, e.postprocess_value
     )
     return {self.rows[0]: pred}
-
-  def label_lines(self, pred: np.ndarray) -> list[str]:
-    return [self.classes[i] for i in pred]
-
-  def timeline(self, pred: np.ndarray) -> np.ndarray:
-    return pred
-
-  def new_metrics(self) -> metrics.SegmentationMetrics:
-    return metrics.SegmentationMetrics(background=self.background)

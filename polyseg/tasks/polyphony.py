@@ -26,7 +26,6 @@ import ml_collections
 import numpy as np
 
 from polyseg import diffusion
-from polyseg import metrics
 from polyseg import parallel
 from polyseg import postprocess
 from polyseg import tasks
@@ -272,7 +271,7 @@ def hand_boosts(task_state, window: int, gap: float, max_boost: float) -> jax.Ar
 # The task.
 
 
-class Task(tasks.BaseTask):
+class Task(tasks.SingleLabelTask):
   """Polyphony stage 3: see the module docstring and `polyseg.tasks` for the interface."""
 
   rows = ROWS
@@ -311,34 +310,32 @@ class Task(tasks.BaseTask):
       )
       counts = parallel.sum_over_processes(counts.astype(np.float64))
       self.class_weights = jnp.asarray(np.stack([pipeline.class_weights(c) for c in counts]))
-    self._boundaries = {}
     self._sample = jax.jit(self._sample_views)
     self._encode = jax.jit(self._encode_views)
 
   # -- data ---------------------------------------------------------------------------------
 
-  def _fields(self, video: formats.MultiStreamVideo):
-    """Per-frame arrays of a training video: each hand's features, labels [T, 2] and each hand's
-    boundary target (pipeline.TrainLoader; its own 'boundary' mixes the hands and is not used)."""
-    if video.name not in self._boundaries:
-      sigma = self.config.data.boundary_sigma
-      self._boundaries[video.name] = np.stack(
-        [pipeline.boundary_target(video.labels[:, h], sigma) for h in range(len(HANDS))], axis=1
-      )
-    per_frame = {hand: video.features[hand] for hand in HANDS}
-    per_frame.update(labels=video.labels, hand_boundary=self._boundaries[video.name])
-    return per_frame, {}
+  @staticmethod
+  def _fields(video: formats.MultiStreamVideo):
+    """Per-frame arrays of a training video: each hand's features and labels [T, 2]."""
+    return {**{hand: video.features[hand] for hand in HANDS}, 'labels': video.labels}, {}
+
+  @staticmethod
+  def _hand_boundaries(labels: np.ndarray, sigma: float | None) -> np.ndarray:
+    """Each hand's boundary target: labels [T, 2] -> [T, 2]."""
+    return np.stack([pipeline.boundary_target(labels[:, h], sigma) for h in range(len(HANDS))], 1)
 
   def train_loader(self, videos, **overrides) -> pipeline.TrainLoader:
-    return pipeline.TrainLoader.from_config(videos, self.config, fields=self._fields, **overrides)
+    return pipeline.TrainLoader.from_config(
+      videos, self.config, fields=self._fields, boundary=self._hand_boundaries, **overrides
+    )
 
   def example_batch(self) -> dict[str, np.ndarray]:
     t = 8
     batch = {hand: np.zeros((1, t, self.info.input_dim), np.float32) for hand in HANDS}
     batch.update(
       labels=np.zeros((1, t, len(HANDS)), np.int32),
-      hand_boundary=np.zeros((1, t, len(HANDS)), np.float32),
-      boundary=np.zeros((1, t), np.float32),
+      boundary=np.zeros((1, t, len(HANDS)), np.float32),
       mask=np.ones((1, t), np.float32),
     )
     return batch
@@ -392,7 +389,7 @@ class Task(tasks.BaseTask):
       rngs={'dropout': k_enc},
     )
     labels = {hand: batch['labels'][..., h] for h, hand in enumerate(HANDS)}
-    boundary = {hand: batch['hand_boundary'][..., h] for h, hand in enumerate(HANDS)}
+    boundary = {hand: batch['boundary'][..., h] for h, hand in enumerate(HANDS)}
     x01, t = {}, {}
     for hand, key in zip(HANDS, k_hands):
       k_noise, k_cond = jax.random.split(key)
@@ -483,15 +480,6 @@ class Task(tasks.BaseTask):
       )
       for row, probs in self.predict_probs(params, video, rng).items()
     }
-
-  def label_lines(self, pred: np.ndarray) -> list[str]:
-    return [self.classes[i] for i in pred]
-
-  def timeline(self, pred: np.ndarray) -> np.ndarray:
-    return pred
-
-  def new_metrics(self) -> metrics.SegmentationMetrics:
-    return metrics.SegmentationMetrics(background=self.background)
 
   # -- rows ---------------------------------------------------------------------------------
 
