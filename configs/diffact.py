@@ -131,6 +131,7 @@ def get_config(arg=None):
   c.data.sample_rate = s['sample_rate']
   c.data.boundary_sigma = s['boundary_sigma']
   c.data.max_train_len = config_dict.placeholder(int)  # random crop of longer training videos
+  c.data.length_grouping = 0  # > 1: batches of similar lengths (less padding); see pipeline
   c.data.cache_dir = '~/.cache/polyseg'
   c.data.format = 'folder'  # 'folder': read the files; 'tfds': the TFDS conversion (README)
   c.data.tfds_dir = config_dict.placeholder(str)  # unset -> <dataset root>/tfds

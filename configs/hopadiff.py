@@ -96,6 +96,7 @@ def get_config(arg=None):
   c.data.sample_rate = 1
   c.data.boundary_sigma = 1.0
   c.data.max_train_len = config_dict.placeholder(int)  # random crop of longer training samples
+  c.data.length_grouping = 0  # > 1: batches of similar lengths (less padding); see pipeline
   if synthetic:  # crops of <= 384 frames: one bucket, one compilation of the train step
     c.data.max_train_len = 384
   c.data.cache_dir = '~/.cache/polyseg'

@@ -220,6 +220,19 @@ def test_conv_attention_layer_matches_reference_and_ignores_padding(
     np.testing.assert_array_equal(got[b, length:], 0.0)
 
 
+@pytest.mark.parametrize(
+  "shape,dtype", [((2, 24, 8), jnp.float32), ((3, 5, 7), jnp.float32), ((2, 24, 8), jnp.bfloat16)]
+)
+def test_fusion_fence_is_exactly_the_identity_and_so_is_its_gradient(shape, dtype):
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=shape) * 1e3, dtype)
+  cotangent = jnp.asarray(rng.normal(size=shape) * 1e-3, dtype)
+  out, vjp = jax.vjp(jax.jit(layers.fusion_fence), x)
+  assert out.dtype == dtype
+  np.testing.assert_array_equal(out, x)
+  np.testing.assert_array_equal(vjp(cotangent)[0], cotangent)
+
+
 def test_count_params_counts_arrays_and_shape_structs():
   params = {"a": jnp.zeros((3, 4)), "b": {"c": jax.ShapeDtypeStruct((5,), jnp.float32)}}
   assert layers.count_params(params) == 17

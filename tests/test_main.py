@@ -16,8 +16,8 @@ from polyseg.data import synthetic
 from polyseg.tasks import diffact
 
 
-def run_main(*args, cwd=REPO):
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
+def run_main(*args, cwd=REPO, env=None):
+  env = dict(env or os.environ, JAX_PLATFORMS='cpu')
   return subprocess.run(
     [sys.executable, '-m', 'polyseg.main', *args],
     cwd=cwd,
@@ -30,15 +30,17 @@ def run_main(*args, cwd=REPO):
 
 
 def test_cli_trains_then_resumes_evaluates_and_predicts(tmp_path, cache_dir):
-  workdir = tmp_path / 'run'
+  workdir, xla_cache = tmp_path / 'run', tmp_path / 'xla'
   common = [
     '--config=configs/diffact.py:runlocal=True',
     f'--workdir={workdir}',
     f'--config.data.cache_dir={cache_dir}',
   ]
-  first = run_main(*common)
+  user_env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
+  first = run_main(*common, f'--compilation_cache={xla_cache}', env=user_env)
   assert first.returncode == 0, first.stderr[-3000:]
   assert 'F1@50' in first.stdout and 'DiffAct' in first.stdout
+  assert any(name.startswith('jit_step_fn') for name in os.listdir(xla_cache))  # the train step
   second = run_main(*common, '--config.train.num_steps=9')
   assert second.returncode == 0, second.stderr[-3000:]
   assert 'Resumed from' in second.stdout and 'at step 6' in second.stdout

@@ -180,6 +180,31 @@ def test_epochs_visit_every_video():
     np.testing.assert_array_equal(indices, np.r_[order, order[:2]])
 
 
+def test_length_grouping_sorts_windows_of_batches_and_cuts_padding():
+  lengths = [40, 1000, 45, 980, 50, 990, 60, 1010, 55, 970, 48, 1005]  # short and long, interleaved
+  videos = [make_video(i, n) for i, n in enumerate(lengths)]
+  loader = pipeline.TrainLoader(
+    videos, batch_size=2, sample_rate=1, boundary_sigma=1.0, seed=3, length_grouping=3
+  )
+  plain = pipeline.TrainLoader(videos, batch_size=2, sample_rate=1, boundary_sigma=1.0, seed=3)
+  for epoch in range(2):
+    steps = range(epoch * 6, epoch * 6 + 6)
+    batches = [loader.batch_indices(step) for step in steps]
+    np.testing.assert_array_equal(np.sort(np.concatenate(batches)), np.arange(12))  # each once
+    # Hand-worked: the epoch's plain order, cut into windows of 3 batches, sorted by length.
+    order = np.random.default_rng([3, epoch]).permutation(12)
+    windows = [sorted(order[i : i + 6], key=lambda v: lengths[v]) for i in (0, 6)]
+    expected = {tuple(w[j : j + 2]) for w in windows for j in (0, 2, 4)}
+    assert {tuple(b) for b in batches} == expected
+    assert [tuple(b) for b in batches] != sorted(expected, key=lambda b: lengths[b[0]])  # shuffled
+  # One window per epoch: 3 batches of short videos (padded to 64) and 3 of long ones (1024).
+  whole_epoch = pipeline.TrainLoader(
+    videos, batch_size=2, sample_rate=1, boundary_sigma=1.0, seed=3, length_grouping=6
+  )
+  padded = [sum(lo.batch(step)['mask'].size for step in range(12)) for lo in (whole_epoch, plain)]
+  assert padded[0] == 2 * (3 * 2 * 64 + 3 * 2 * 1024) < padded[1], padded
+
+
 def check_batch(loader: pipeline.TrainLoader, step: int, max_len=None) -> set[int]:
   """Checks one batch against the videos it came from; returns the offsets it used."""
   batch = loader.batch(step)
@@ -245,6 +270,8 @@ def test_loader_rejects_bad_arguments():
     make_loader(batch_size=0)
   with pytest.raises(ValueError, match=r"shorter than sample_rate 8: \['v6'\]"):
     make_loader(sample_rate=8)
+  with pytest.raises(ValueError, match='length_grouping must be >= 0'):
+    make_loader(length_grouping=-1)
 
 
 # ---------------------------------------------------------------- test views

@@ -109,6 +109,10 @@ class TrainLoader:
   to the bucket length of its longest member, or always to `pad_to` when set (several processes
   must build equally long batches).
 
+  `length_grouping=g > 1` cuts padding: the epoch's order is cut into windows of g batches, each
+  window is sorted by video length before it is split into batches, and the epoch's batches are
+  then shuffled (0 or 1: plain random batches).
+
   `fields(video) -> (per_frame, per_video)` says what a video contributes: per-frame arrays
   [T, ...] (must include 'labels': [T] int or multi-hot [T, C]) are subsampled and padded to
   [B, T', ...]; per-video arrays are stacked to [B, ...]. Default: `video_fields`.
@@ -128,6 +132,7 @@ class TrainLoader:
     fields: Fields = video_fields,
     pad_to: int | None = None,
     boundary: Boundary = boundary_target,
+    length_grouping: int = 0,
   ):
     if not videos:
       raise ValueError('TrainLoader needs at least one video')
@@ -136,6 +141,8 @@ class TrainLoader:
         f'batch_size, sample_rate and max_len must be >= 1, got {batch_size}, '
         f'{sample_rate}, {max_len}'
       )
+    if length_grouping < 0:
+      raise ValueError(f'data.length_grouping must be >= 0, got {length_grouping}')
     short = [v.name for v in videos if len(v.labels) < sample_rate]
     if short:
       raise ValueError(f'videos shorter than sample_rate {sample_rate}: {short}')
@@ -149,6 +156,7 @@ class TrainLoader:
     self.max_len = max_len
     self.fields = fields
     self.pad_to = pad_to
+    self.length_grouping = length_grouping
     self.boundaries = [boundary(v.labels, boundary_sigma) for v in self.videos]
 
   @classmethod
@@ -166,6 +174,7 @@ class TrainLoader:
       'seed': config.seed,
       'max_len': d.max_train_len,
       'fields': fields,
+      'length_grouping': d.length_grouping,
     }
     return cls(videos, **{**args, **overrides})
 
@@ -177,8 +186,16 @@ class TrainLoader:
   def batch_indices(self, step: int) -> np.ndarray:
     """Video indices [B] of batch `step`."""
     epoch, position = divmod(step, self.steps_per_epoch)
-    order = np.random.default_rng([self.seed, epoch]).permutation(len(self.videos))
-    order = np.resize(order, self.steps_per_epoch * self.batch_size)
+    rng = np.random.default_rng([self.seed, epoch])
+    order = np.resize(rng.permutation(len(self.videos)), self.steps_per_epoch * self.batch_size)
+    if self.length_grouping > 1:
+      lengths = np.array([len(v.labels) for v in self.videos])[order]
+      window = self.length_grouping * self.batch_size
+      for start in range(0, len(order), window):
+        part = slice(start, start + window)
+        order[part] = order[part][np.argsort(lengths[part], kind='stable')]
+      batches = order.reshape(self.steps_per_epoch, self.batch_size)
+      order = batches[rng.permutation(self.steps_per_epoch)].reshape(-1)
     return order[position * self.batch_size : (position + 1) * self.batch_size]
 
   def batch(self, step: int) -> dict[str, np.ndarray]:

@@ -68,6 +68,28 @@ def instance_norm(x: jax.Array, mask: jax.Array, eps: float = 1e-5) -> jax.Array
   return ((x32 - mean) * jax.lax.rsqrt(var + eps) * m).astype(x.dtype)
 
 
+FENCE_BLOCK = 16  # width of the identity matmul of `fusion_fence` on CPU
+
+
+def _identity_matmul(x: jax.Array) -> jax.Array:
+  width = math.gcd(x.size, FENCE_BLOCK)
+  return (x.reshape(-1, width) @ jnp.eye(width, dtype=x.dtype)).reshape(x.shape)
+
+
+def fusion_fence(x: jax.Array) -> jax.Array:
+  """The identity, [..., F] -> [..., F], as a value XLA:CPU computes once, forward and backward.
+
+  A residual stack sums, layer after layer, the stream and each layer's output (forward) or the
+  cotangent of the layer above and the layer's own dropout-masked input gradient (backward). Those
+  sums are elementwise, and XLA:CPU fuses them into every consumer, so each layer recomputed the
+  sums (and regenerated the dropout masks) of all the layers before it: quadratic in depth, 78% of
+  a Breakfast train step. `optimization_barrier` does not stop it (XLA:CPU removes barriers before
+  fusion); a matmul does. On CPU the value goes through a matmul with a 16 x 16 identity (exact:
+  x * 1 plus zeros; its gradient is the same matmul); other backends get the plain identity.
+  """
+  return jax.lax.platform_dependent(x, cpu=_identity_matmul, default=lambda v: v)
+
+
 def dilated_windows(x: jax.Array, kernel_size: int, dilation: int) -> jax.Array:
   """The dilated-conv grid around every frame: x [B, T, ...] -> [B, T, k, ...].
 
@@ -213,4 +235,4 @@ class ConvAttentionLayer(nn.Module):
     attn = window_attention(q, k, v, mask, self.kernel_size, self.dilation)
     h = instance_norm(self.conv(x_drop, mask) + attn, mask)
     out = self.ffn_out(nn.relu(self.ffn_hidden(h)))
-    return (x + out) * mask[..., None].astype(out.dtype)
+    return fusion_fence((x + out) * mask[..., None].astype(out.dtype))
