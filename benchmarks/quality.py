@@ -1,6 +1,6 @@
 r"""Does each method's idea pay off? Same synthetic split and training budget per table.
 
-  python benchmarks/quality.py [--task=diffact|hopadiff|polyphony] [--steps=N] \
+  python benchmarks/quality.py [--task=diffact|hopadiff|polyphony|twostream] [--steps=N] \
       [--workdir=/tmp/polyseg-quality]
 
 --task=diffact (default):
@@ -18,6 +18,10 @@ on val). `--ablations=none,no_all` runs a subset.
 --task=polyphony: the paper's ablation on the synthetic two-hand data — stage 2 once, then stage 3
 with the MAS parts MF, MF+AF, MF+AF+SF (full), and the full model w/o cross-hand fusion, w/o adaptive
 loss weighting, w/o both; per hand Acc, the gap RH - LH and the hands' mean F1@50, on val and test.
+
+--task=twostream: 2s-DAS on the synthetic two-stream data — RGB alone, flow alone and the fused
+output (fusion weights searched on val), with random condition-mask selection and with one fixed mask
+type (no mask; boundary mask), on val and test.
 
 Prints one table and one JSON line per model (and split). Finished runs in --workdir are reused.
 """
@@ -194,21 +198,60 @@ def polyphony_table(args) -> None:
       print(json.dumps({**record, 'steps': steps, **result}))
 
 
-ABLATIONS = {'hopadiff': HOPADIFF_ROWS, 'polyphony': POLYPHONY_ROWS}
+TWOSTREAM_ROWS = {  # --ablations name -> condition masks of configs/twostream.py (the masks= arg)
+  'random': 'random mask type per step',
+  'full': 'fixed: no mask (full)',
+  'boundary': 'fixed: boundary mask',
+}
+
+
+def twostream_table(args) -> None:
+  """Trains configs/twostream.py with random condition-mask selection and with single fixed mask
+  types; prints RGB alone, flow alone and the fused output (weights searched on val) per run, on
+  val and test, with the searched weights."""
+  rows = {}
+  for masks in args.ablations.split(','):
+    config = load_config('twostream', f'masks={masks}')
+    steps = args.steps or config.train.num_steps
+    config.train.update(num_steps=steps, checkpoint_every=config.train.eval_every)
+    config.eval.num_timelines = 0
+    workdir = os.path.join(args.workdir, f'twostream_{masks}')
+    done = _read_results(os.path.join(workdir, 'eval', 'results.json'), 'Fused')
+    if not done or done['step'] != steps:
+      train.train_and_evaluate(config, workdir)
+    with open(os.path.join(workdir, 'eval_val', 'fusion_search.json')) as f:
+      weights = json.load(f)['weights']
+    for split, folder in (('val', 'eval_val'), ('test', 'eval')):
+      with open(os.path.join(workdir, folder, 'results.json')) as f:
+        results = json.load(f)['results']
+      for row in ('RGB', 'Flow', 'Fused'):
+        name = f'{TWOSTREAM_ROWS[masks]}: {row}'
+        if row == 'Fused':
+          name += f' (rgb {weights[0]:.2f}, flow {weights[1]:.2f})'
+        rows.setdefault(split, {})[name] = results[row]
+  for split, table in rows.items():
+    print(f'{split} ({steps} steps):\n{report.format_table(table)}\n')
+    for name, result in table.items():
+      record = {'benchmark': 'quality', 'task': 'twostream', 'split': split, 'model': name}
+      print(json.dumps({**record, 'steps': steps, **result}))
+
+
+ABLATIONS = {'hopadiff': HOPADIFF_ROWS, 'polyphony': POLYPHONY_ROWS, 'twostream': TWOSTREAM_ROWS}
+TABLES = {'hopadiff': hopadiff_table, 'polyphony': polyphony_table, 'twostream': twostream_table}
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--task', choices=('diffact', 'hopadiff', 'polyphony'), default='diffact')
+  parser.add_argument('--task', choices=('diffact', *ABLATIONS), default='diffact')
   parser.add_argument('--steps', type=int, default=None, help='training steps (default: config)')
   parser.add_argument('--workdir', default='/tmp/polyseg-quality')
   parser.add_argument(
-    '--ablations', default=None, help='--task=hopadiff|polyphony: the rows (default: all)'
+    '--ablations', default=None, help='--task=hopadiff|polyphony|twostream: the rows (default: all)'
   )
   args = parser.parse_args()
   if args.task in ABLATIONS:
     args.ablations = args.ablations or ','.join(ABLATIONS[args.task])
-    return {'hopadiff': hopadiff_table, 'polyphony': polyphony_table}[args.task](args)
+    return TABLES[args.task](args)
   config = load_config('diffact')
   steps = args.steps or config.train.num_steps
   config.train.update(num_steps=steps, eval_every=steps, checkpoint_every=steps)

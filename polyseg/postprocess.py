@@ -3,10 +3,13 @@
 With sample rate r, the model sees the r temporal views `features[o::r]`; their probabilities are
 averaged over the frames all views share (`merge_views`), optionally median-filtered, turned into
 labels, brought back to the full frame rate by nearest neighbour (`restore_full_rate`), and
-optionally mode-filtered or purged. Multi-label probabilities (`postprocess_multilabel`) follow the
-same order, per class track, and stay probabilities.
+optionally mode-filtered and / or purged. `postprocess` takes one kind with its value (DiffAct) or
+a chain such as 'median=15,mode=9,purge=3' (`parse_chain`), whose label filters run in the chain's
+order. Multi-label probabilities (`postprocess_multilabel`) follow the same order, per class track,
+and stay probabilities.
 """
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -79,6 +82,9 @@ def purge(pred: np.ndarray, max_len: int) -> np.ndarray:
   return purged
 
 
+LABEL_FILTERS = {'mode': mode_filter, 'purge': purge}  # label filters at the full frame rate
+
+
 def frame_ticks(full_len: int, sample_rate: int) -> np.ndarray:
   """Full-rate frame index each merged low-rate frame stands for: arange(r//2, full_len - (r-1)//2, r)."""
   sample_rate = _check_positive(sample_rate, 'sample_rate')
@@ -117,24 +123,57 @@ def restore_full_rate(pred: np.ndarray, full_len: int, sample_rate: int) -> np.n
   return pred[nearest]
 
 
+def _chain_step(spec: str, part: str) -> tuple[str, int]:
+  """One 'kind=value' part of a chain spec -> (kind, value)."""
+  kind, equals, text = part.partition('=')
+  kind, text = kind.strip(), text.strip()
+  where = f'postprocess {spec!r}, part {part!r}'
+  if kind not in POSTPROCESS_KINDS:
+    raise ValueError(f'{where}: kind {kind!r} not in {POSTPROCESS_KINDS}')
+  if kind == 'none':
+    raise ValueError(f"{where}: 'none' is only allowed alone")
+  if not equals or not re.fullmatch('[0-9]+', text) or int(text) < 1:
+    raise ValueError(f'{where}: expected {kind}=<positive int>')
+  return kind, int(text)
+
+
+def parse_chain(spec: str, value: int | None = None) -> tuple[tuple[str, int], ...]:
+  """Post-processing spec -> the (kind, value) steps in order; () for 'none'.
+
+  spec: one kind of POSTPROCESS_KINDS with its `value` ('none' ignores it), or a chain
+  'median=15,mode=9,purge=3' with `value` None. 'median' acts on probabilities, so only first.
+  """
+  if spec == 'none':
+    return ()
+  if spec in POSTPROCESS_KINDS:
+    return ((spec, _check_positive(value, f'postprocess {spec!r} value')),)
+  chain = tuple(_chain_step(spec, part) for part in spec.split(','))
+  if value is not None:
+    raise ValueError(f'postprocess chain {spec!r} has its own values; got value={value!r} too')
+  if any(kind == 'median' for kind, _ in chain[1:]):
+    raise ValueError(
+      f"postprocess chain {spec!r}: 'median' filters probabilities, so it can only come first"
+    )
+  return chain
+
+
 def postprocess(
-  probs: np.ndarray, full_len: int, sample_rate: int, kind: str = 'none', value: int | None = None
+  probs: np.ndarray, full_len: int, sample_rate: int, spec: str = 'none', value: int | None = None
 ) -> np.ndarray:
   """Merged low-rate probabilities [full_len // r, C] -> full-rate labels [full_len] int32.
 
-  kind: 'none'; 'median' (median_filter_probs of size `value`, before restoring the frame rate);
-  'mode' (mode_filter of size `value`) or 'purge' (purge of segments <= `value` frames), after.
+  spec, value: see `parse_chain`. A leading 'median' (median_filter_probs of that size) smooths the
+  probabilities; then argmax, restore the full frame rate, and apply the remaining 'mode'
+  (mode_filter of that size) and 'purge' (purge of segments <= that many frames) in chain order.
   """
-  if kind not in POSTPROCESS_KINDS:
-    raise ValueError(f'postprocess kind {kind!r} not in {POSTPROCESS_KINDS}')
+  chain = parse_chain(spec, value)
   probs = np.asarray(probs)
-  if kind == 'median':
-    probs = median_filter_probs(probs, value)
+  if chain and chain[0][0] == 'median':
+    probs = median_filter_probs(probs, chain[0][1])
+    chain = chain[1:]
   pred = restore_full_rate(probs.argmax(axis=-1).astype(np.int32), full_len, sample_rate)
-  if kind == 'mode':
-    pred = mode_filter(pred, value)
-  if kind == 'purge':
-    pred = purge(pred, value)
+  for kind, size in chain:
+    pred = LABEL_FILTERS[kind](pred, size)
   return pred
 
 

@@ -110,7 +110,7 @@ def class_colors(num_classes: int, background: Iterable[int] = ()) -> np.ndarray
   return colors
 
 
-def _new_figure(width: float, height: float):
+def new_figure(width: float, height: float):
   """A matplotlib Figure drawn by the Agg canvas."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
@@ -120,7 +120,7 @@ def _new_figure(width: float, height: float):
   return figure
 
 
-def _save_png(figure, path: str) -> None:
+def save_png(figure, path: str) -> None:
   """Writes the figure to `path` atomically."""
   png = io.BytesIO()
   figure.savefig(png, format='png', dpi=100)
@@ -211,7 +211,7 @@ def plot_timelines(
     panels.append((name, kind, image, labels, separators))
     shown.update(classes_shown)
   heights = [0.5 + TIMELINE_STYLES[kind][0] * len(labels) for _, kind, _, labels, _ in panels]
-  figure = _new_figure(12.0, 0.9 + sum(heights))
+  figure = new_figure(12.0, 0.9 + sum(heights))
   axes = figure.subplots(len(videos), 1, squeeze=False, height_ratios=heights)[:, 0]
   for ax, (name, kind, image, labels, separators) in zip(axes, panels):
     _, line_color, line_width = TIMELINE_STYLES[kind]
@@ -231,7 +231,7 @@ def plot_timelines(
     figure.legend(
       handles=handles, loc='outside lower center', ncol=min(len(handles), 6), fontsize=8
     )
-  _save_png(figure, path)
+  save_png(figure, path)
 
 
 def read_metrics(jsonl_path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -269,7 +269,7 @@ def plot_curves(
     raise ValueError(f'{metrics_jsonl_path}: no numeric keys starting with {tuple(prefixes)}')
   num_columns = min(len(series), 4)
   num_rows = math.ceil(len(series) / num_columns)
-  figure = _new_figure(3.2 * num_columns, 2.4 * num_rows)
+  figure = new_figure(3.2 * num_columns, 2.4 * num_rows)
   axes = figure.subplots(num_rows, num_columns, squeeze=False).ravel()
   for ax, (key, (steps, values)) in zip(axes, series.items()):
     ax.plot(steps, values, marker='.' if steps.size < 30 else None)
@@ -279,4 +279,4 @@ def plot_curves(
     ax.grid(alpha=0.3)
   for ax in axes[len(series) :]:
     ax.set_visible(False)
-  _save_png(figure, png_path)
+  save_png(figure, png_path)

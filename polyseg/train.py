@@ -284,7 +284,10 @@ def evaluate_and_write(
 
 
 def evaluate_splits(task, params, data, config, outdir_of, step: int, writer=None):
-  """Evaluates val (if the data has one) then test, into `outdir_of(split)`; {split: results}."""
+  """Evaluates val (if the data has one) then test, into `outdir_of(split)`; {split: results}.
+  A task that `calibrates` first fits its choices on val (e.g. 2s-DAS's fusion weights)."""
+  if task.calibrates and data.val:
+    task.calibrate(params, data.val, jax.random.PRNGKey(config.eval.seed), outdir_of('val'))
   return {
     split: evaluate_and_write(
       task, params, getattr(data, split), config, outdir_of(split), step, writer, split
@@ -490,6 +493,9 @@ def predict(config: ml_collections.ConfigDict, workdir: str, which: str = 'lates
   videos = tasks.get(config.task).load_unlabelled(config, task.info)
   step, params = restore_params(task, config, workdir, which)
   outdir = config.predict.output or os.path.join(workdir, 'predict')
+  if task.calibrates:  # its choices for this checkpoint come from the val split
+    val = tasks.get(config.task).load_data(config).val
+    task.calibrate(params, val, jax.random.PRNGKey(config.eval.seed), outdir)
   predictions = run_predictions(
     task, params, videos, jax.random.PRNGKey(config.eval.seed), desc='predict'
   )

@@ -147,6 +147,112 @@ def test_postprocess_hand_worked_purge_at_full_rate():
   np.testing.assert_array_equal(postprocess.postprocess(probs, 8, 2, 'purge', 2), np.zeros(8))
 
 
+# ---- post-processing chains ----
+
+
+@pytest.mark.parametrize(
+  'spec, value, expected',
+  [
+    ('none', None, ()),
+    ('none', 7, ()),  # a single kind's value is ignored by 'none', as before chains
+    ('median', 15, (('median', 15),)),
+    ('purge', np.int64(3), (('purge', 3),)),
+    ('mode=9', None, (('mode', 9),)),
+    ('median=15,mode=9,purge=3', None, (('median', 15), ('mode', 9), ('purge', 3))),
+    (' purge = 2, mode=5 ,purge=1', None, (('purge', 2), ('mode', 5), ('purge', 1))),
+  ],
+)
+def test_parse_chain(spec, value, expected):
+  assert postprocess.parse_chain(spec, value) == expected
+
+
+@pytest.mark.parametrize(
+  'spec, value, match',
+  [
+    ('gaussian', 3, r"part 'gaussian': kind 'gaussian' not in \('none', 'median'"),
+    ('mode=3,gauss=2', None, r"part 'gauss=2': kind 'gauss' not in"),
+    ('mode=3,,purge=2', None, r"part '': kind '' not in"),
+    ('', None, r"part '': kind '' not in"),
+    ('none,mode=3', None, r"part 'none': 'none' is only allowed alone"),
+    ('mode=3,none=1', None, r"part 'none=1': 'none' is only allowed alone"),
+    ('mode=3,purge', None, r"part 'purge': expected purge=<positive int>"),
+    ('mode=0', None, r"part 'mode=0': expected mode=<positive int>"),
+    ('mode=-2', None, 'expected mode=<positive int>'),
+    ('mode=2.5', None, 'expected mode=<positive int>'),
+    ('purge=x', None, 'expected purge=<positive int>'),
+    ('median=', None, 'expected median=<positive int>'),
+    ('mode=3,median=5', None, r"chain 'mode=3,median=5': 'median' filters probabilities"),
+    ('median=3,median=5', None, "'median' filters probabilities, so it can only come first"),
+    ('mode=3', 5, r"chain 'mode=3' has its own values; got value=5 too"),
+    ('purge', None, r"postprocess 'purge' value must be a positive int, got None"),
+    ('median', 0, 'positive int, got 0'),
+    ('mode', 2.5, 'positive int, got 2.5'),
+    ('mode', True, 'positive int, got True'),
+  ],
+)
+def test_parse_chain_errors(spec, value, match):
+  with pytest.raises(ValueError, match=match):
+    postprocess.parse_chain(spec, value)
+  with pytest.raises(ValueError, match=match):
+    postprocess.postprocess(np.eye(2)[[0, 1, 1, 0]], 4, 1, spec, value)
+
+
+def test_postprocess_chain_order_matters_hand_worked():
+  # r = 1, labels [0 0 1 0 1].
+  # mode 3 (reflect borders: windows [0 0 0] [0 0 1] [0 1 0] [1 0 1] [0 1 1]) -> [0 0 0 1 1];
+  # purge 1 then finds no segment of <= 1 frame -> [0 0 0 1 1].
+  # purge 1 first, one pass over the input's segments 0 [0, 2), 1 [2, 3), 0 [3, 4), 1 [4, 5):
+  # [2, 3) takes the next label 0, [3, 4) the next label 1, the last [4, 5) the previous label 0
+  # -> [0 0 0 1 0]; mode 3 (windows [0 1 0] [1 0 0] at the end) -> [0 0 0 0 0].
+  probs = np.eye(2)[[0, 0, 1, 0, 1]]
+  np.testing.assert_array_equal(
+    postprocess.postprocess(probs, 5, 1, 'mode=3,purge=1'), [0, 0, 0, 1, 1]
+  )
+  np.testing.assert_array_equal(postprocess.postprocess(probs, 5, 1, 'purge=1,mode=3'), np.zeros(5))
+  np.testing.assert_array_equal(postprocess.postprocess(probs, 5, 1, 'mode=3'), [0, 0, 0, 1, 1])
+  np.testing.assert_array_equal(postprocess.postprocess(probs, 5, 1, 'purge=1'), [0, 0, 0, 1, 0])
+
+
+def test_postprocess_chain_median_first_then_full_rate_filters():
+  # r = 2, full_len 8, ticks 1, 3, 5, 7. Class-1 probabilities [.6 .4 .7 .3]: argmax [1 0 1 0].
+  # median 3 on each class (reflect): class 1 -> medians of [.6 .6 .4] [.6 .4 .7] [.4 .7 .3]
+  # [.7 .3 .3] = [.6 .6 .4 .3], class 0 = 1 - class 1 -> argmax [1 1 0 0]; full rate
+  # [1 1 1 1 1 0 0 0] (frame 2 and 4 are halfway -> the earlier tick); purge 3 (last segment of 3
+  # frames -> the previous label) -> all 1; mode 3 keeps [1 1 1 1 1 0 0 0].
+  class1 = np.array([0.6, 0.4, 0.7, 0.3])
+  probs = np.stack([1 - class1, class1], axis=1)
+  np.testing.assert_array_equal(postprocess.postprocess(probs, 8, 2), [1, 1, 1, 0, 0, 1, 1, 0])
+  np.testing.assert_array_equal(
+    postprocess.postprocess(probs, 8, 2, 'median=3'), [1, 1, 1, 1, 1, 0, 0, 0]
+  )
+  np.testing.assert_array_equal(
+    postprocess.postprocess(probs, 8, 2, 'median=3,mode=3'), [1, 1, 1, 1, 1, 0, 0, 0]
+  )
+  np.testing.assert_array_equal(
+    postprocess.postprocess(probs, 8, 2, 'median=3,purge=3'), np.ones(8)
+  )
+
+
+def test_postprocess_chain_composes_the_single_steps():
+  rng = np.random.default_rng(2)
+  full_len, rate = 45, 3
+  probs = random_probs(rng, full_len // rate, 4)
+  chained = postprocess.postprocess(probs, full_len, rate, 'median=3,mode=5,purge=4,mode=3')
+  assert chained.dtype == np.int32
+  smoothed = postprocess.restore_full_rate(
+    postprocess.median_filter_probs(probs, 3).argmax(-1), full_len, rate
+  )
+  np.testing.assert_array_equal(
+    chained,
+    postprocess.mode_filter(postprocess.purge(postprocess.mode_filter(smoothed, 5), 4), 3),
+  )
+  for kind, value in (('median', 3), ('mode', 5), ('purge', 4)):
+    np.testing.assert_array_equal(
+      postprocess.postprocess(probs, full_len, rate, f'{kind}={value}'),
+      postprocess.postprocess(probs, full_len, rate, kind, value),
+    )
+
+
 # ---- multi-label post-processing ----
 
 

@@ -27,7 +27,8 @@ Two hands, two streams and transcripts are the single-stream layout (mapping.txt
     features/shared/<vid>.npy              two hands with a shared stream (read_hand_streams):
                                            [Ds, T], and features/<hand>/ hold logits [C, T]
     features_rgb/<vid>.npy                 two streams: [Drgb, T] (groundTruth/<vid>.txt as above)
-    features_flow/<vid>.npy                two streams: [Dflow, T]
+    features_flow/<vid>.npy                two streams: [Dflow, T]; RGB and labels may differ
+                                           from the flow length by `length_tolerance` frames
     transcripts/<vid>.txt                  transcripts: the video's actions in order, one per line
                                            (features/ and, optionally, groundTruth/ as above)
 
@@ -48,6 +49,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+from absl import logging
 
 PathLike = str | os.PathLike
 
@@ -299,6 +301,77 @@ def _save_features(path: pathlib.Path, features: np.ndarray) -> None:
   np.save(path, np.ascontiguousarray(features.T, dtype=np.float32), allow_pickle=False)
 
 
+def _write_ms_tcn(
+  root: PathLike,
+  datasets: Mapping[str, Dataset | MultiStreamDataset],
+  split: int,
+  feature_files: Callable[[Video | MultiStreamVideo], Mapping[str, np.ndarray]],
+) -> pathlib.Path:
+  """Writes {subset: dataset} in the MS-TCN layout at `root`, atomically: mapping.txt, splits/,
+  groundTruth/<vid>.txt and every {folder: features [T, D]} of `feature_files(video)` as
+  `<folder>/<vid>.npy`. Subsets share the class list and have distinct videos with labels [T]
+  in [0, C); each folder has one D. Returns `root`."""
+  root = pathlib.Path(root)
+  if not datasets:
+    raise DataError(f'{root}: no subsets to write')
+  classes = next(iter(datasets.values())).classes
+  seen, dims = {}, {}
+  for subset, dataset in datasets.items():
+    if dataset.classes != classes:
+      raise DataError(
+        f'{root}: subset {subset!r} has classes {dataset.classes}, expected {classes}'
+      )
+    for video in dataset.videos:
+      where = f'{root}: video {video.name!r} in {subset!r}'
+      if video.name in seen:
+        raise DataError(
+          f'{root}: video {video.name!r} appears in both {seen[video.name]!r} and {subset!r}'
+        )
+      if video.labels is None:
+        raise DataError(f'{where} has no labels')
+      labels = np.asarray(video.labels)
+      if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or not len(labels):
+        raise DataError(f'{where}: labels must be integers [T], T >= 1, got {labels.shape}')
+      if labels.min() < 0 or labels.max() >= len(classes):
+        raise DataError(
+          f'{where}: label ids in [{labels.min()}, {labels.max()}] outside [0, {len(classes)})'
+        )
+      _check_features(where, feature_files(video), len(labels), dims)
+      seen[video.name] = subset
+  with _atomic_dir(root) as tmp:
+    for folder in (*dims, 'groundTruth', 'splits'):
+      (tmp / folder).mkdir()
+    (tmp / 'mapping.txt').write_text(''.join(f'{i} {name}\n' for i, name in enumerate(classes)))
+    for subset, dataset in datasets.items():
+      split_path(tmp, subset, split).write_text(
+        ''.join(f'{video.name}.txt\n' for video in dataset.videos)
+      )
+      for video in dataset.videos:
+        for folder, features in feature_files(video).items():
+          _save_features(tmp / folder / f'{video.name}.npy', np.asarray(features))
+        (tmp / 'groundTruth' / f'{video.name}.txt').write_text(
+          ''.join(f'{classes[c]}\n' for c in video.labels)
+        )
+  return root
+
+
+def _check_features(
+  where: str, features: Mapping[str, np.ndarray], num_frames: int, dims: dict[str, int | None]
+) -> None:
+  """DataError unless every {folder: [T, D]} of a video to write is finite, with T = num_frames and
+  D = dims[folder]; a folder's D is taken from its first video (missing or None in `dims`)."""
+  for folder, array in features.items():
+    shape, expected = np.shape(array), dims.get(folder)
+    if len(shape) != 2 or shape[0] != num_frames or expected not in (None, shape[1]):
+      raise DataError(
+        f'{where}: features {folder!r} have shape {shape}, expected '
+        f'[T, {"D" if expected is None else expected}] with T = {num_frames} labels'
+      )
+    if not np.isfinite(array).all():
+      raise DataError(f'{where}: features {folder!r} have non-finite values (NaN/Inf)')
+    dims[folder] = shape[1]
+
+
 def write_single_stream(
   root: PathLike, datasets: Mapping[str, Dataset], split: int = 1
 ) -> pathlib.Path:
@@ -307,38 +380,7 @@ def write_single_stream(
   All subsets must share the class list and have distinct, labelled videos;
   `root` must not exist yet (or be an empty folder). Returns `root`.
   """
-  root = pathlib.Path(root)
-  if not datasets:
-    raise DataError(f'{root}: no subsets to write')
-  classes = next(iter(datasets.values())).classes
-  seen = {}
-  for subset, dataset in datasets.items():
-    if dataset.classes != classes:
-      raise DataError(
-        f'{root}: subset {subset!r} has classes {dataset.classes}, expected {classes}'
-      )
-    for video in dataset.videos:
-      if video.name in seen:
-        raise DataError(
-          f'{root}: video {video.name!r} appears in both {seen[video.name]!r} and {subset!r}'
-        )
-      if video.labels is None:
-        raise DataError(f'{root}: video {video.name!r} in {subset!r} has no labels')
-      seen[video.name] = subset
-  with _atomic_dir(root) as tmp:
-    for folder in ('features', 'groundTruth', 'splits'):
-      (tmp / folder).mkdir()
-    (tmp / 'mapping.txt').write_text(''.join(f'{i} {name}\n' for i, name in enumerate(classes)))
-    for subset, dataset in datasets.items():
-      split_path(tmp, subset, split).write_text(
-        ''.join(f'{video.name}.txt\n' for video in dataset.videos)
-      )
-      for video in dataset.videos:
-        _save_features(tmp / 'features' / f'{video.name}.npy', video.features)
-        (tmp / 'groundTruth' / f'{video.name}.txt').write_text(
-          ''.join(f'{classes[c]}\n' for c in video.labels)
-        )
-  return root
+  return _write_ms_tcn(root, datasets, split, lambda video: {'features': video.features})
 
 
 # --------------------------------------------------------------- referring --
@@ -838,6 +880,48 @@ def _check_same_length(arrays: Sequence[tuple[pathlib.Path, np.ndarray]]) -> Non
       raise DataError(f'{path}: {len(array)} frames but {first_path} has {len(first)} frames')
 
 
+def align_lengths(
+  video: str,
+  reference: tuple[PathLike, int],
+  arrays: Sequence[tuple[PathLike, np.ndarray, str]],
+  tolerance: int,
+) -> list[np.ndarray]:
+  """`arrays` [(path, [T', ...], np.pad mode)] of `video` brought to the length T of `reference`
+  (path, T) when |T' - T| <= `tolerance`: truncated, or padded ('constant': zeros, 'edge': the
+  last row repeated), with one warning naming every changed file and both lengths; beyond the
+  tolerance DataError naming both files. E.g. RGB features [(path, [T', D], 'constant')] to the
+  flow length."""
+  if not isinstance(tolerance, int) or tolerance < 0:
+    raise ValueError(f'length_tolerance must be an int >= 0, got {tolerance!r}')
+  reference_path, length = reference
+  aligned, changes = [], []
+  for path, array, mode in arrays:
+    difference = len(array) - length
+    if abs(difference) > tolerance:
+      raise DataError(
+        f'{reference_path}: {length} frames but {path} has {len(array)} frames (they differ by '
+        f'{abs(difference)} > length_tolerance {tolerance}); raise data.length_tolerance to '
+        f'align them'
+      )
+    if difference:
+      changes.append(f'{path}: {len(array)} frames, {"truncated" if difference > 0 else "padded"}')
+    if difference > 0:
+      array = array[:length]
+    elif difference < 0:
+      array = np.pad(array, [(0, -difference)] + [(0, 0)] * (array.ndim - 1), mode=mode)
+    aligned.append(array)
+  if changes:
+    logging.warning(
+      'video %r: aligned to the %d frames of %s (length_tolerance %d): %s',
+      video,
+      length,
+      reference_path,
+      tolerance,
+      '; '.join(changes),
+    )
+  return aligned
+
+
 def _read_streams(
   root: pathlib.Path,
   subset: str,
@@ -847,22 +931,38 @@ def _read_streams(
   label_paths: Callable[[str], list[pathlib.Path]],
   dims: Mapping[str, int | None],
   one_dim: bool,
+  reference: str | None = None,
+  length_tolerance: int = 0,
 ) -> MultiStreamDataset:
   """Videos of `splits/{subset}.split{split}.bundle` with features {stream: feature_paths(name)}
   and labels from label_paths(name) (one file: [T]; several: [T, H]). `one_dim`: all streams
-  share D, else each stream has its own."""
+  share D, else each stream has its own. All have one length T, or, with a `reference` stream,
+  the others and the labels are aligned to its T within `length_tolerance` frames (`align_lengths`:
+  features truncated or zero-padded, labels truncated or padded with the last label)."""
   mapping = _read_mapping_as(root, classes)
   videos, loaded = [], {stream: [] for stream in dims}
   for name in read_split(root, subset, split):
-    features, arrays = {}, []
-    for stream, path in feature_paths(name).items():
+    features, arrays, files = {}, [], feature_paths(name)
+    for stream, path in files.items():
       shared = next((x for p, x in arrays if p == path), None)  # one file for several streams
       features[stream] = read_features(path, dims[stream]) if shared is None else shared
       arrays.append((path, features[stream]))
-      loaded[stream].append((path, features[stream]))
     paths = label_paths(name)
     tracks = [read_labels(path, mapping) for path in paths]
-    _check_same_length([*zip(paths, tracks), *arrays])
+    if reference is None:
+      _check_same_length([*zip(paths, tracks), *arrays])
+    else:
+      aligned = align_lengths(
+        name,
+        (files[reference], len(features[reference])),
+        [(path, x, 'constant') for path, x in arrays]
+        + [(p, t, 'edge') for p, t in zip(paths, tracks)],
+        length_tolerance,
+      )
+      features = dict(zip(features, aligned))
+      tracks = aligned[len(features) :]
+    for stream, x in features.items():
+      loaded[stream].append((files[stream], x))
     labels = tracks[0] if len(tracks) == 1 else np.stack(tracks, axis=1)
     videos.append(MultiStreamVideo(name, features, labels))
   groups = [[x for pairs in loaded.values() for x in pairs]] if one_dim else loaded.values()
@@ -906,10 +1006,16 @@ def read_two_streams(
   classes: Sequence[str] | None = None,
   rgb_dim: int | None = None,
   flow_dim: int | None = None,
+  length_tolerance: int = 0,
 ) -> MultiStreamDataset:
-  """Reads one subset of split `split` of a two-streams dataset: features `features_rgb/<vid>.npy`
-  and `features_flow/<vid>.npy` (dimensions may differ), labels `groundTruth/<vid>.txt` [T]; the
-  streams and the labels have one length T."""
+  """Reads one subset of split `split` of a two-streams dataset: features {'rgb': [T, Drgb],
+  'flow': [T, Dflow]} from `features_<stream>/<vid>.npy` (dimensions may differ), labels [T] from
+  `groundTruth/<vid>.txt`.
+
+  The flow length T is the reference: RGB features and labels that differ from it by at most
+  `length_tolerance` frames are truncated, or padded (RGB with zeros, labels with the last label),
+  with one warning per video; a larger difference is a DataError (0: lengths must be equal).
+  """
   root = pathlib.Path(root)
   return _read_streams(
     root,
@@ -920,6 +1026,33 @@ def read_two_streams(
     lambda name: [root / 'groundTruth' / f'{name}.txt'],
     {'rgb': rgb_dim, 'flow': flow_dim},
     one_dim=False,
+    reference='flow',
+    length_tolerance=length_tolerance,
+  )
+
+
+def write_two_streams(
+  root: PathLike, datasets: Mapping[str, MultiStreamDataset], split: int = 1
+) -> pathlib.Path:
+  """Writes {subset: MultiStreamDataset} as a two-streams dataset at `root`, atomically.
+
+  Every video has features {'rgb': [T, Drgb], 'flow': [T, Dflow]} (one D per stream) and labels
+  [T], saved as `features_<stream>/<vid>.npy` [D, T] float32 and `groundTruth/<vid>.txt`; subsets
+  share the class list and have distinct videos. `root` must not exist yet (or be an empty
+  folder). Returns `root`.
+  """
+  for subset, dataset in datasets.items():
+    for video in dataset.videos:
+      if sorted(video.features) != sorted(STREAMS):
+        raise DataError(
+          f'{root}: video {video.name!r} in {subset!r} has streams {sorted(video.features)}, '
+          f'expected {sorted(STREAMS)}'
+        )
+  return _write_ms_tcn(
+    root,
+    datasets,
+    split,
+    lambda video: {f'features_{stream}': video.features[stream] for stream in STREAMS},
   )
 
 
@@ -1073,17 +1206,7 @@ def _check_hand_video(
       f'{where}: feature streams {sorted(video.features)} differ from the first video '
       f'{sorted(dims)}'
     )
-  for folder, features in video.features.items():
-    shape = np.shape(features)
-    if len(shape) != 2 or shape[0] != len(labels) or dims[folder] not in (None, shape[1]):
-      expected = 'D' if dims[folder] is None else dims[folder]
-      raise DataError(
-        f'{where}: features {folder!r} have shape {shape}, expected [T, {expected}] with '
-        f'T = {len(labels)} labels'
-      )
-    if not np.isfinite(features).all():
-      raise DataError(f'{where}: features {folder!r} have non-finite values (NaN/Inf)')
-    dims[folder] = shape[1]
+  _check_features(where, video.features, len(labels), dims)
 
 
 def write_two_hands(

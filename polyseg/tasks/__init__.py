@@ -28,16 +28,22 @@ rows, or carry state that is not trained by gradients, e.g. Polyphony's adaptive
                                                 when not None, the engine calls
                                                 .loss(params, batch, rng, task_state=...)
   .update_task_state(task_state, val_results) -> task_state   after each validation
+  .calibrates / .calibrate(params, val_videos, rng, outdir)   fits what is chosen on validation
+                                                data, not by gradients (2s-DAS's fusion weights):
+                                                called before val and test are predicted (and by
+                                                --mode=predict, on the val split) when `calibrates`
 
 A video is any object with `.name` and `.labels` (None when unlabelled); the task reads the rest.
 """
 
 import dataclasses
 import importlib
+import pathlib
 
 import numpy as np
 
 from polyseg import metrics
+from polyseg.data import formats
 
 from polyseg.models.layers import count_params  # noqa: F401  (re-exported for the engine)
 
@@ -45,6 +51,7 @@ REGISTRY = {
   'diffact': 'polyseg.tasks.diffact',
   'hopadiff': 'polyseg.tasks.hopadiff',
   'polyphony': 'polyseg.tasks.polyphony',
+  'twostream': 'polyseg.tasks.twostream',
 }
 
 
@@ -101,6 +108,11 @@ class BaseTask:
     rows.update({row: self.timeline(pred) for row, pred in predictions.items()})
     return rows
 
+  calibrates = False
+
+  def calibrate(self, params, videos: list, rng, outdir: str) -> None:
+    del params, videos, rng, outdir
+
   def initial_task_state(self):
     return None
 
@@ -124,6 +136,20 @@ class SingleLabelTask(BaseTask):
 
   def new_metrics(self) -> metrics.SegmentationMetrics:
     return metrics.SegmentationMetrics(background=self.background)
+
+
+def hold_out_validation(
+  train: list, root: pathlib.Path, split: int, fraction: float, seed: int
+) -> tuple[list, list]:
+  """(train, val) when a dataset has no val bundle: a seeded `fraction` of the training videos
+  (`formats.hold_out`; never test) becomes val. DataError naming the train bundle if impossible."""
+  try:
+    held = set(formats.hold_out([v.name for v in train], fraction, seed))
+  except ValueError as e:
+    raise formats.DataError(
+      f'{formats.split_path(root, "train", split)}: no val bundle, and {e}'
+    ) from None
+  return [v for v in train if v.name not in held], [v for v in train if v.name in held]
 
 
 def get(name: str):

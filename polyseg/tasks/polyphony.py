@@ -32,6 +32,7 @@ from polyseg import tasks
 from polyseg.data import formats
 from polyseg.data import pipeline
 from polyseg.data import synthetic
+from polyseg.data import tfds
 from polyseg.models import asformer
 from polyseg.models import fusion
 from polyseg.models import layers
@@ -192,6 +193,8 @@ def load_data(config: ml_collections.ConfigDict) -> tasks.Data:
   and checkpoint selection read it)."""
   d = config.data
   check_layout(d.layout)
+  if tfds.check_format(d.format) != 'folder':
+    raise ValueError('config.data.format: Polyphony reads the dataset folder only (format=folder)')
   if not d.root:
     raise ValueError('config.data.root is unset: run Polyphony through polyseg.main (stages)')
   root = pathlib.Path(os.path.expanduser(d.root))
@@ -201,13 +204,7 @@ def load_data(config: ml_collections.ConfigDict) -> tasks.Data:
   if formats.split_path(root, 'val', d.split).exists():
     _, val = _read_subset(config, root, 'val', classes)
   else:
-    try:
-      held = set(formats.hold_out([v.name for v in train], d.val_fraction, d.val_seed))
-    except ValueError as e:
-      where = formats.split_path(root, 'train', d.split)
-      raise formats.DataError(f'{where}: no val bundle, and {e}') from None
-    val = [v for v in train if v.name in held]
-    train = [v for v in train if v.name not in held]
+    train, val = tasks.hold_out_validation(train, root, d.split, d.val_fraction, d.val_seed)
   background = tuple(classes.index(n) for n in d.background if n in classes)
   info = tasks.DataInfo(tuple(classes), int(train[0].features[HANDS[0]].shape[1]), background)
   return tasks.Data(info, train, test, val)
