@@ -114,18 +114,28 @@ def window_attention(
 
   Query t attends to the k keys t + j * dilation, j in -(k//2)..k//2, with scale 1/sqrt(F); keys
   outside the video's valid frames are masked out of the softmax. Queries whose keys are all masked
-  and padded queries give 0. Memory O(T * k): keys and values are gathered per query, no T x T matrix.
+  and padded queries give 0. Memory O(T * k): each of the k key / value offsets is a shifted slice
+  of a zero-padded copy, used directly (no [B, T, k, F] window array, no T x T matrix).
   """
   chex.assert_rank(q, 3)
   chex.assert_equal_shape([q, k, v])
   chex.assert_shape(mask, q.shape[:2])
-  keys = dilated_windows(k, kernel_size, dilation)  # [B, T, k, F]
-  values = dilated_windows(v, kernel_size, dilation)  # [B, T, k, F]
-  key_valid = dilated_windows(mask, kernel_size, dilation) > 0  # [B, T, k]
-  scores = jnp.einsum("btf,btjf->btj", q, keys).astype(jnp.float32) / math.sqrt(q.shape[-1])
+  _check_odd_kernel(kernel_size)
+  num_frames, reach = q.shape[1], (kernel_size // 2) * dilation
+  padded_k, padded_v = (jnp.pad(x, [(0, 0), (reach, reach), (0, 0)]) for x in (k, v))
+  padded_mask = jnp.pad(mask, [(0, 0), (reach, reach)])
+
+  def offset(x: jax.Array, j: int) -> jax.Array:
+    return jax.lax.slice_in_dim(x, j * dilation, j * dilation + num_frames, axis=1)
+
+  offsets = range(kernel_size)
+  scores = jnp.stack(
+    [jnp.sum((q * offset(padded_k, j)).astype(jnp.float32), -1) for j in offsets], -1
+  ) / math.sqrt(q.shape[-1])  # [B, T, k]
+  key_valid = jnp.stack([offset(padded_mask, j) for j in offsets], -1) > 0  # [B, T, k]
   scores = jnp.where(key_valid, scores, jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(scores, axis=-1) * key_valid
-  out = jnp.einsum("btj,btjf->btf", weights.astype(v.dtype), values)
+  weights = (jax.nn.softmax(scores, axis=-1) * key_valid).astype(v.dtype)
+  out = sum(weights[..., j, None] * offset(padded_v, j) for j in offsets)
   return out * mask[..., None].astype(out.dtype)
 
 
