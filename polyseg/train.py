@@ -223,7 +223,7 @@ def score(
   per_row = {}
   for video in videos:
     for row, pred in predictions[video.name].items():
-      per_row.setdefault(row, task.new_metrics()).add(pred, task.row_labels(video, row))
+      per_row.setdefault(row, task.row_metrics(row)).add(pred, task.row_labels(video, row))
   return task.summarize({row: m.result() for row, m in per_row.items()})
 
 

@@ -19,6 +19,8 @@ from polyseg.data.formats import DataError
 from polyseg.configlib import load_config
 from polyseg.tasks import diffact as diffact_task
 from polyseg.tasks import hopadiff as hopadiff_task
+from polyseg.tasks import polyphony as polyphony_task
+from polyseg.tasks import twostream as twostream_task
 
 CLASSES = ['background', 'cut', 'pour']
 LABELS = {  # subset -> video -> label ids per frame
@@ -139,11 +141,12 @@ def test_layout_reads_back_as_the_folder_reader_objects(tmp_path, layout, option
   root = write_files(tmp_path / 'data', layout_files(layout, **options))
   spec = tfds.Spec(layout)
   directory = tfds.convert(root, tmp_path / 'tfds', spec)
-  assert directory == tmp_path / 'tfds' / 'polyseg' / f'{layout}-split1' / '1.0.0'
+  assert directory == tmp_path / 'tfds' / 'polyseg' / f'{layout}-split1' / tfds.VERSION
   assert sorted(p.name for p in directory.glob('*.array_record-*')) == [
     'polyseg-test.array_record-00000-of-00001',
     'polyseg-train.array_record-00000-of-00001',
-  ]
+  ]  # no val bundle: an empty val subset
+  assert not tfds.read(tmp_path / 'tfds', spec, 'val').videos
   folder_kwargs = {'labels': options.get('labels', True)} if layout == 'transcripts' else {}
   for subset in ('train', 'test'):
     expected = LAYOUT_READERS[layout](root, subset, 1, **folder_kwargs)
@@ -224,6 +227,65 @@ def test_split_numbers_do_not_collide(single_stream_root, tmp_path):
 # ------------------------------------------------------------------------- host sharding --
 
 
+def test_val_bundle_becomes_the_val_subset(tmp_path):
+  files = layout_files('two_hands')
+  files['splits/train.split1.bundle'] = ['a.txt', 'b.txt']
+  files['splits/val.split1.bundle'] = ['c.txt', 'd.txt']
+  root = write_files(tmp_path / 'data', files)
+  spec = tfds.Spec('two_hands')
+  tfds.convert(root, tmp_path / 'tfds', spec)
+  for subset, names in (('train', ['a', 'b']), ('val', ['c', 'd']), ('test', ['e'])):
+    assert tfds.names(tmp_path / 'tfds', spec, subset) == names
+    expected = formats.read_two_hands(root, subset, 1).videos
+    assert_same_items(tfds.read(tmp_path / 'tfds', spec, subset).videos, expected)
+
+
+def test_two_streams_are_aligned_within_the_tolerance(tmp_path):
+  files = layout_files('two_streams')
+  files['features_rgb/a.npy'] = random_features('a', 9, 4)  # flow has 7 frames: 2 too many
+  files['features_flow/b.npy'] = random_features('b', 6, 3)  # labels and RGB have 5: 1 too few
+  root = write_files(tmp_path / 'data', files)
+  with pytest.raises(DataError, match=r'rgb/a\.npy'):
+    tfds.convert(root, tmp_path / 'tfds', tfds.Spec('two_streams'))  # tolerance 0: strict
+  assert not (tmp_path / 'tfds').exists()
+  spec = tfds.Spec('two_streams', length_tolerance=2)
+  assert spec.name == 'two_streams-split1-tolerance2'
+  tfds.convert(root, tmp_path / 'tfds', spec)
+  converted = tfds.read(tmp_path / 'tfds', spec, 'train').videos
+  expected = formats.read_two_streams(root, 'train', 1, length_tolerance=2).videos
+  assert_same_items(converted, expected)
+  a, b = converted[0], converted[1]
+  assert a.features['rgb'].shape == (7, 4) and len(a.labels) == 7
+  assert b.features['rgb'].shape == (6, 4) and not b.features['rgb'][5].any()  # zero-padded
+  assert b.labels[5] == b.labels[4]  # padded with the last label
+  with pytest.raises(ValueError, match='two_streams only'):
+    tfds.Spec('single_stream', length_tolerance=2)
+  with pytest.raises(ValueError, match='>= 0'):
+    tfds.Spec('two_streams', length_tolerance=-1)
+
+
+def test_load_holds_out_val_from_train_records_as_the_folder_tasks(tmp_path):
+  files = layout_files('single_stream')
+  for name in 'fghij':  # 9 train videos
+    files[f'groundTruth/{name}.txt'] = [CLASSES[1]] * 4
+    files[f'features/{name}.npy'] = random_features(name, 4, 4)
+  files['splits/train.split1.bundle'] += [f'{name}.txt' for name in 'fghij']
+  root = write_files(tmp_path / 'data', files)
+  spec = tfds.Spec('single_stream')
+  every = formats.read_single_stream(root, 'train', 1).videos
+  held = formats.hold_out([v.name for v in every], 0.3, 7)
+  assert len(held) == 3
+  shards = []
+  for p in range(2):
+    subsets = tfds.load(root, None, spec, train_shard=(p, 2), hold_out=(0.3, 7))
+    assert_same_items(subsets['val'].videos, [v for v in every if v.name in held])
+    shards.append([v.name for v in subsets['train'].videos])
+  rest = [v.name for v in every if v.name not in held]
+  assert shards == [rest[0::2], rest[1::2]]  # val whole, the rest of train shared by the hosts
+  with pytest.raises(DataError, match=r'tfds/polyseg/single_stream-split1/.*no val records, and'):
+    tfds.load(root, None, spec, hold_out=(1.5, 0))
+
+
 def test_host_shards_partition_the_split(single_stream_root, tmp_path):
   spec = tfds.Spec('single_stream')
   tfds.convert(single_stream_root, tmp_path / 'tfds', spec)
@@ -285,6 +347,31 @@ def test_hopadiff_format_switch_loads_the_same_windows_and_splits(tmp_path):
     hopadiff_task.load_data(config)
 
 
+def test_polyphony_format_switch_loads_the_same_data(tmp_path):
+  root = write_files(tmp_path / 'data', layout_files('two_hands'))
+  config = load_config('polyphony', 'runlocal=True')
+  config.data.update(root=str(root), layout='two_hands', features='all', val_fraction=0.3)
+  folder = polyphony_task.load_data(config)
+  assert len(folder.val) == 1 and len(folder.train) == 3  # held out of train: no val bundle
+  config.data.format = 'tfds'
+  assert_same_data(polyphony_task.load_data(config), folder)
+  assert tfds.is_converted(root / 'tfds', tfds.Spec('two_hands'))
+  config.data.input_dim = 5
+  with pytest.raises(DataError, match="dimension of 'features/lh' is 4, expected 5"):
+    polyphony_task.load_data(config)
+
+
+def test_twostream_format_switch_loads_the_same_data(tmp_path):
+  config = load_config('twostream', 'runlocal=True')
+  config.data.cache_dir = str(tmp_path / 'cache')
+  folder = twostream_task.load_data(config)
+  assert folder.val and folder.train and folder.test
+  config.data.update(format='tfds', tfds_dir=str(tmp_path / 'tfds'))
+  assert_same_data(twostream_task.load_data(config), folder)
+  spec = tfds.Spec('two_streams', length_tolerance=config.data.length_tolerance)
+  assert tfds.is_converted(tmp_path / 'tfds', spec)
+
+
 # --------------------------------------------------------------------- command and errors --
 
 
@@ -295,7 +382,7 @@ def test_command_converts_with_a_progress_bar(single_stream_root, tmp_path):
   result = subprocess.run(command, capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stderr
   assert 'Generating train examples' in result.stderr  # the progress bar
-  assert f'to {out}/polyseg/single_stream-split1/1.0.0' in result.stdout
+  assert f'to {out}/polyseg/single_stream-split1/{tfds.VERSION}' in result.stdout
   assert tfds.read(out, tfds.Spec('single_stream'), 'test').videos[0].name == 'e'
   assert tfds.main(command[3:]) == 0  # a second run keeps the conversion
 

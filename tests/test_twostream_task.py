@@ -171,9 +171,3 @@ def test_config_switches():
   assert breakfast.fusion.weights == (0.6, 0.4)
   with pytest.raises(ValueError, match='masks'):
     load_config('twostream', 'masks=sometimes')
-
-
-def test_tfds_format_is_refused_not_ignored(tiny):
-  tiny.data.format = 'tfds'
-  with pytest.raises(ValueError, match='folder only'):
-    twostream.load_data(tiny)

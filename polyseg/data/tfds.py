@@ -10,7 +10,10 @@ with other parameters live side by side: `TFDS_DIR/polyseg/<spec.name>/1.0.0/`.
   (formats.Video, MultiStreamVideo, TranscriptVideo) or one per referring sample window
   (formats.ReferringSample). Arrays are stored as raw bytes with shape [None, ...] (trailing
   dimensions fixed by the first record); records keep the folder reader's order.
-- Splits: train / test of MS-TCN split `spec.split`; referring: the train / val / test of
+- Splits: train / val / test of MS-TCN split `spec.split` (val empty without a
+  `val.split<k>.bundle`; `load` can then hold out part of train); two streams aligned to the flow
+  length within `spec.length_tolerance` frames (formats.read_two_streams); referring: the
+  train / val / test of
   `formats.split_referring` for `spec.protocol`, after `formats.window_samples` with
   `spec.sample_frames`. Windowing happens at conversion, before the TFDS stage, so a record is a
   training sample and hosts shard windows; frames, protocol, seed and fractions are in the name.
@@ -41,7 +44,7 @@ from polyseg.data import formats
 
 FORMATS = ('folder', 'tfds')  # config.data.format
 BUILDER_NAME = 'polyseg'
-VERSION = '1.0.0'
+VERSION = '1.1.0'  # 1.1.0: MS-TCN val subset, record names in the metadata
 
 DataError = formats.DataError
 PathLike = formats.PathLike
@@ -57,6 +60,7 @@ class Spec:
   sample_frames: int | None = None  # referring: window length (None or 0: whole samples)
   split_seed: int = 0  # referring: seeded partition when there are no split files
   split_fractions: tuple[float, ...] = (0.8, 0.1, 0.1)
+  length_tolerance: int = 0  # two_streams: frames RGB / labels may differ from the flow length
 
   def __post_init__(self):
     if self.layout not in LAYOUTS:
@@ -70,12 +74,17 @@ class Spec:
     if len(self.split_fractions) != 3 or min(self.split_fractions) <= 0:
       raise ValueError(f'split_fractions must be 3 positive numbers, got {self.split_fractions}')
     object.__setattr__(self, 'split_fractions', tuple(float(f) for f in self.split_fractions))
+    if self.length_tolerance < 0:
+      raise ValueError(f'length_tolerance must be >= 0, got {self.length_tolerance}')
+    if self.length_tolerance and self.layout != 'two_streams':
+      raise ValueError(f'length_tolerance applies to two_streams only, not {self.layout}')
 
   @property
   def name(self) -> str:
-    """The TFDS config name, e.g. 'single_stream-split1'."""
+    """The TFDS config name, e.g. 'single_stream-split1', 'two_streams-split1-tolerance5'."""
     if self.layout != 'referring':
-      return f'{self.layout}-split{self.split}'
+      tolerance = f'-tolerance{self.length_tolerance}' if self.length_tolerance else ''
+      return f'{self.layout}-split{self.split}{tolerance}'
     fractions = '_'.join(f'{f:g}' for f in self.split_fractions)
     return (
       f'referring-{self.protocol}-frames{self.sample_frames or 0}-seed{self.split_seed}-'
@@ -84,18 +93,26 @@ class Spec:
 
   @property
   def subsets(self) -> tuple[str, ...]:
-    return formats.REFERRING_SUBSETS if self.layout == 'referring' else ('train', 'test')
+    return formats.REFERRING_SUBSETS if self.layout == 'referring' else ('train', 'val', 'test')
 
 
 # ------------------------------------------------------------------------------- layouts --
 
 
-def _read_ms_tcn(reader: Callable[..., Any]) -> Callable[[pathlib.Path, Spec], dict[str, Any]]:
-  """(root, spec) -> {'train', 'test'} datasets of an MS-TCN-split layout's `reader`."""
+def _read_ms_tcn(
+  reader: Callable[..., Any], aligned: bool = False
+) -> Callable[[pathlib.Path, Spec], dict[str, Any]]:
+  """(root, spec) -> {'train', 'val', 'test'} datasets of an MS-TCN-split layout's `reader` (val
+  empty without a val bundle). `aligned`: the reader takes `length_tolerance` (two streams)."""
 
   def read(root: pathlib.Path, spec: Spec) -> dict[str, Any]:
-    train = reader(root, 'train', spec.split)
-    return {'train': train, 'test': reader(root, 'test', spec.split, classes=train.classes)}
+    options = {'length_tolerance': spec.length_tolerance} if aligned else {}
+    train = reader(root, 'train', spec.split, **options)
+    subsets = {'train': train, 'val': type(train)(train.classes, [])}
+    for subset in ('val', 'test'):
+      if subset == 'test' or formats.split_path(root, subset, spec.split).exists():
+        subsets[subset] = reader(root, subset, spec.split, classes=train.classes, **options)
+    return subsets
 
   return read
 
@@ -134,7 +151,9 @@ LAYOUTS = {
     _read_ms_tcn(formats.read_two_hands), formats.MultiStreamVideo, formats.MultiStreamDataset
   ),
   'two_streams': Layout(
-    _read_ms_tcn(formats.read_two_streams), formats.MultiStreamVideo, formats.MultiStreamDataset
+    _read_ms_tcn(formats.read_two_streams, aligned=True),
+    formats.MultiStreamVideo,
+    formats.MultiStreamDataset,
   ),
   'transcripts': Layout(_read_ms_tcn(_read_transcripts), formats.TranscriptVideo, formats.Dataset),
   'referring': Layout(
@@ -236,10 +255,12 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     classes = next(iter(self._subsets.values())).classes
+    items = LAYOUTS[self._spec.layout].items
     metadata = tfds.core.MetadataDict(
       layout=self._spec.layout,
       spec=dataclasses.asdict(self._spec),
       subsets=list(self._subsets),
+      names={k: [x.name for x in getattr(d, items)] for k, d in self._subsets.items()},
       classes=list(classes),
       dims=_feature_dims(self._structure),
     )
@@ -328,31 +349,48 @@ def convert(root: PathLike, out: PathLike, spec: Spec) -> pathlib.Path:
 # ------------------------------------------------------------------------------- reading --
 
 
-def read(
-  out: PathLike,
-  spec: Spec,
-  subset: str,
-  *,
-  process_index: int = 0,
-  process_count: int = 1,
-  classes: Sequence[str] | None = None,
-  dims: Mapping[str, int | None] | None = None,
-) -> Any:
-  """Records p::P (p = process_index, P = process_count) of `subset` of the conversion of `spec`
-  in `out`, as the layout's folder reader returns them (formats.Dataset, MultiStreamDataset or
-  ReferringDataset). `classes` and `dims` ({'features': D}, {'holistic': Dh, ...}; None values
-  are not checked) are checked against the conversion when given."""
-  if not 0 <= process_index < process_count:
-    raise ValueError(
-      f'need 0 <= process_index < process_count, got {process_index}, {process_count}'
-    )
+def _builder(out: PathLike, spec: Spec) -> tuple[pathlib.Path, Any]:
+  """(folder, builder) of the conversion of `spec` in `out`; DataError saying how to make it."""
   directory = dataset_dir(out, spec)
   if not is_converted(out, spec):
     raise DataError(
       f'{directory}: no TFDS conversion of {spec.name}; make it with python -m polyseg.data.tfds '
       f'--layout={spec.layout} --root=DATASET_DIR --out={out}'
     )
-  builder = tfds.builder_from_directory(os.fspath(directory))
+  return directory, tfds.builder_from_directory(os.fspath(directory))
+
+
+def names(out: PathLike, spec: Spec, subset: str) -> list[str]:
+  """The record names of `subset` of the conversion of `spec` in `out`, in record order (read
+  from the metadata: no record is decoded)."""
+  directory, builder = _builder(out, spec)
+  metadata = builder.info.metadata
+  if subset not in metadata['subsets']:
+    raise DataError(f'{directory}: no subset {subset!r}; it has {metadata["subsets"]}')
+  return list(metadata['names'][subset])
+
+
+def read(
+  out: PathLike,
+  spec: Spec,
+  subset: str,
+  *,
+  indices: Sequence[int] | None = None,
+  process_index: int = 0,
+  process_count: int = 1,
+  classes: Sequence[str] | None = None,
+  dims: Mapping[str, int | None] | None = None,
+) -> Any:
+  """Records `indices` (default: all, in order) of `subset` of the conversion of `spec` in `out`,
+  of which this process takes every P-th from p (p = process_index, P = process_count), as the
+  layout's folder reader returns them (formats.Dataset, MultiStreamDataset or ReferringDataset).
+  `classes` and `dims` ({'features': D}, {'holistic': Dh, ...}; None values are not checked) are
+  checked against the conversion when given."""
+  if not 0 <= process_index < process_count:
+    raise ValueError(
+      f'need 0 <= process_index < process_count, got {process_index}, {process_count}'
+    )
+  directory, builder = _builder(out, spec)
   metadata = builder.info.metadata
   if subset not in metadata['subsets']:
     raise DataError(f'{directory}: no subset {subset!r}; it has {metadata["subsets"]}')
@@ -366,10 +404,12 @@ def read(
         f'{directory}: feature dimension of {path!r} is {metadata["dims"].get(path)}, '
         f'expected {dim}'
       )
+  if indices is None:
+    indices = range(len(metadata['names'][subset]))
   records = []
-  if subset in builder.info.splits:  # else an empty subset
+  if subset in builder.info.splits and indices:  # else an empty subset
     source = builder.as_data_source(split=subset)
-    records = source.__getitems__(list(range(process_index, len(source), process_count)))
+    records = source.__getitems__(list(indices)[process_index::process_count])
   layout = LAYOUTS[spec.layout]
   items = [layout.record(**{k: _value(v) for k, v in record.items()}) for record in records]
   return layout.dataset(list(metadata['classes']), items)
@@ -390,26 +430,42 @@ def load(
   classes: Sequence[str] | None = None,
   dims: Mapping[str, int | None] | None = None,
   train_shard: tuple[int, int] = (0, 1),
+  hold_out: tuple[float, int] | None = None,
 ) -> dict[str, Any]:
   """{subset: dataset} of `spec` from `tfds_dir` (None: `<root>/tfds`), every subset whole except
   'train', of which only records p::P are read for `train_shard` = (p, P) (a host's share);
-  converts `root` there first if needed (and says so). `classes` / `dims` as in `read`."""
+  converts `root` there first if needed (and says so). `classes` / `dims` as in `read`.
+
+  `hold_out` = (fraction, seed): when the conversion's val subset is empty, val is the seeded
+  `fraction` of the train records that `formats.hold_out` picks (as the folder tasks do), read
+  whole, and train is the rest, sharded."""
   out = pathlib.Path(tfds_dir or pathlib.Path(root) / 'tfds').expanduser()
   if not is_converted(out, spec):
     print(f'No TFDS conversion {spec.name} in {out} yet: converting {root} (first use)', flush=True)
     convert(root, out, spec)
-  return {
-    subset: read(
+  indices = dict.fromkeys(spec.subsets)
+  if hold_out is not None and 'val' in indices and not names(out, spec, 'val'):
+    train_names = names(out, spec, 'train')
+    try:
+      held = set(formats.hold_out(train_names, *hold_out))
+    except ValueError as e:
+      raise DataError(f'{dataset_dir(out, spec)}: no val records, and {e}') from None
+    indices['train'] = [i for i, name in enumerate(train_names) if name not in held]
+    indices['val'] = [i for i, name in enumerate(train_names) if name in held]
+  datasets = {}
+  for subset, chosen in indices.items():
+    held_out_val = subset == 'val' and chosen is not None
+    datasets[subset] = read(
       out,
       spec,
-      subset,
+      'train' if held_out_val else subset,
+      indices=chosen,
       process_index=train_shard[0] if subset == 'train' else 0,
       process_count=train_shard[1] if subset == 'train' else 1,
       classes=classes,
       dims=dims,
     )
-    for subset in spec.subsets
-  }
+  return datasets
 
 
 # ------------------------------------------------------------------------------- command --
@@ -437,6 +493,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument(
     '--split_fractions', default='0.8,0.1,0.1', help='referring: train,val,test fractions'
   )
+  parser.add_argument(
+    '--length_tolerance',
+    type=int,
+    default=0,
+    help='two_streams: frames RGB / labels may differ from the flow length (config.data.length_tolerance)',
+  )
   args = parser.parse_args(argv)
   try:
     fractions = tuple(float(f) for f in args.split_fractions.split(','))
@@ -447,6 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       sample_frames=args.sample_frames,
       split_seed=args.split_seed,
       split_fractions=fractions,
+      length_tolerance=args.length_tolerance,
     )
   except ValueError as e:
     parser.error(str(e))

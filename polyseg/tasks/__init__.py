@@ -22,6 +22,7 @@ rows, or carry state that is not trained by gradients, e.g. Polyphony's adaptive
   .main_row                                     the row whose metrics pick the best checkpoint
   .row_labels(video, row) -> gt                 the ground truth a row is scored against
   .summarize(results) -> results                adds rows computed from the rows (e.g. a mean)
+  .row_metrics(row) -> metrics object           a row's own metrics (default .new_metrics())
   .prediction_file(name, row) -> str            where a row's predictions go under predictions/
   .timeline_rows(video, predictions) -> {name: [T] or [T, C]}   the bars of a timeline plot
   .initial_task_state() -> pytree | None        carried in the train state and its checkpoints;
@@ -39,11 +40,16 @@ A video is any object with `.name` and `.labels` (None when unlabelled); the tas
 import dataclasses
 import importlib
 import pathlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+import jax
+import ml_collections
 import numpy as np
 
 from polyseg import metrics
 from polyseg.data import formats
+from polyseg.data import tfds
 
 from polyseg.models.layers import count_params  # noqa: F401  (re-exported for the engine)
 
@@ -64,6 +70,9 @@ class DataInfo:
     int | dict[str, int]
   )  # feature dimension, or one per input stream ({'holistic': 768, ...})
   background: tuple[int, ...]
+  # What a task learned from the training data beyond these, JSON values only (HAL: the grammar of
+  # training transcripts and the mean segment lengths).
+  task_info: dict = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):  # JSON gives lists; keep tuples so equality is by value.
     object.__setattr__(self, 'classes', tuple(self.classes))
@@ -99,6 +108,10 @@ class BaseTask:
 
   def summarize(self, results: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
     return results
+
+  def row_metrics(self, row: str):
+    del row
+    return self.new_metrics()
 
   def prediction_file(self, name: str, row: str) -> str:
     return f'{name}.txt' if len(self.rows) == 1 else f'{name}.{row}.txt'
@@ -138,18 +151,50 @@ class SingleLabelTask(BaseTask):
     return metrics.SegmentationMetrics(background=self.background)
 
 
-def hold_out_validation(
-  train: list, root: pathlib.Path, split: int, fraction: float, seed: int
-) -> tuple[list, list]:
-  """(train, val) when a dataset has no val bundle: a seeded `fraction` of the training videos
-  (`formats.hold_out`; never test) becomes val. DataError naming the train bundle if impossible."""
-  try:
-    held = set(formats.hold_out([v.name for v in train], fraction, seed))
-  except ValueError as e:
-    raise formats.DataError(
-      f'{formats.split_path(root, "train", split)}: no val bundle, and {e}'
-    ) from None
-  return [v for v in train if v.name not in held], [v for v in train if v.name in held]
+def load_splits(
+  config: ml_collections.ConfigDict,
+  root: pathlib.Path,
+  spec: tfds.Spec,
+  read_folder: Callable[[str, Sequence[str] | None, Any], Any],
+  dims: Mapping[str, int | None],
+) -> tuple[list[str], dict[str, list], tuple[int, int]]:
+  """(classes, {'train', 'val', 'test': videos}, train_shard) of an MS-TCN-split dataset (`root`)
+  with validation: `splits/val.split<k>.bundle`, or else a seeded `data.val_fraction` of train
+  (`formats.hold_out`, `data.val_seed`; never test).
+
+  data.format='folder': `read_folder(subset, classes, train)` reads a subset with these classes
+  (`data.classes` or None for train, then train's); `train` is None when reading train, else the
+  train dataset (for its dimensions). data.format='tfds': the TFDS
+  conversion of `spec` in `data.tfds_dir` (made on first use); this process reads only its share
+  of train, and `dims` ({feature path: D or None}) and `data.classes` are checked against it."""
+  d = config.data
+  classes = tuple(d.classes) if d.classes else None
+  if tfds.check_format(d.format) == 'tfds':
+    shard = (jax.process_index(), jax.process_count())
+    subsets = tfds.load(
+      root,
+      d.tfds_dir,
+      spec,
+      classes=classes,
+      dims=dims,
+      train_shard=shard,
+      hold_out=(d.val_fraction, d.val_seed),
+    )
+    return subsets['train'].classes, {k: v.videos for k, v in subsets.items()}, shard
+  train = read_folder('train', classes, None)
+  videos = {'train': train.videos, 'test': read_folder('test', train.classes, train).videos}
+  if formats.split_path(root, 'val', d.split).exists():
+    videos['val'] = read_folder('val', train.classes, train).videos
+  else:
+    try:
+      held = set(formats.hold_out([v.name for v in train.videos], d.val_fraction, d.val_seed))
+    except ValueError as e:
+      raise formats.DataError(
+        f'{formats.split_path(root, "train", d.split)}: no val bundle, and {e}'
+      ) from None
+    videos['train'] = [v for v in train.videos if v.name not in held]
+    videos['val'] = [v for v in train.videos if v.name in held]
+  return train.classes, videos, (0, 1)
 
 
 def get(name: str):

@@ -177,37 +177,37 @@ def _both_hands(video: formats.Video) -> formats.MultiStreamVideo:
   )
 
 
-def _read_subset(config, root: pathlib.Path, subset: str, classes):
-  d = config.data
-  if d.layout == 'single_stream':
-    dataset = formats.read_single_stream(root, subset, d.split, classes, d.input_dim)
-    return dataset.classes, [_both_hands(v) for v in dataset.videos]
-  dataset = formats.read_two_hands(root, subset, d.split, classes, d.input_dim)
-  columns = feature_columns(root, d.features)
-  return dataset.classes, [_keep_columns(v, columns) for v in dataset.videos]
-
-
 def load_data(config: ml_collections.ConfigDict) -> tasks.Data:
-  """Train / val / test of `config.data.root` (set by `prepare`). Val is `splits/val.split<k>.bundle`,
-  or a seeded `data.val_fraction` of train when the dataset has none (never test: adaptive weighting
-  and checkpoint selection read it)."""
+  """Train / val / test of `config.data.root` (set by `prepare`), from the folder or, with
+  data.format='tfds', from its TFDS conversion (`tasks.load_splits`). Val is
+  `splits/val.split<k>.bundle`, or a seeded `data.val_fraction` of train when the dataset has none
+  (never test: adaptive weighting and checkpoint selection read it)."""
   d = config.data
   check_layout(d.layout)
-  if tfds.check_format(d.format) != 'folder':
-    raise ValueError('config.data.format: Polyphony reads the dataset folder only (format=folder)')
   if not d.root:
     raise ValueError('config.data.root is unset: run Polyphony through polyseg.main (stages)')
   root = pathlib.Path(os.path.expanduser(d.root))
-  classes = tuple(d.classes) if d.classes else None
-  classes, train = _read_subset(config, root, 'train', classes)
-  _, test = _read_subset(config, root, 'test', classes)
-  if formats.split_path(root, 'val', d.split).exists():
-    _, val = _read_subset(config, root, 'val', classes)
+  single = d.layout == 'single_stream'
+  reader = formats.read_single_stream if single else formats.read_two_hands
+
+  def read_folder(subset: str, classes, train) -> formats.Dataset | formats.MultiStreamDataset:
+    del train  # every subset is checked against data.input_dim
+    return reader(root, subset, d.split, classes, d.input_dim)
+
+  paths = ('features',) if single else tuple(f'features/{hand}' for hand in HANDS)
+  spec = tfds.Spec(d.layout, split=d.split)
+  classes, splits, shard = tasks.load_splits(
+    config, root, spec, read_folder, dict.fromkeys(paths, d.input_dim)
+  )
+  if single:
+    splits = {k: [_both_hands(v) for v in videos] for k, videos in splits.items()}
   else:
-    train, val = tasks.hold_out_validation(train, root, d.split, d.val_fraction, d.val_seed)
+    columns = feature_columns(root, d.features)
+    splits = {k: [_keep_columns(v, columns) for v in videos] for k, videos in splits.items()}
   background = tuple(classes.index(n) for n in d.background if n in classes)
-  info = tasks.DataInfo(tuple(classes), int(train[0].features[HANDS[0]].shape[1]), background)
-  return tasks.Data(info, train, test, val)
+  input_dim = int(splits['train'][0].features[HANDS[0]].shape[1])
+  info = tasks.DataInfo(tuple(classes), input_dim, background)
+  return tasks.Data(info, splits['train'], splits['test'], splits['val'], train_shard=shard)
 
 
 def load_unlabelled(config: ml_collections.ConfigDict, info: tasks.DataInfo) -> list:

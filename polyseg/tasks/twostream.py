@@ -44,15 +44,15 @@ def dataset_root(config: ml_collections.ConfigDict) -> pathlib.Path:
 
 def load_data(config: ml_collections.ConfigDict) -> tasks.Data:
   """Train / val / test of the two-stream layout (`features_rgb/`, `features_flow/`, MS-TCN labels),
-  each video aligned to its flow length (`data.length_tolerance`). Val is
+  each video aligned to its flow length (`data.length_tolerance`), from the folder or, with
+  data.format='tfds', from its TFDS conversion (`tasks.load_splits`). Val is
   `splits/val.split<k>.bundle`, or a seeded `data.val_fraction` of train (never test: the fusion
   weights and the best checkpoint are chosen on it)."""
   d = config.data
-  if tfds.check_format(d.format) != 'folder':
-    raise ValueError('config.data.format: 2s-DAS reads the dataset folder only (format=folder)')
   root = dataset_root(config)
 
-  def read(subset: str, classes, dims) -> formats.MultiStreamDataset:
+  def read_folder(subset: str, classes, train) -> formats.MultiStreamDataset:
+    dims = d.input_dims if train is None else train.input_dims
     return formats.read_two_streams(
       root,
       subset,
@@ -63,17 +63,13 @@ def load_data(config: ml_collections.ConfigDict) -> tasks.Data:
       length_tolerance=d.length_tolerance,
     )
 
-  train = read('train', tuple(d.classes) if d.classes else None, d.input_dims)
-  classes, dims = train.classes, train.input_dims
-  test = read('test', classes, dims).videos
-  if formats.split_path(root, 'val', d.split).exists():
-    train_videos, val = train.videos, read('val', classes, dims).videos
-  else:
-    train_videos, val = tasks.hold_out_validation(
-      train.videos, root, d.split, d.val_fraction, d.val_seed
-    )
+  spec = tfds.Spec('two_streams', split=d.split, length_tolerance=d.length_tolerance)
+  dims = {f'features/{s}': d.input_dims[s] for s in STREAMS}
+  classes, splits, shard = tasks.load_splits(config, root, spec, read_folder, dims)
+  dims = {s: int(splits['train'][0].features[s].shape[1]) for s in STREAMS}
   background = tuple(classes.index(n) for n in d.background if n in classes)
-  return tasks.Data(tasks.DataInfo(tuple(classes), dims, background), train_videos, test, val)
+  info = tasks.DataInfo(tuple(classes), dims, background)
+  return tasks.Data(info, splits['train'], splits['test'], splits['val'], train_shard=shard)
 
 
 def load_unlabelled(config: ml_collections.ConfigDict, info: tasks.DataInfo) -> list:
