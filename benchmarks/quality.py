@@ -1,6 +1,6 @@
 r"""Does each method's idea pay off? Same synthetic split and training budget per table.
 
-  python benchmarks/quality.py [--task=diffact|hopadiff|polyphony|twostream] [--steps=N] \
+  python benchmarks/quality.py [--task=diffact|hopadiff|polyphony|twostream|hal] [--steps=N] \
       [--workdir=/tmp/polyseg-quality]
 
 --task=diffact (default):
@@ -23,6 +23,12 @@ loss weighting, w/o both; per hand Acc, the gap RH - LH and the hands' mean F1@5
 output (fusion weights searched on val), with random condition-mask selection and with one fixed mask
 type (no mask; boundary mask), on val and test.
 
+--task=hal: weak supervision on the synthetic data with transcripts — HAL, the NN-Viterbi-style
+pseudo-label learner on the same backbone and HAL with the CTC objective, all from transcripts only,
+and DiffAct trained on the frame labels of the same videos (the fully supervised upper bound);
+segmentation from the video alone (Acc = MoF, Edit, F1) and alignment given the transcript (MoF,
+IoU, IoD), on test.
+
 Prints one table and one JSON line per model (and split). Finished runs in --workdir are reused.
 """
 
@@ -40,6 +46,7 @@ from polyseg import report
 from polyseg import train
 from polyseg.configlib import load_config
 from polyseg.tasks import diffact
+from polyseg.tasks import hal
 from polyseg.tasks import polyphony
 
 
@@ -102,6 +109,16 @@ def _read_results(path: str, row: str) -> dict[str, float] | None:
   return saved['results'][row] | {'step': saved['step']}
 
 
+def _train_once(config, workdir: str, steps: int, row: str) -> None:
+  """Trains `config` for `steps` steps in `workdir` (no timelines, a checkpoint at every
+  evaluation), unless a finished run of as many steps is there (its test results have `row`)."""
+  config.train.update(num_steps=steps, checkpoint_every=config.train.eval_every)
+  config.eval.num_timelines = 0
+  done = _read_results(os.path.join(workdir, 'eval', 'results.json'), row)
+  if not done or done['step'] != steps:
+    train.train_and_evaluate(config, workdir)
+
+
 def hopadiff_table(args) -> None:
   """Trains each ablation of configs/hopadiff.py; prints val and test of its fused row, from the
   DDIM decoders (the model's output) and from the encoders alone (same checkpoint)."""
@@ -110,12 +127,8 @@ def hopadiff_table(args) -> None:
     arg, row = HOPADIFF_ROWS[ablation]
     config = load_config('hopadiff', arg)
     steps = args.steps or config.train.num_steps
-    config.train.update(num_steps=steps, checkpoint_every=config.train.eval_every)
-    config.eval.num_timelines = 0
     workdir = os.path.join(args.workdir, f'hopadiff_{ablation}')
-    done = _read_results(os.path.join(workdir, 'eval', 'results.json'), 'HopaDIFF')
-    if not done or done['step'] != steps:
-      train.train_and_evaluate(config, workdir)
+    _train_once(config, workdir, steps, 'HopaDIFF')
     encoders = config.copy_and_resolve_references()
     encoders.eval.use_decoder = False
     _, data, task = train.setup(encoders, workdir)
@@ -174,12 +187,8 @@ def polyphony_table(args) -> None:
     steps = args.steps or config.train.num_steps
     config.update(stage='3')
     config.data.root = str(polyphony.stage_output(stages_dir, 2))
-    config.train.update(num_steps=steps)
-    config.eval.num_timelines = 0
     workdir = os.path.join(args.workdir, f'polyphony_{ablation}')
-    done = _read_results(os.path.join(workdir, 'eval', 'results.json'), 'mean')
-    if not done or done['step'] != steps:
-      train.train_and_evaluate(config, workdir)
+    _train_once(config, workdir, steps, 'mean')
     for split, folder in (('val', 'eval_val'), ('test', 'eval')):
       with open(os.path.join(workdir, folder, 'results.json')) as f:
         results = json.load(f)['results']
@@ -213,12 +222,8 @@ def twostream_table(args) -> None:
   for masks in args.ablations.split(','):
     config = load_config('twostream', f'masks={masks}')
     steps = args.steps or config.train.num_steps
-    config.train.update(num_steps=steps, checkpoint_every=config.train.eval_every)
-    config.eval.num_timelines = 0
     workdir = os.path.join(args.workdir, f'twostream_{masks}')
-    done = _read_results(os.path.join(workdir, 'eval', 'results.json'), 'Fused')
-    if not done or done['step'] != steps:
-      train.train_and_evaluate(config, workdir)
+    _train_once(config, workdir, steps, 'Fused')
     with open(os.path.join(workdir, 'eval_val', 'fusion_search.json')) as f:
       weights = json.load(f)['weights']
     for split, folder in (('val', 'eval_val'), ('test', 'eval')):
@@ -236,8 +241,54 @@ def twostream_table(args) -> None:
       print(json.dumps({**record, 'steps': steps, **result}))
 
 
-ABLATIONS = {'hopadiff': HOPADIFF_ROWS, 'polyphony': POLYPHONY_ROWS, 'twostream': TWOSTREAM_ROWS}
-TABLES = {'hopadiff': hopadiff_table, 'polyphony': polyphony_table, 'twostream': twostream_table}
+HAL_ROWS = {  # --ablations name -> (config, its arg, table row)
+  'hal': ('hal', '', 'HAL'),
+  'nn_viterbi': ('hal', 'variant=nn_viterbi', 'NN-Viterbi-style (same backbone)'),
+  'ctc': ('hal', 'objective=ctc', 'HAL, CTC objective'),
+  'diffact': ('diffact', '', 'DiffAct, fully supervised (upper bound)'),
+}
+
+
+def hal_table(args) -> None:
+  """Trains HAL, the NN-Viterbi-style baseline (and HAL with CTC) from transcripts, and DiffAct
+  with the frame labels of the same synthetic videos; prints segmentation from the video alone
+  (all rows) and alignment given the transcript (the weakly supervised rows), on test."""
+  root = str(hal.dataset_root(load_config('hal')))  # the videos every row trains on
+  tables = {'segmentation from video alone': {}, 'alignment given the transcript': {}}
+  for ablation in args.ablations.split(','):
+    name, arg, row = HAL_ROWS[ablation]
+    config = load_config(name, arg)
+    config.data.root = root
+    steps = args.steps or config.train.num_steps
+    main_row = 'Segmentation' if name == 'hal' else 'DiffAct'
+    workdir = os.path.join(args.workdir, f'hal_{ablation}')
+    _train_once(config, workdir, steps, main_row)
+    with open(os.path.join(workdir, 'eval', 'results.json')) as f:
+      results = json.load(f)['results']
+    row = f'{row}, {steps} steps'
+    tables['segmentation from video alone'][row] = results[main_row]
+    if 'Alignment' in results:
+      tables['alignment given the transcript'][row] = results['Alignment']
+  columns = {'alignment given the transcript': ('MoF', 'IoU', 'IoD')}
+  for title, table in tables.items():
+    print(f'test, {title}:\n{report.format_table(table, columns.get(title))}\n')
+    for row, result in table.items():
+      record = {'benchmark': 'quality', 'task': 'hal', 'table': title, 'model': row}
+      print(json.dumps({**record, **result}))
+
+
+ABLATIONS = {
+  'hopadiff': HOPADIFF_ROWS,
+  'polyphony': POLYPHONY_ROWS,
+  'twostream': TWOSTREAM_ROWS,
+  'hal': HAL_ROWS,
+}
+TABLES = {
+  'hopadiff': hopadiff_table,
+  'polyphony': polyphony_table,
+  'twostream': twostream_table,
+  'hal': hal_table,
+}
 
 
 def main():
@@ -246,7 +297,9 @@ def main():
   parser.add_argument('--steps', type=int, default=None, help='training steps (default: config)')
   parser.add_argument('--workdir', default='/tmp/polyseg-quality')
   parser.add_argument(
-    '--ablations', default=None, help='--task=hopadiff|polyphony|twostream: the rows (default: all)'
+    '--ablations',
+    default=None,
+    help='--task=hopadiff|polyphony|twostream|hal: the rows (default: all)',
   )
   args = parser.parse_args()
   if args.task in ABLATIONS:

@@ -9,6 +9,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 _PROB_EPS = 1e-6
 _SMOOTHING_CLAMP = 16.0
@@ -139,3 +140,38 @@ def gaussian_smooth(x: jax.Array, sigma: float, mask: jax.Array) -> jax.Array:
     precision=jax.lax.Precision.HIGHEST,
   )
   return smoothed * mask[..., None]
+
+
+def transition_penalty(probs: jax.Array, mask: jax.Array) -> jax.Array:
+  """HAL's sparse-transition penalty: mean over valid neighbour pairs of the total variation
+  0.5 * sum_c |p[t + 1, c] - p[t, c]| (in [0, 1]; an L1 penalty, so few, sharp changes).
+  probs [B, T, C] (class probabilities), mask [B, T]."""
+  chex.assert_rank(probs, 3)
+  pairs = _pair_mask(mask)
+  change = 0.5 * jnp.abs(probs[:, 1:] - probs[:, :-1]).sum(-1)
+  return _safe_ratio((change * pairs).sum(), pairs.sum())
+
+
+def ctc(logits: jax.Array, mask: jax.Array, transcripts: jax.Array, num_actions: jax.Array):
+  """CTC of the ordered transcripts (optax.ctc_loss, blank = the last class), summed over the
+  batch and divided by its valid frames. logits [B, T, C + 1], mask [B, T], transcripts [B, N]
+  int (entries >= num_actions [B] are padding)."""
+  chex.assert_rank(logits, 3)
+  label_padding = (jnp.arange(transcripts.shape[1])[None] >= num_actions[:, None]).astype(
+    jnp.float32
+  )
+  per_video = optax.ctc_loss(
+    logits, 1.0 - mask, transcripts, label_padding, blank_id=logits.shape[-1] - 1
+  )
+  return _safe_ratio(per_video.sum(), mask.sum())
+
+
+def presence_loss(log_probs: jax.Array, mask: jax.Array, present: jax.Array) -> jax.Array:
+  """Video-level classification (multiple-instance): BCE of p_c = max over valid frames of
+  p(c | frame) against `present` [B, C] (1 = class c is in the video's transcript), mean over
+  videos and classes. log_probs [B, T, C], mask [B, T]."""
+  chex.assert_rank(log_probs, 3)
+  pooled = jnp.max(jnp.where(mask[..., None] > 0, log_probs, -jnp.inf), axis=1)  # log p_c
+  pooled = jnp.clip(pooled, jnp.log(_PROB_EPS), jnp.log1p(-_PROB_EPS))
+  bce = -(present * pooled + (1 - present) * jnp.log1p(-jnp.exp(pooled)))
+  return jnp.mean(bce)

@@ -10,6 +10,7 @@ and an F1 whose precision or recall is undefined (no segments anywhere) is 0.
 
 Multi-label frames (referring segmentation, METHODS.md §2) are scored by `MultiLabelMetrics`, which
 applies the same Edit and F1 to each class's binary track; its docstring has the definitions.
+Alignments to a given transcript (weak supervision, METHODS.md §5) by `AlignmentMetrics`.
 """
 
 import collections
@@ -227,6 +228,59 @@ class SegmentationMetrics:
         )
       matrix[gt_class, pred_class] += count
     return matrix
+
+
+def segment_overlaps(pred, gt, background: Iterable[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+  """(IoU [S], IoD [S]) of each non-background ground-truth segment of gt [T]: the best over the
+  predicted segments of the same class of |P n G| / |P u G| and of |P n G| / |P| (0 if none
+  overlaps). The alignment measures of weakly supervised segmentation (ISBA / NN-Viterbi)."""
+  pred, gt = _check_pair(pred, gt)
+  gt_labels, gt_starts, gt_ends = segments(gt, background)
+  pred_labels, pred_starts, pred_ends = segments(pred)
+  iou, iod = np.zeros(len(gt_labels)), np.zeros(len(gt_labels))
+  for i, (label, start, end) in enumerate(zip(gt_labels, gt_starts, gt_ends)):
+    same = pred_labels == label
+    p_starts, p_ends = pred_starts[same], pred_ends[same]
+    intersection = np.clip(np.minimum(p_ends, end) - np.maximum(p_starts, start), 0, None)
+    if intersection.size:
+      union = np.maximum(p_ends, end) - np.minimum(p_starts, start)
+      iou[i] = (intersection / union).max()
+      iod[i] = (intersection / (p_ends - p_starts)).max()
+  return iou, iod
+
+
+class AlignmentMetrics:
+  """Alignment of a video to its given transcript: MoF (Acc over all frames, background included),
+  IoU and IoD (`segment_overlaps`, mean over a video's non-background ground-truth segments, then
+  mean over the videos that have any), in percent."""
+
+  def __init__(self, background: Iterable[int] = ()):
+    self.background = tuple(int(c) for c in background)
+    self.correct_frames = 0
+    self.total_frames = 0
+    self.iou: list[float] = []
+    self.iod: list[float] = []
+
+  def add(self, pred, gt) -> None:
+    """Adds one video: pred [T] and gt [T] int class ids."""
+    pred, gt = _check_pair(pred, gt)
+    self.correct_frames += int((pred == gt).sum())
+    self.total_frames += pred.size
+    iou, iod = segment_overlaps(pred, gt, self.background)
+    if iou.size:
+      self.iou.append(float(iou.mean()))
+      self.iod.append(float(iod.mean()))
+
+  def result(self) -> dict[str, float]:
+    """{'MoF', 'IoU', 'IoD'} in percent."""
+    if not self.total_frames:
+      raise ValueError('AlignmentMetrics: no videos added')
+    mean = lambda values: float(np.mean(values)) * 100.0 if values else 0.0
+    return {
+      'MoF': self.correct_frames / self.total_frames * 100.0,
+      'IoU': mean(self.iou),
+      'IoD': mean(self.iod),
+    }
 
 
 def average_precision(scores, positives) -> float:

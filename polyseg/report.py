@@ -26,17 +26,24 @@ TIMELINE_STYLES = {'class ids': (0.35, 'white', 2), 'multi-hot': (0.25, 'black',
 def format_table(rows: dict[str, dict[str, float]], columns: Sequence[str] | None = None) -> str:
   """Aligned text table, one line per row name, values with 1 decimal, columns 2 spaces apart.
 
-  columns: default TABLE_COLUMNS, then any other metric of the first row (e.g. mAP) in its order.
+  columns: default the TABLE_COLUMNS some row has, then every other metric in order of appearance
+  (e.g. mAP; an alignment row's MoF, IoU, IoD), with '-' where a row has no value; given
+  columns must be in every row.
   """
   if columns is None:
-    first = next(iter(rows.values()), {})
-    columns = (*TABLE_COLUMNS, *(k for k in first if k not in TABLE_COLUMNS))
-  for name, values in rows.items():
-    missing = [column for column in columns if column not in values]
-    if missing:
-      raise ValueError(f'table row {name!r} has no value for columns {missing}')
+    seen = dict.fromkeys(k for values in rows.values() for k in values)
+    columns = (
+      *(k for k in TABLE_COLUMNS if k in seen),
+      *(k for k in seen if k not in TABLE_COLUMNS),
+    )
+  else:
+    for name, values in rows.items():
+      missing = [column for column in columns if column not in values]
+      if missing:
+        raise ValueError(f'table row {name!r} has no value for columns {missing}')
   cells = [['', *columns]] + [
-    [name, *(f'{values[c]:.1f}' for c in columns)] for name, values in rows.items()
+    [name, *(f'{values[c]:.1f}' if c in values else '-' for c in columns)]
+    for name, values in rows.items()
   ]
   widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
   lines = [

@@ -237,7 +237,7 @@ def test_gradient_accumulation_updates_every_k_steps(tiny_config, tmp_path):
   assert not _params_equal(initial, state['params'])
 
 
-@pytest.mark.parametrize('task_name', ['diffact', 'hopadiff'])
+@pytest.mark.parametrize('task_name', ['diffact', 'hopadiff', 'hal'])
 def test_bfloat16_compute_keeps_float32_params_and_a_finite_loss(task_name, cache_dir, tmp_path):
   """model.dtype='bfloat16': matmuls in bfloat16, params and optimizer state in float32, and the
   loss of a few steps finite and close to the float32 loss."""

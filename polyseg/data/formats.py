@@ -306,9 +306,11 @@ def _write_ms_tcn(
   datasets: Mapping[str, Dataset | MultiStreamDataset],
   split: int,
   feature_files: Callable[[Video | MultiStreamVideo], Mapping[str, np.ndarray]],
+  transcripts: bool = False,
 ) -> pathlib.Path:
   """Writes {subset: dataset} in the MS-TCN layout at `root`, atomically: mapping.txt, splits/,
-  groundTruth/<vid>.txt and every {folder: features [T, D]} of `feature_files(video)` as
+  groundTruth/<vid>.txt (and with `transcripts`, transcripts/<vid>.txt: the classes of the label
+  segments, in order) and every {folder: features [T, D]} of `feature_files(video)` as
   `<folder>/<vid>.npy`. Subsets share the class list and have distinct videos with labels [T]
   in [0, C); each folder has one D. Returns `root`."""
   root = pathlib.Path(root)
@@ -339,7 +341,7 @@ def _write_ms_tcn(
       _check_features(where, feature_files(video), len(labels), dims)
       seen[video.name] = subset
   with _atomic_dir(root) as tmp:
-    for folder in (*dims, 'groundTruth', 'splits'):
+    for folder in (*dims, 'groundTruth', 'splits', *(['transcripts'] if transcripts else [])):
       (tmp / folder).mkdir()
     (tmp / 'mapping.txt').write_text(''.join(f'{i} {name}\n' for i, name in enumerate(classes)))
     for subset, dataset in datasets.items():
@@ -352,6 +354,10 @@ def _write_ms_tcn(
         (tmp / 'groundTruth' / f'{video.name}.txt').write_text(
           ''.join(f'{classes[c]}\n' for c in video.labels)
         )
+        if transcripts:
+          (tmp / 'transcripts' / f'{video.name}.txt').write_text(
+            ''.join(f'{classes[c]}\n' for c in segment_classes(np.asarray(video.labels)))
+          )
   return root
 
 
@@ -373,14 +379,17 @@ def _check_features(
 
 
 def write_single_stream(
-  root: PathLike, datasets: Mapping[str, Dataset], split: int = 1
+  root: PathLike, datasets: Mapping[str, Dataset], split: int = 1, transcripts: bool = False
 ) -> pathlib.Path:
-  """Writes {subset: Dataset} as an MS-TCN-layout dataset at `root`, atomically.
+  """Writes {subset: Dataset} as an MS-TCN-layout dataset at `root`, atomically (with
+  `transcripts/` derived from the labels when `transcripts`).
 
   All subsets must share the class list and have distinct, labelled videos;
   `root` must not exist yet (or be an empty folder). Returns `root`.
   """
-  return _write_ms_tcn(root, datasets, split, lambda video: {'features': video.features})
+  return _write_ms_tcn(
+    root, datasets, split, lambda video: {'features': video.features}, transcripts
+  )
 
 
 # --------------------------------------------------------------- referring --

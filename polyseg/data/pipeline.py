@@ -93,6 +93,15 @@ def video_fields(video: Video) -> tuple[dict[str, np.ndarray], dict[str, np.ndar
   return {'features': video.features, 'labels': video.labels}, {}
 
 
+def num_frames(video: Any) -> int:
+  """Frames of a video: the length of its labels, or of its features when it has none (weakly
+  supervised training videos; features [T, D] or {stream: [T, D]})."""
+  if video.labels is not None:
+    return len(video.labels)
+  features = video.features
+  return len(next(iter(features.values())) if isinstance(features, dict) else features)
+
+
 Fields = Callable[[Any], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
 Boundary = Callable[[np.ndarray, float | None], np.ndarray]  # (labels, sigma) -> target [T, ...]
 
@@ -114,10 +123,11 @@ class TrainLoader:
   then shuffled (0 or 1: plain random batches).
 
   `fields(video) -> (per_frame, per_video)` says what a video contributes: per-frame arrays
-  [T, ...] (must include 'labels': [T] int or multi-hot [T, C]) are subsampled and padded to
+  [T, ...] (e.g. 'labels': [T] int or multi-hot [T, C]) are subsampled and padded to
   [B, T', ...]; per-video arrays are stacked to [B, ...]. Default: `video_fields`.
   `boundary(labels, sigma)` gives a video's full-rate boundary target (computed once per video);
-  default `boundary_target` ([T]); e.g. one column per hand for two-hand labels [T, 2].
+  default `boundary_target` ([T]); e.g. one column per hand for two-hand labels [T, 2]; None: no
+  boundary field (videos without labels, e.g. weak supervision).
   """
 
   def __init__(
@@ -131,7 +141,7 @@ class TrainLoader:
     max_len: int | None = None,
     fields: Fields = video_fields,
     pad_to: int | None = None,
-    boundary: Boundary = boundary_target,
+    boundary: Boundary | None = boundary_target,
     length_grouping: int = 0,
   ):
     if not videos:
@@ -143,7 +153,7 @@ class TrainLoader:
       )
     if length_grouping < 0:
       raise ValueError(f'data.length_grouping must be >= 0, got {length_grouping}')
-    short = [v.name for v in videos if len(v.labels) < sample_rate]
+    short = [v.name for v in videos if num_frames(v) < sample_rate]
     if short:
       raise ValueError(f'videos shorter than sample_rate {sample_rate}: {short}')
     longest = longest_crop(videos, sample_rate, max_len)
@@ -157,7 +167,9 @@ class TrainLoader:
     self.fields = fields
     self.pad_to = pad_to
     self.length_grouping = length_grouping
-    self.boundaries = [boundary(v.labels, boundary_sigma) for v in self.videos]
+    self.boundaries = None
+    if boundary is not None:
+      self.boundaries = [boundary(v.labels, boundary_sigma) for v in self.videos]
 
   @classmethod
   def from_config(
@@ -170,7 +182,7 @@ class TrainLoader:
     args = {
       'batch_size': config.train.batch_size,
       'sample_rate': d.sample_rate,
-      'boundary_sigma': d.boundary_sigma,
+      'boundary_sigma': d.get('boundary_sigma'),
       'seed': config.seed,
       'max_len': d.max_train_len,
       'fields': fields,
@@ -189,7 +201,7 @@ class TrainLoader:
     rng = np.random.default_rng([self.seed, epoch])
     order = np.resize(rng.permutation(len(self.videos)), self.steps_per_epoch * self.batch_size)
     if self.length_grouping > 1:
-      lengths = np.array([len(v.labels) for v in self.videos])[order]
+      lengths = np.array([num_frames(v) for v in self.videos])[order]
       window = self.length_grouping * self.batch_size
       for start in range(0, len(order), window):
         part = slice(start, start + window)
@@ -200,13 +212,13 @@ class TrainLoader:
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """Per-frame fields [B, T, ...] (default: features [B, T, D] f32, labels [B, T] i32), per-video
-    fields [B, ...], boundary [B, T, ...] f32 and mask [B, T] f32."""
+    fields [B, ...], boundary [B, T, ...] f32 (unless `boundary` is None) and mask [B, T] f32."""
     epoch, position = divmod(step, self.steps_per_epoch)
     rng = np.random.default_rng([self.seed, epoch, BATCH_STREAM, position])
-    per_frame, per_video, boundary = {}, {}, []
+    per_frame, per_video, boundary, lengths = {}, {}, [], []
     for index in self.batch_indices(step):
       video, rate = self.videos[index], self.sample_rate
-      frames = np.arange(rng.integers(rate), len(video.labels), rate)
+      frames = np.arange(rng.integers(rate), num_frames(video), rate)
       if self.max_len is not None and len(frames) > self.max_len:
         start = rng.integers(len(frames) - self.max_len + 1)
         frames = frames[start : start + self.max_len]
@@ -215,18 +227,21 @@ class TrainLoader:
         per_frame.setdefault(key, []).append(array[frames])
       for key, array in video_arrays.items():
         per_video.setdefault(key, []).append(array)
-      boundary.append(self.boundaries[index][frames])
-    lengths = [len(x) for x in boundary]
+      if self.boundaries is not None:
+        boundary.append(self.boundaries[index][frames])
+      lengths.append(len(frames))
     length = self.pad_to or bucket_length(max(lengths))
     batch = {key: _pad(arrays, length, arrays[0].dtype) for key, arrays in per_frame.items()}
     batch.update({key: np.stack(arrays) for key, arrays in per_video.items()})
-    batch.update(boundary=_pad(boundary, length, np.float32), mask=_mask(lengths, length))
+    if self.boundaries is not None:
+      batch['boundary'] = _pad(boundary, length, np.float32)
+    batch['mask'] = _mask(lengths, length)
     return batch
 
 
 def longest_crop(videos: Sequence[Any], sample_rate: int, max_len: int | None) -> int:
   """The most frames a training crop of `videos` can have: max ceil(T / rate), capped at max_len."""
-  longest = max(-(-len(v.labels) // sample_rate) for v in videos)
+  longest = max(-(-num_frames(v) // sample_rate) for v in videos)
   return longest if max_len is None else min(longest, max_len)
 
 

@@ -364,12 +364,14 @@ def make_single_stream(
   return {subset: formats.Dataset(world.classes, videos) for subset, videos in subsets.items()}
 
 
-def single_stream(root: str | os.PathLike, **kwargs) -> pathlib.Path:
-  """Writes `make_single_stream(**kwargs)` to `root` (MS-TCN layout, split 1); returns root.
+def single_stream(root: str | os.PathLike, transcripts: bool = False, **kwargs) -> pathlib.Path:
+  """Writes `make_single_stream(**kwargs)` to `root` (MS-TCN layout, split 1; with `transcripts`,
+  also `transcripts/<vid>.txt` derived from the labels); returns root.
 
   Takes the keyword arguments of `make_single_stream` (seed, num_classes, ...).
   """
-  return formats.write_single_stream(root, make_single_stream(**kwargs), split=1)
+  datasets = make_single_stream(**kwargs)
+  return formats.write_single_stream(root, datasets, split=1, transcripts=transcripts)
 
 
 def _cache_name(prefix: str, generator, version: int, kwargs: dict) -> str:
@@ -408,6 +410,14 @@ def ensure_single_stream(cache_dir: str | os.PathLike, **kwargs) -> pathlib.Path
   """
   root = pathlib.Path(cache_dir).expanduser() / cache_name(**kwargs)
   return _ensure(root, lambda: single_stream(root, **kwargs))
+
+
+def ensure_transcripts(cache_dir: str | os.PathLike, **kwargs) -> pathlib.Path:
+  """`ensure_single_stream` with `transcripts/` (HAL's weak supervision), in its own cache folder
+  'transcripts-<hash>'."""
+  name = _cache_name('transcripts', make_single_stream, GENERATOR_VERSION, kwargs)
+  root = pathlib.Path(cache_dir).expanduser() / name
+  return _ensure(root, lambda: single_stream(root, transcripts=True, **kwargs))
 
 
 # --------------------------------------------------------------- referring --

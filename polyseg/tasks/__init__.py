@@ -58,6 +58,7 @@ REGISTRY = {
   'hopadiff': 'polyseg.tasks.hopadiff',
   'polyphony': 'polyseg.tasks.polyphony',
   'twostream': 'polyseg.tasks.twostream',
+  'hal': 'polyseg.tasks.hal',
 }
 
 

