@@ -127,7 +127,9 @@ def test_single_device_mesh_step_equals_the_plain_step(tiny_config, tmp_path):
 # ------------------------------------------------------------------- 4 devices, one process --
 
 
-@pytest.mark.parametrize('task,fsdp_sizes', [('diffact', (1, 2)), ('hopadiff', (1,)), ('hal', (1,))])
+@pytest.mark.parametrize(
+  'task,fsdp_sizes', [('diffact', (1, 2)), ('hopadiff', (1,)), ('hal', (1,))]
+)
 def test_sharded_step_equals_single_device_step(task, fsdp_sizes, cache_dir, tmp_path):
   """4 devices: data parallel (mesh 4 x 1) and FSDP (2 x 2) steps equal the 1-device step."""
   out = str(tmp_path / 'out.npz')
