@@ -5,10 +5,10 @@ pour_milk background): their frame labels are never read (`load_data` drops them
 else sees the videos). The model is `models/pyramid.PyramidTransformer`; its slow action latent
 (bins of w = 2^action_level frames) is aligned to the transcript inside the jitted train step:
 
-  1. Viterbi (`align.align`) of the latent's class log-probabilities (no gradient) to the video's
-     transcript with a length model: Poisson (or uniform) over segment lengths in bins, with mean
-     lengths estimated from the training transcripts and video lengths alone
-     (`align.estimate_mean_lengths`);
+  1. Viterbi (`align.align`) of the latent's scaled likelihoods log p(c|x) - log p(c) (no
+     gradient; p(c) the class prior of the training transcripts) to the video's transcript with a
+     length model: Poisson (or uniform) over segment lengths in bins, with mean lengths estimated
+     from the training transcripts and video lengths alone (`align.estimate_mean_lengths`);
   2. CE of the latent (bins) and of the frame head (each frame takes its bin's label) on that
      alignment, the smoothing loss on the frames, and on the latent the sparse-transition penalty
      and the video-level classification loss (`losses.presence_loss`: which actions the
