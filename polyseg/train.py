@@ -9,6 +9,7 @@ checkpoint restore, the loop (progress bar, log, eval, checkpoint), and the outp
 import dataclasses
 import json
 import os
+import shutil
 import time
 from typing import Any
 
@@ -47,6 +48,22 @@ def prepare_workdir(workdir: str) -> str:
   except OSError as e:
     raise OSError(f'workdir {workdir} is not writable: {e}') from e
   return workdir
+
+
+def check_free_space(workdir: str, state: Any, keep: int, margin: int = 64 << 20) -> None:
+  """OSError at start-up, not a crash mid-run, when the disk of `workdir` cannot hold the
+  checkpoints the run will keep: (keep + 2) copies of `state` (the kept ones, the best one and the
+  one being written) plus `margin` bytes for metrics, predictions and plots."""
+  state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+  needed = (keep + 2) * state_bytes + margin
+  free = shutil.disk_usage(workdir).free
+  if free < needed:
+    raise OSError(
+      f'workdir {workdir}: {free / 2**20:.0f} MiB free on its disk, but this run needs about '
+      f'{needed / 2**20:.0f} MiB ({keep + 2} checkpoints of {state_bytes / 2**20:.1f} MiB, '
+      f'train.keep_checkpoints={keep}, and {margin >> 20} MiB for outputs): free some space or '
+      'use another --workdir'
+    )
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -401,6 +418,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       flush=True,
     )
 
+  check_free_space(workdir, state, config.train.keep_checkpoints)
   ckpt = checkpoint_lib.Checkpointer(
     workdir, keep=config.train.keep_checkpoints, best_metric=config.train.best_metric
   )
