@@ -248,6 +248,9 @@ def test_config_switches_are_checked(tiny):
       hal.Task(config, data.info)
   with pytest.raises(ValueError, match='variant'):
     load_config('hal', 'variant=cdfl')
+  tiny.data.transcripts = 'groundtruth'
+  with pytest.raises(ValueError, match=r"data.transcripts='groundtruth'; choose one of"):
+    hal.load_data(tiny)
 
 
 # ---------------------------------------------------------------------- losses and metrics --

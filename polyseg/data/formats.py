@@ -785,6 +785,19 @@ def hold_out(names: Sequence[str], fraction: float, seed: int) -> list[str]:
   return sorted(names[i] for i in order[:count])
 
 
+def hold_out_split(
+  names: Sequence[str], fraction: float, seed: int, where: str
+) -> tuple[list[int], list[int]]:
+  """(kept, held) indices into `names`: the held ones are `hold_out`'s seeded `fraction`, the
+  validation videos. DataError '<where>, and <why>' when that is impossible."""
+  try:
+    held = set(hold_out(names, fraction, seed))
+  except ValueError as e:
+    raise DataError(f'{where}, and {e}') from None
+  kept = [i for i, name in enumerate(names) if name not in held]
+  return kept, [i for i, name in enumerate(names) if name in held]
+
+
 def split_referring(
   root: PathLike | None,
   samples: Sequence[ReferringSample],

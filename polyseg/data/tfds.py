@@ -445,13 +445,9 @@ def load(
     convert(root, out, spec)
   indices = dict.fromkeys(spec.subsets)
   if hold_out is not None and 'val' in indices and not names(out, spec, 'val'):
-    train_names = names(out, spec, 'train')
-    try:
-      held = set(formats.hold_out(train_names, *hold_out))
-    except ValueError as e:
-      raise DataError(f'{dataset_dir(out, spec)}: no val records, and {e}') from None
-    indices['train'] = [i for i, name in enumerate(train_names) if name not in held]
-    indices['val'] = [i for i, name in enumerate(train_names) if name in held]
+    indices['train'], indices['val'] = formats.hold_out_split(
+      names(out, spec, 'train'), *hold_out, f'{dataset_dir(out, spec)}: no val records'
+    )
   datasets = {}
   for subset, chosen in indices.items():
     held_out_val = subset == 'val' and chosen is not None

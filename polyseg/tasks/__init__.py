@@ -187,14 +187,14 @@ def load_splits(
   if formats.split_path(root, 'val', d.split).exists():
     videos['val'] = read_folder('val', train.classes, train).videos
   else:
-    try:
-      held = set(formats.hold_out([v.name for v in train.videos], d.val_fraction, d.val_seed))
-    except ValueError as e:
-      raise formats.DataError(
-        f'{formats.split_path(root, "train", d.split)}: no val bundle, and {e}'
-      ) from None
-    videos['train'] = [v for v in train.videos if v.name not in held]
-    videos['val'] = [v for v in train.videos if v.name in held]
+    kept, held = formats.hold_out_split(
+      [v.name for v in train.videos],
+      d.val_fraction,
+      d.val_seed,
+      f'{formats.split_path(root, "train", d.split)}: no val bundle',
+    )
+    videos['train'] = [train.videos[i] for i in kept]
+    videos['val'] = [train.videos[i] for i in held]
   return train.classes, videos, (0, 1)
 
 

@@ -22,8 +22,8 @@ which is a poor frame labelling; it has no length model either. The frame head s
 the Viterbi alignment of the latent.
 
 `model.action_level=None` (configs/hal.py:variant=nn_viterbi) is the NN-Viterbi-style baseline on
-the same backbone: no latent, no sparse penalty or video-level loss; the frame head is aligned to the transcript at
-frame resolution and trained on that.
+the same backbone: no latent, no sparse penalty or video-level loss; the frame head is aligned to
+the transcript at frame resolution and trained on that.
 
 Prediction, rows:
   Segmentation  from the video alone: grammar decoding (`align.decode`) of the latent against every
@@ -55,10 +55,8 @@ from polyseg.data import tfds
 from polyseg.models import layers
 from polyseg.models import pyramid
 
-TRANSCRIPT_SOURCES = (
-  'file',
-  'labels',
-)  # data.transcripts: transcripts/<vid>.txt, or from groundTruth/
+# data.transcripts: read from transcripts/<vid>.txt, or derived from the labels in groundTruth/
+TRANSCRIPT_SOURCES = ('file', 'labels')
 OBJECTIVES = ('pseudo', 'ctc')
 LENGTH_MODELS = ('poisson', 'uniform')
 DECODERS = ('grammar', 'argmax')
@@ -103,6 +101,7 @@ def _read(config, root: pathlib.Path) -> tuple[formats.Dataset, formats.Dataset]
   """(train, test) TranscriptVideos with labels, from the folder or the TFDS conversion."""
   d = config.data
   classes = tuple(d.classes) if d.classes else None
+  _check_choice('data.transcripts', d.transcripts, TRANSCRIPT_SOURCES)
   if tfds.check_format(d.format) == 'tfds':
     if d.transcripts != 'file':
       raise ValueError("config.data.format='tfds' reads transcripts/ (data.transcripts='file')")
@@ -336,11 +335,8 @@ class Task(tasks.SingleLabelTask):
   def predict(self, params, video, rng: jax.Array) -> dict[str, np.ndarray]:
     del rng  # deterministic
     num_frames = len(video.features)
-    length = pipeline.bucket_length(num_frames)
-    features = np.zeros((1, length, self.input_dim), np.float32)
-    features[0, :num_frames] = video.features
-    mask = (np.arange(length) < num_frames)[None].astype(np.float32)
-    frame_log_probs, aligned_log_probs = self._log_probs(params, features, mask)
+    view = pipeline.frame_views({'features': video.features}, 1, video.name)  # padded to a bucket
+    frame_log_probs, aligned_log_probs = self._log_probs(params, view['features'], view['mask'])
     if self.config.eval.decode == 'argmax':
       segmentation = np.asarray(jnp.argmax(frame_log_probs[:num_frames], -1))
     else:
