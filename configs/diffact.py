@@ -124,6 +124,7 @@ def get_config(arg=None):
 
   c.data = ml_collections.ConfigDict()
   c.data.root = config_dict.placeholder(str)  # unset -> the synthetic dataset
+  c.data.check_only = False  # True: validate the data, print its statistics, train nothing
   c.data.split = 1
   c.data.input_dim = config_dict.placeholder(int)  # unset -> read from the features
   c.data.classes = config_dict.placeholder(tuple)  # unset -> read from mapping.txt
@@ -199,6 +200,10 @@ def get_config(arg=None):
       'eval_every': s['eval_every'],
       'checkpoint_every': s['eval_every'],
       'keep_checkpoints': 3,
+      # A NaN/Inf loss or gradient: 'stop' the run naming the step, or 'skip' its update and go on
+      # (stopping after more than max_nonfinite_steps skipped steps).
+      'nonfinite': 'stop',
+      'max_nonfinite_steps': 100,
       'best_metric': 'F1@50',
     }
   )

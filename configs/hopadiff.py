@@ -83,6 +83,7 @@ def get_config(arg=None):
 
   c.data = ml_collections.ConfigDict()
   c.data.root = config_dict.placeholder(str)  # unset -> the synthetic referring dataset
+  c.data.check_only = False  # True: validate the data, print its statistics, train nothing
   c.data.holistic_dim = config_dict.placeholder(int)  # unset -> read from the features
   c.data.partial_dim = config_dict.placeholder(int)
   if s['input_dim'] is not None:
@@ -199,6 +200,10 @@ def get_config(arg=None):
       'eval_every': 300 if synthetic else 5_000,
       'checkpoint_every': 300 if synthetic else 5_000,
       'keep_checkpoints': 3,
+      # A NaN/Inf loss or gradient: 'stop' the run naming the step, or 'skip' its update and go on
+      # (stopping after more than max_nonfinite_steps skipped steps).
+      'nonfinite': 'stop',
+      'max_nonfinite_steps': 100,
       'best_metric': 'F1@50',
     }
   )

@@ -13,10 +13,18 @@ class Checkpointer:
 
   Keeps the `keep` latest checkpoints plus the best one by `best_metric` (higher is better).
   Every write is atomic (orbax writes to a temporary folder and renames it when complete), so a
-  run killed mid-write resumes from the last complete checkpoint.
+  run killed mid-write resumes from the last complete checkpoint. `remove_partial_writes` deletes
+  the temporary folders such a kill left behind: only for the process that trains (an evaluation
+  running beside it would delete the write in progress).
   """
 
-  def __init__(self, workdir: str, keep: int = 3, best_metric: str = 'F1@50'):
+  def __init__(
+    self,
+    workdir: str,
+    keep: int = 3,
+    best_metric: str = 'F1@50',
+    remove_partial_writes: bool = False,
+  ):
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     self.best_metric = best_metric
     metric = lambda metrics: metrics[best_metric]
@@ -30,6 +38,7 @@ class Checkpointer:
         ]
       ),
       enable_async_checkpointing=False,
+      cleanup_tmp_directories=remove_partial_writes,
       create=True,
     )
     self.manager = ocp.CheckpointManager(self.directory, options=options)

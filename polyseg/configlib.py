@@ -6,7 +6,11 @@
 
 import importlib.util
 import pathlib
-from collections.abc import Collection
+import re
+import sys
+from collections.abc import Collection, Sequence
+
+from absl import app
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / 'configs'
 
@@ -46,3 +50,31 @@ def load_config(name: str, arg: str | None = None):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's flag parsing (`app.run(main, flags_parser=parse_flags)`) where an override of a field
+  the config does not have (`--config.train.num_stepz=3`) fails like any other bad flag: one
+  'FATAL Flags parsing error' naming the flag on stderr, exit status 1, instead of the KeyError /
+  AttributeError traceback ml_collections raises while parsing."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    reason = e
+    while isinstance(reason, BaseException) and reason.args:  # AttributeError(KeyError(text))
+      reason = reason.args[0]
+    key, _, hint = str(reason).partition('\n')  # "'num_stepz'", 'Did you mean ...?'
+    flag = next((a for a in argv[1:] if key.strip('\'"') in _override_path(a)), None)
+    if flag is None:  # not an override's field: a bug, keep its traceback
+      raise
+    sys.stderr.write(
+      f'FATAL Flags parsing error: flag {flag}: the config has no field {key}'
+      f'{"; " + hint if hint else ""}\nPass --helpshort or --helpfull to see help on flags.\n'
+    )
+    sys.exit(1)
+
+
+def _override_path(arg: str) -> list[str]:
+  """'--config.train.num_steps=3' -> ['train', 'num_steps']; [] for other arguments."""
+  match = re.match(r'--?\w+\.([^=]+)', arg)
+  return match.group(1).split('.') if match else []

@@ -4,6 +4,8 @@ r"""polyseg command line: train, evaluate or predict with any method's config.
   python -m polyseg.main --config=configs/diffact.py --workdir=runs/diffact --mode=eval
   python -m polyseg.main --config=configs/diffact.py --workdir=runs/diffact --mode=predict \
       --config.predict.features=DIR
+  python -m polyseg.main --config=configs/diffact.py --workdir=runs/check \
+      --config.data.check_only=True   # validate the data, print its statistics, train nothing
 
 Any config field can be overridden (`--config.train.num_steps=200`); the config is locked, so a
 misspelt field is an error instead of a silent no-op.
@@ -18,8 +20,10 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from polyseg import configlib
 from polyseg import parallel
 from polyseg import train
+from polyseg.data import check
 from polyseg.data import formats
 
 FLAGS = flags.FLAGS
@@ -61,9 +65,12 @@ def main(argv):
   if not FLAGS['verbosity'].present:  # orbax logs every save at INFO; keep the console readable
     logging.set_verbosity(logging.WARNING)
   config = FLAGS.config
-  use_compilation_cache(FLAGS.compilation_cache)
-  parallel.initialize(config)  # before anything touches a device
   try:
+    if config.data.check_only:  # validate the data, print its statistics; no device, no step
+      check.run(config, FLAGS.workdir)
+      return
+    use_compilation_cache(FLAGS.compilation_cache)
+    parallel.initialize(config)  # before anything touches a device
     if FLAGS.mode == 'train':
       train.train_and_evaluate(config, FLAGS.workdir)
     elif FLAGS.mode == 'eval':
@@ -72,7 +79,10 @@ def main(argv):
       train.predict(config, FLAGS.workdir, FLAGS.checkpoint)
   except (formats.DataError, train.NonFiniteError, OSError) as e:  # the user's input, not a bug
     sys.exit(f'polyseg: {type(e).__name__}: {e}')
+  except train.Interrupted as e:  # SIGTERM / Ctrl-C: checkpoint saved; the shell's exit status
+    print(f'polyseg: {e}', file=sys.stderr, flush=True)
+    sys.exit(128 + e.signum)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=configlib.parse_flags)

@@ -10,6 +10,8 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 from typing import Any
 
@@ -30,6 +32,64 @@ from polyseg.data import pipeline
 
 class NonFiniteError(FloatingPointError):
   """A loss term or the gradient became NaN/Inf; names the step and the term."""
+
+
+class Interrupted(Exception):
+  """Training stopped on SIGTERM or SIGINT (Ctrl-C) after saving a checkpoint of `step`."""
+
+  def __init__(self, signum: int, step: int, directory: str):
+    self.signum, self.step = signum, step
+    super().__init__(
+      f'{signal.Signals(signum).name} received: stopped after step {step} and saved its checkpoint '
+      f'in {directory}; run the same command again to resume'
+    )
+
+
+NONFINITE_MODES = ('stop', 'skip')
+
+
+def stop_training(signum: int, step: int, state: Any, ckpt, writer) -> None:
+  """Saves `state` as checkpoint `step` (unless the loop just did), closes the checkpointer and
+  the metric writer, and raises Interrupted."""
+  ckpt.save(step, state)
+  writer.close()
+  ckpt.close()
+  raise Interrupted(signum, step, ckpt.directory)
+
+
+class StopSignals:
+  """Context manager: the first SIGTERM or SIGINT (Ctrl-C) asks the training loop to stop after
+  the step it is running (it then saves a checkpoint and raises Interrupted) instead of killing
+  the process mid-step. Handling it restores the previous handlers, so a second signal acts as it
+  would without us (Ctrl-C twice: KeyboardInterrupt at once). Outside the main thread, where Python
+  cannot install handlers, it does nothing."""
+
+  def __enter__(self):
+    self.received, self.previous = 0, {}
+    if threading.current_thread() is threading.main_thread():
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self.previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    self.received = signum
+    self._restore()
+
+  def _restore(self) -> None:
+    for signum, handler in self.previous.items():
+      signal.signal(signum, handler)
+    self.previous = {}
+
+  def __exit__(self, *exc) -> None:
+    self._restore()
+
+  def requested(self, at_log_step: bool) -> int:
+    """The signal to stop on (0 = none). With several processes, a signal that reached any of them
+    stops all of them at the same step: they agree at log steps only (one host collective)."""
+    if jax.process_count() == 1:
+      return self.received
+    return parallel.max_over_processes(self.received) if at_log_step else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,31 +231,53 @@ def compile_on_every_process(train_step, state, batch):
   return compiled
 
 
+def nonfinite_message(step: int, metrics: dict[str, np.ndarray]) -> str:
+  """'step 7: encoder_ce, loss (encoder_ce=nan, loss=nan)': the step and its non-finite terms."""
+  bad = [k for k, v in metrics.items() if k != 'finite' and not np.isfinite(v)]
+  return f'step {step}: {", ".join(bad)} ({", ".join(f"{k}={metrics[k]}" for k in bad)})'
+
+
 def check_finite(first_step: int, history: list[dict[str, np.ndarray]]) -> None:
   """Raises NonFiniteError for the first step in `history` whose loss or gradient is not finite."""
   for offset, metrics in enumerate(history):
     if not metrics['finite']:
-      bad = [k for k, v in metrics.items() if k != 'finite' and not np.isfinite(v)]
       raise NonFiniteError(
-        f'non-finite values at step {first_step + offset}: {", ".join(bad)} '
-        f'({", ".join(f"{k}={metrics[k]}" for k in bad)}); params were not updated at that step '
-        'and the latest checkpoint is the last good one'
+        f'non-finite values at {nonfinite_message(first_step + offset, metrics)}; params were not '
+        'updated at that step and the latest checkpoint is the last good one (or set '
+        "train.nonfinite='skip' to skip such steps and go on)"
       )
 
 
 def mean_metrics(history: list[dict[str, np.ndarray]]) -> dict[str, float]:
-  return {
-    f'train/{k}': float(np.mean([m[k] for m in history])) for k in history[0] if k != 'finite'
-  }
+  """The means of the finite steps of `history` (every step's when none is finite)."""
+  finite = [m for m in history if m['finite']] or history
+  return {f'train/{k}': float(np.mean([m[k] for m in finite])) for k in finite[0] if k != 'finite'}
 
 
 class StepLog:
   """The train steps' metrics since the last log step, kept on device (no host sync per step).
-  `write(step)` fetches them, stops on a non-finite step (NonFiniteError naming it), writes their
-  means (`train/*`, with `train/steps_per_sec`) and shows the loss on the progress bar."""
+  `write(step)` fetches them, handles non-finite steps, writes their means (`train/*`, with
+  `train/steps_per_sec`) and shows the loss on the progress bar.
 
-  def __init__(self, writer: report.MetricWriter, bar: tqdm.tqdm, step: int):
+  A non-finite step (its update was not applied, see `make_train_step`) raises NonFiniteError
+  naming it with `nonfinite='stop'`; with 'skip' it is reported, counted (`train/nonfinite_steps`
+  per log interval, `self.nonfinite_steps` in all) and training goes on, until more than
+  `max_nonfinite_steps` were skipped since this process started.
+  """
+
+  def __init__(
+    self,
+    writer: report.MetricWriter,
+    bar: tqdm.tqdm,
+    step: int,
+    nonfinite: str = 'stop',
+    max_nonfinite_steps: int = 0,
+  ):
+    if nonfinite not in NONFINITE_MODES:
+      raise ValueError(f'train.nonfinite={nonfinite!r}; choose one of {list(NONFINITE_MODES)}')
     self.writer, self.bar = writer, bar
+    self.nonfinite, self.max_nonfinite_steps = nonfinite, max_nonfinite_steps
+    self.nonfinite_steps = 0
     self.history, self.first_step, self.t0 = [], step + 1, time.time()
 
   def add(self, metrics: dict[str, jax.Array]) -> None:
@@ -205,12 +287,28 @@ class StepLog:
     if not self.history:
       return
     history = jax.device_get(self.history)
-    check_finite(self.first_step, history)
     summary = mean_metrics(history)
+    if self.nonfinite == 'stop':
+      check_finite(self.first_step, history)
+    else:
+      self.skip_nonfinite(history, summary)
     summary['train/steps_per_sec'] = len(history) / (time.time() - self.t0)
     self.writer.write(step, summary)
     self.bar.set_postfix(loss=f'{summary["train/loss"]:.4f}')
     self.history, self.first_step, self.t0 = [], step + 1, time.time()
+
+  def skip_nonfinite(self, history: list[dict[str, np.ndarray]], summary: dict) -> None:
+    bad = [(self.first_step + i, m) for i, m in enumerate(history) if not m['finite']]
+    summary['train/nonfinite_steps'] = len(bad)
+    self.nonfinite_steps += len(bad)
+    for step, metrics in bad:
+      tqdm.tqdm.write(f'skipped the update of non-finite {nonfinite_message(step, metrics)}')
+    if self.nonfinite_steps > self.max_nonfinite_steps:
+      raise NonFiniteError(
+        f'{self.nonfinite_steps} non-finite steps skipped since this run started, more than '
+        f'train.max_nonfinite_steps={self.max_nonfinite_steps}; the last at '
+        f'{nonfinite_message(*bad[-1])}'
+      )
 
   def restart_clock(self) -> None:
     """After an evaluation: steps/s measures training only."""
@@ -251,7 +349,8 @@ def write_outputs(
   predictions: dict[str, dict[str, np.ndarray]],
   num_timelines: int,
 ) -> None:
-  """Per-video predictions in the ground-truth text format and PNG timelines for a few videos."""
+  """Per-video predictions in the ground-truth text format, every video's timeline rows as
+  segments.json (for `python -m polyseg.report`) and PNG timelines for a few videos."""
   pred_dir = os.path.join(outdir, 'predictions')
   os.makedirs(pred_dir, exist_ok=True)
   for video in videos:
@@ -259,12 +358,16 @@ def write_outputs(
       path = os.path.join(pred_dir, task.prediction_file(video.name, row))
       os.makedirs(os.path.dirname(path), exist_ok=True)
       formats.write_labels(path, task.label_lines(pred))
+  timelines = [(video.name, task.timeline_rows(video, predictions[video.name])) for video in videos]
+  report.write_segments(
+    os.path.join(outdir, 'segments.json'), timelines, task.classes, background=task.background
+  )
   plot_dir = os.path.join(outdir, 'timelines')
   os.makedirs(plot_dir, exist_ok=True)
-  for video in videos[:num_timelines]:
+  for name, rows in timelines[:num_timelines]:
     report.plot_timelines(
-      os.path.join(plot_dir, f'{video.name}.png'),
-      [(video.name, task.timeline_rows(video, predictions[video.name]))],
+      os.path.join(plot_dir, f'{name}.png'),
+      [(name, rows)],
       task.classes,
       background=task.background,
     )
@@ -400,7 +503,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir, data, task = setup(config, workdir)
   if is_main_process():
     write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
-  writer = report.MetricWriter(workdir, enabled=is_main_process())
   outdir_of = lambda split: os.path.join(workdir, EVAL_SPLITS[split])
 
   mesh = parallel.make_mesh(config)
@@ -420,12 +522,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   check_free_space(workdir, state, config.train.keep_checkpoints)
   ckpt = checkpoint_lib.Checkpointer(
-    workdir, keep=config.train.keep_checkpoints, best_metric=config.train.best_metric
+    workdir,
+    keep=config.train.keep_checkpoints,
+    best_metric=config.train.best_metric,
+    remove_partial_writes=True,
   )
-  if ckpt.latest_step() is not None:
+  resumed = ckpt.latest_step() is not None
+  if resumed:
     state = ckpt.restore(state)
     print(f'Resumed from {ckpt.directory} at step {int(state["step"])}', flush=True)
   step = int(state['step'])
+  writer = report.MetricWriter(
+    workdir, enabled=is_main_process(), resume_step=step if resumed else None
+  )
   train_step = compile_on_every_process(
     make_train_step(task, tx, step_rng, mesh, shardings),
     state,
@@ -435,20 +544,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   update_task_state = jax.jit(
     task.update_task_state, out_shardings=shardings.get('task_state'), donate_argnums=(0,)
   )
-  num_steps = config.train.num_steps
+  settings = config.train
+  num_steps = settings.num_steps
   results = None
-  with tqdm.tqdm(
-    total=num_steps, initial=step, desc='train', unit='step', disable=not is_main_process()
-  ) as bar:
-    log = StepLog(writer, bar, step)
+  with (
+    tqdm.tqdm(
+      total=num_steps, initial=step, desc='train', unit='step', disable=not is_main_process()
+    ) as bar,
+    StopSignals() as signals,
+  ):
+    log = StepLog(writer, bar, step, settings.nonfinite, settings.max_nonfinite_steps)
     while step < num_steps:
       state, metrics = train_step(state, parallel.global_batch(loader.batch(step), mesh))
       log.add(metrics)
       step += 1
       bar.update(1)
-      if step % config.train.log_every == 0 or step == num_steps:
-        log.write(step)
-      if step % config.train.eval_every == 0 or step == num_steps:
+      log_due = step % settings.log_every == 0 or step == num_steps
+      eval_due = step % settings.eval_every == 0 or step == num_steps
+      stop = signals.requested(log_due) if step < num_steps else 0
+      if log_due or eval_due or stop or step % settings.checkpoint_every == 0:
+        log.write(step)  # before any checkpoint: a non-finite step stops the run first
+      if eval_due:
         split_results = evaluate_splits(
           task, state['params'], data, config, outdir_of, step, writer
         )
@@ -457,8 +573,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         results = selection_results(split_results)
         ckpt.save(step, state, metrics=results[task.main_row])
         log.restart_clock()
-      elif step % config.train.checkpoint_every == 0:
+      elif stop or step % settings.checkpoint_every == 0:
         ckpt.save(step, state)
+      if stop:
+        stop_training(stop, step, state, ckpt, writer)
   if results is None:  # resumed a finished run: evaluate the final checkpoint again
     results = selection_results(
       evaluate_splits(task, state['params'], data, config, outdir_of, step, writer)
@@ -501,22 +619,56 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = 'late
   return evaluate_splits(task, params, data, config, outdir_of, step)['test']
 
 
-def predict(config: ml_collections.ConfigDict, workdir: str, which: str = 'latest') -> str:
-  """Runs the checkpoint on the unlabelled inputs of `config.predict.features` (the task says what
-  they are: a folder of `<vid>.npy`, or a dataset folder without labels); returns the output dir."""
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config the run in `workdir` was trained with (its config.json; JSON lists become tuples,
+  as the config files write them)."""
+  path = os.path.join(os.path.abspath(os.path.expanduser(workdir)), 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: is {workdir} the workdir of a training run?')
+  as_tuples = lambda value: (
+    tuple(map(as_tuples, value))
+    if isinstance(value, list)
+    else {k: as_tuples(v) for k, v in value.items()}
+    if isinstance(value, dict)
+    else value
+  )
+  with open(path) as f:
+    return ml_collections.ConfigDict(as_tuples(json.load(f)))
+
+
+def predict_videos(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  which: str = 'latest',
+  outdir: str | None = None,
+) -> dict[str, dict[str, np.ndarray]]:
+  """{video: {row: prediction}} of the latest (or best) checkpoint on the unlabelled inputs of
+  `config.predict.features` (the task says what they are: a folder of `<vid>.npy`, or a dataset
+  folder without labels), with a progress bar. With `outdir`, the predictions (in the
+  ground-truth format) and timelines are also written there."""
   if not config.predict.features:
-    raise ValueError('--mode=predict needs --config.predict.features=DIR')
+    raise ValueError('prediction needs inputs: --config.predict.features=DIR')
   config = prepare_stages(config, workdir, 'predict')
   workdir, _, task = setup(config, workdir, with_data=False)
   videos = tasks.get(config.task).load_unlabelled(config, task.info)
+  if not videos:
+    raise formats.DataError(f'{config.predict.features}: no videos to predict')
   step, params = restore_params(task, config, workdir, which)
-  outdir = config.predict.output or os.path.join(workdir, 'predict')
   if task.calibrates:  # its choices for this checkpoint come from the val split
     val = tasks.get(config.task).load_data(config).val
     task.calibrate(params, val, jax.random.PRNGKey(config.eval.seed), outdir)
   predictions = run_predictions(
     task, params, videos, jax.random.PRNGKey(config.eval.seed), desc='predict'
   )
-  write_outputs(task, outdir, videos, predictions, config.eval.num_timelines)
-  print(f'Wrote predictions of {len(videos)} videos (checkpoint step {step}) to {outdir}')
+  if outdir is not None and is_main_process():
+    write_outputs(task, outdir, videos, predictions, config.eval.num_timelines)
+    print(f'Wrote predictions of {len(videos)} videos (checkpoint step {step}) to {outdir}')
+  return predictions
+
+
+def predict(config: ml_collections.ConfigDict, workdir: str, which: str = 'latest') -> str:
+  """--mode=predict: `predict_videos` written to `config.predict.output` (default
+  <workdir>/predict); returns that folder."""
+  outdir = config.predict.output or os.path.join(os.path.abspath(workdir), 'predict')
+  predict_videos(config, workdir, which, outdir)
   return outdir

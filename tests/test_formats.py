@@ -411,3 +411,17 @@ def test_hold_out_is_seeded_and_leaves_training_videos():
     formats.hold_out(names[:1], 0.5, seed=0)
   with pytest.raises(ValueError, match='val_fraction'):
     formats.hold_out(names, 1.0, seed=0)
+
+
+def test_atomic_writes_have_the_usual_permissions(tmp_path):
+  """Files and folders written atomically get the umask's permissions, not mkstemp's private ones,
+  so other users and web servers can read outputs (reports, predictions, datasets)."""
+  previous = os.umask(0o022)
+  try:
+    formats.write_atomic(tmp_path / 'a.json', b'{}')
+    with formats._atomic_dir(tmp_path / 'dataset') as folder:
+      (folder / 'x.txt').write_text('x')
+  finally:
+    os.umask(previous)
+  assert (tmp_path / 'a.json').stat().st_mode & 0o777 == 0o644
+  assert (tmp_path / 'dataset').stat().st_mode & 0o777 == 0o755

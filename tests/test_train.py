@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import polyseg
 from polyseg import checkpoint as checkpoint_lib
 from polyseg import train
 from polyseg.data import formats
@@ -282,3 +283,37 @@ def test_unknown_compute_dtype_is_a_clear_error(tiny_config, tmp_path):
   tiny_config.model.dtype = 'float16'
   with pytest.raises(ValueError, match="model.dtype='float16'"):
     train.setup(tiny_config, str(tmp_path / 'run'))
+
+
+def test_predict_api_on_arrays_and_folders(tiny_config, tmp_path):
+  """polyseg.predict: the run's own config from config.json; arrays [T, D] or a folder; any length."""
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(tiny_config, workdir)
+  _, data, _ = train.setup(tiny_config, workdir)
+  longest = max(len(v.features) for v in data.train)
+  long_video = np.concatenate([data.test[0].features] * (longest // len(data.test[0].features) + 2))
+  assert len(long_video) > longest
+  arrays = {'long': long_video, 'short': data.test[1].features}
+  predicted = polyseg.predict(workdir, arrays)
+  assert set(predicted) == {'long', 'short'}
+  for name, features in arrays.items():
+    (pred,) = predicted[name].values()
+    assert pred.shape == (len(features),) and pred.min() >= 0
+    assert pred.max() < len(data.info.classes)
+  assert not os.path.exists(os.path.join(workdir, 'predict'))  # nothing written without output=
+  folder = tmp_path / 'features'
+  folder.mkdir()
+  for name, features in arrays.items():
+    np.save(folder / f'{name}.npy', features.T)
+  outdir = str(tmp_path / 'out')
+  from_folder = polyseg.predict(workdir, folder, checkpoint='best', output=outdir)
+  for name in arrays:  # same inputs, same sampling seeds (best = latest here: eval at the end)
+    np.testing.assert_array_equal(from_folder[name]['DiffAct'], predicted[name]['DiffAct'])
+    lines = pathlib.Path(outdir, 'predictions', f'{name}.txt').read_text().split()
+    assert lines == [data.info.classes[i] for i in predicted[name]['DiffAct']]
+  with pytest.raises(formats.DataError, match=r'bad\.npy: feature dimension'):
+    polyseg.predict(workdir, {'bad': np.zeros((30, long_video.shape[1] + 1))})
+  with pytest.raises(ValueError, match=r"'bad': features must be \[T, D\]"):
+    polyseg.predict(workdir, {'bad': np.zeros(30)})
+  with pytest.raises(FileNotFoundError, match='config.json not found'):
+    polyseg.predict(str(tmp_path / 'nothing'), arrays)

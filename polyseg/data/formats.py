@@ -159,6 +159,8 @@ def _as_features(array: np.ndarray, path: PathLike, input_dim: int | None) -> np
   dim, length = array.shape
   if length == 0:
     raise DataError(f'{path}: empty video (T = 0 frames, shape {array.shape})')
+  if dim == 0:
+    raise DataError(f'{path}: no feature channels (D = 0, shape {array.shape})')
   if input_dim is not None and dim != input_dim:
     raise DataError(
       f'{path}: feature dimension D = {dim} (shape [D, T] = {array.shape}) != input_dim {input_dim}'
@@ -261,6 +263,13 @@ def read_feature_folder(
 # ----------------------------------------------------------------- writers --
 
 
+def _umask() -> int:
+  """The process's umask (read by setting it, then restoring it)."""
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 @contextlib.contextmanager
 def _atomic_dir(root: pathlib.Path) -> Iterator[pathlib.Path]:
   """Yields a temporary sibling folder that replaces `root` on success."""
@@ -270,6 +279,7 @@ def _atomic_dir(root: pathlib.Path) -> Iterator[pathlib.Path]:
   tmp = pathlib.Path(tempfile.mkdtemp(dir=root.parent, prefix=f'.{root.name}.tmp-'))
   try:
     yield tmp
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's folder is private (0700): make it a usual one
     os.replace(tmp, root)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -284,6 +294,7 @@ def write_atomic(path: PathLike, data: bytes) -> None:
   try:
     with os.fdopen(fd, 'wb') as f:
       f.write(data)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private (0600): make it a usual one
     os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(FileNotFoundError):
@@ -343,20 +354,23 @@ def _write_ms_tcn(
   with _atomic_dir(root) as tmp:
     for folder in (*dims, 'groundTruth', 'splits', *(['transcripts'] if transcripts else [])):
       (tmp / folder).mkdir()
-    (tmp / 'mapping.txt').write_text(''.join(f'{i} {name}\n' for i, name in enumerate(classes)))
+    (tmp / 'mapping.txt').write_text(
+      ''.join(f'{i} {name}\n' for i, name in enumerate(classes)), encoding='utf-8'
+    )
     for subset, dataset in datasets.items():
       split_path(tmp, subset, split).write_text(
-        ''.join(f'{video.name}.txt\n' for video in dataset.videos)
+        ''.join(f'{video.name}.txt\n' for video in dataset.videos), encoding='utf-8'
       )
       for video in dataset.videos:
         for folder, features in feature_files(video).items():
           _save_features(tmp / folder / f'{video.name}.npy', np.asarray(features))
         (tmp / 'groundTruth' / f'{video.name}.txt').write_text(
-          ''.join(f'{classes[c]}\n' for c in video.labels)
+          ''.join(f'{classes[c]}\n' for c in video.labels), encoding='utf-8'
         )
         if transcripts:
           (tmp / 'transcripts' / f'{video.name}.txt').write_text(
-            ''.join(f'{classes[c]}\n' for c in segment_classes(np.asarray(video.labels)))
+            ''.join(f'{classes[c]}\n' for c in segment_classes(np.asarray(video.labels))),
+            encoding='utf-8',
           )
   return root
 
@@ -368,10 +382,12 @@ def _check_features(
   D = dims[folder]; a folder's D is taken from its first video (missing or None in `dims`)."""
   for folder, array in features.items():
     shape, expected = np.shape(array), dims.get(folder)
-    if len(shape) != 2 or shape[0] != num_frames or expected not in (None, shape[1]):
+    if (
+      len(shape) != 2 or shape[0] != num_frames or expected not in (None, shape[1]) or not shape[1]
+    ):
       raise DataError(
         f'{where}: features {folder!r} have shape {shape}, expected '
-        f'[T, {"D" if expected is None else expected}] with T = {num_frames} labels'
+        f'[T, {"D >= 1" if expected is None else expected}] with T = {num_frames} labels'
       )
     if not np.isfinite(array).all():
       raise DataError(f'{where}: features {folder!r} have non-finite values (NaN/Inf)')
@@ -1280,7 +1296,9 @@ def write_two_hands(
       ''.join(f'{i} {name}\n' for i, name in enumerate(classes)), encoding='utf-8'
     )
     for subset, names in splits.items():
-      split_path(tmp, subset, split).write_text(''.join(f'{name}.txt\n' for name in names))
+      split_path(tmp, subset, split).write_text(
+        ''.join(f'{name}.txt\n' for name in names), encoding='utf-8'
+      )
     for name, data in (extra_files or {}).items():
       (tmp / name).write_bytes(data)
     written, dims = set(), {}

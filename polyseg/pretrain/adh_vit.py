@@ -327,8 +327,11 @@ def fit(
   tx = make_optimizer(config)
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   state = train_lib.init_state(task, tx, init_rng)
-  ckpt = checkpoint_lib.Checkpointer(str(stage_dir), config.keep_checkpoints, BEST_METRIC)
-  if ckpt.latest_step() is not None:
+  ckpt = checkpoint_lib.Checkpointer(
+    str(stage_dir), config.keep_checkpoints, BEST_METRIC, remove_partial_writes=True
+  )
+  resumed = ckpt.latest_step() is not None
+  if resumed:
     state = ckpt.restore(state)
     print(f'Stage 1: resumed from {ckpt.directory} at step {int(state["step"])}', flush=True)
   elif config.pretrained:
@@ -346,9 +349,12 @@ def fit(
   train_frames = [frames[v.name] for v in train_videos]
   train_step = train_lib.make_train_step(task, tx, step_rng)
   apply = make_apply(model)
-  writer = report.MetricWriter(str(stage_dir))
   step = int(state['step'])
-  with tqdm.tqdm(total=config.num_steps, initial=step, desc='stage 1', unit='step') as bar:
+  writer = report.MetricWriter(str(stage_dir), resume_step=step if resumed else None)
+  with (
+    tqdm.tqdm(total=config.num_steps, initial=step, desc='stage 1', unit='step') as bar,
+    train_lib.StopSignals() as signals,
+  ):
     log = train_lib.StepLog(writer, bar, step)
     while step < config.num_steps:
       state, metrics = train_step(state, clip_batch(sampler, train_frames, step, config))
@@ -356,7 +362,9 @@ def fit(
       step += 1
       bar.update(1)
       validation_due = step % config.eval_every == 0 or step == config.num_steps
-      if step % config.log_every == 0 or validation_due:
+      log_due = step % config.log_every == 0 or validation_due
+      stop = signals.requested(log_due)
+      if log_due or stop:
         log.write(step)
       if validation_due and val_videos:
         results = validate(apply, state['params'], val_videos, frames, config)
@@ -365,6 +373,8 @@ def fit(
         log.restart_clock()
       elif validation_due or step % config.checkpoint_every == 0:
         ckpt.save(step, state)
+      if stop:
+        train_lib.stop_training(stop, step, state, ckpt, writer)
   writer.close()
   best = ckpt.best_step()
   params = state['params'] if best is None or best == step else ckpt.restore(state, best)['params']

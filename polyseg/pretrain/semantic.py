@@ -351,15 +351,19 @@ def fit(
   tx = train_lib.make_optimizer(config)
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   state = train_lib.init_state(objective, tx, init_rng)
-  ckpt = checkpoint_lib.Checkpointer(str(stage_dir), t.keep_checkpoints, BEST_METRIC)
+  ckpt = checkpoint_lib.Checkpointer(
+    str(stage_dir), t.keep_checkpoints, BEST_METRIC, remove_partial_writes=True
+  )
   best = None  # (validation loss, step) of the best checkpoint
-  if ckpt.latest_step() is not None:
+  resumed = ckpt.latest_step() is not None
+  if resumed:
     state = ckpt.restore(state)
-    best_step = ckpt.best_step()
-    best = (
-      validate(objective, ckpt.restore(state, best_step)['params'], val_videos)['loss'],
-      best_step,
-    )
+    best_step = ckpt.best_step()  # None when interrupted before the first validation
+    if best_step is not None:
+      best = (
+        validate(objective, ckpt.restore(state, best_step)['params'], val_videos)['loss'],
+        best_step,
+      )
     print(f'Stage 2: resumed from {ckpt.directory} at step {int(state["step"])}', flush=True)
   print(
     f'Stage 2: semantic TCN with {tasks.count_params(state["params"]):,} parameters, '
@@ -369,9 +373,12 @@ def fit(
   )
   stopped = lambda step: best is not None and step - best[1] >= t.patience * steps_per_eval
   train_step = train_lib.make_train_step(objective, tx, step_rng)
-  writer = report.MetricWriter(str(stage_dir))
   step = int(state['step'])
-  with tqdm.tqdm(total=num_steps, initial=step, desc='stage 2', unit='step') as bar:
+  writer = report.MetricWriter(str(stage_dir), resume_step=step if resumed else None)
+  with (
+    tqdm.tqdm(total=num_steps, initial=step, desc='stage 2', unit='step') as bar,
+    train_lib.StopSignals() as signals,
+  ):
     log = train_lib.StepLog(writer, bar, step)
     while step < num_steps and not stopped(step):
       batch = loader.batch(step)
@@ -381,7 +388,9 @@ def fit(
       step += 1
       bar.update(1)
       validation_due = step % steps_per_eval == 0 or step == num_steps
-      if step % t.log_every == 0 or validation_due:
+      log_due = step % t.log_every == 0 or validation_due
+      stop = signals.requested(log_due)
+      if log_due or stop:
         log.write(step)
       if validation_due:
         results = validate(objective, state['params'], val_videos)
@@ -390,6 +399,8 @@ def fit(
         if ckpt.best_step() == step:
           best = (results['loss'], step)
         log.restart_clock()
+      if stop:
+        train_lib.stop_training(stop, step, state, ckpt, writer)
   writer.close()
   if step < num_steps:
     print(

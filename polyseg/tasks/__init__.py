@@ -16,6 +16,10 @@ The engine (`polyseg.train`) only sees this interface, implemented by `<module>.
   .timeline(prediction) -> class ids [T] or multi-hot [T, C]   what a timeline plot shows
   .new_metrics() -> object with .add(prediction, gt) and .result() -> {metric: value}
 
+Optional module-level functions: `prepare(config, workdir, mode)` runs a multi-stage task's earlier
+stages (the engine's `prepare_stages`), and `check_data(config, workdir) -> Data` is what
+`--config.data.check_only` validates instead of `load_data` (Polyphony: the first stage's input).
+
 Optional, with defaults in `BaseTask` (for tasks whose rows have their own ground truth, add summary
 rows, or carry state that is not trained by gradients, e.g. Polyphony's adaptive loss weights):
 
@@ -32,7 +36,8 @@ rows, or carry state that is not trained by gradients, e.g. Polyphony's adaptive
   .calibrates / .calibrate(params, val_videos, rng, outdir)   fits what is chosen on validation
                                                 data, not by gradients (2s-DAS's fusion weights):
                                                 called before val and test are predicted (and by
-                                                --mode=predict, on the val split) when `calibrates`
+                                                --mode=predict, on the val split) when `calibrates`;
+                                                it writes what it chose to `outdir` (if not None)
 
 A video is any object with `.name` and `.labels` (None when unlabelled); the task reads the rest.
 """
@@ -124,7 +129,7 @@ class BaseTask:
 
   calibrates = False
 
-  def calibrate(self, params, videos: list, rng, outdir: str) -> None:
+  def calibrate(self, params, videos: list, rng, outdir: str | None) -> None:
     del params, videos, rng, outdir
 
   def initial_task_state(self):

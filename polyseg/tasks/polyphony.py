@@ -132,6 +132,33 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mode: str):
   return stage3
 
 
+def check_data(config: ml_collections.ConfigDict, workdir: str) -> tasks.Data:
+  """What `--config.data.check_only` validates (polyseg.data.check), without running a stage: the
+  input of the first stage of `config.stage`, read by that stage's reader. Stage 1: the raw videos
+  of `input_root` (labels [T, 2], video files located but not decoded; no features), stage 2: the
+  stage-1 features (`formats.read_hand_streams`), stage 3: `load_data` of what `prepare` points it
+  at (`prepare` runs nothing then, and refuses earlier stages with data.layout=single_stream)."""
+  from polyseg.pretrain import adh_vit  # the stages' own dependencies load only when they run
+  from polyseg.pretrain import semantic
+
+  stage = parse_stages(config.stage)[0]
+  if stage == 3 or check_layout(config.data.layout) == 'single_stream':
+    return load_data(prepare(config, workdir, 'train'))
+  root = input_root(config, frames=stage == 1)
+  print(f'Polyphony stage {stage} reads {root}', flush=True)
+  if stage == 1:
+    classes, subsets = adh_vit.read_subsets(root, config.stage1.split)
+    train, val = adh_vit.train_val(root, subsets, config.stage1)
+    test, dims = subsets['test'], {}
+  else:
+    s = config.stage2
+    train_set, val = semantic.training_data(root, s.split, s.val_fraction, s.seed)
+    classes, train, dims = train_set.classes, train_set.videos, train_set.input_dims
+    test = formats.read_hand_streams(root, 'test', s.split, classes, dims).videos
+  background = tuple(classes.index(n) for n in config.data.background if n in classes)
+  return tasks.Data(tasks.DataInfo(tuple(classes), dims, background), train, test, val)
+
+
 # ---------------------------------------------------------------------------------------------
 # Data.
 

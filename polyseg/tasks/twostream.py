@@ -197,9 +197,10 @@ class Task(tasks.SingleLabelTask):
       'Flow': self.decode(probs[1], num_frames),
     }
 
-  def calibrate(self, params, videos: list, rng, outdir: str) -> None:
-    """Searches the fusion weights on `videos` (the val split) and keeps the best. `rng` is the one
-    the engine then predicts these videos with, so their stream probabilities are computed once."""
+  def calibrate(self, params, videos: list, rng, outdir: str | None) -> None:
+    """Searches the fusion weights on `videos` (the val split) and keeps the best, and writes the
+    search to `outdir`/fusion_search.json (when given). `rng` is the one the engine then predicts
+    these videos with, so their stream probabilities are computed once."""
     f = self.config.fusion
     if not f.search:
       return
@@ -217,7 +218,7 @@ class Task(tasks.SingleLabelTask):
     )
     self.fusion_weights = result.best
     self._val_probs = (params, probs)
-    if jax.process_index() == 0:
+    if outdir is not None and jax.process_index() == 0:
       os.makedirs(outdir, exist_ok=True)
       summary = {
         'streams': list(STREAMS),

@@ -1,0 +1,190 @@
+"""Faults: kills mid-training and mid-checkpoint, SIGTERM / Ctrl-C, non-finite steps; the resumed
+run is bitwise the run that was never interrupted."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tqdm
+
+from conftest import REPO
+from polyseg import report
+from polyseg import tasks
+from polyseg import train
+from polyseg.data import pipeline
+
+STEPS = 10
+
+
+def _driver(fault: str, workdir, cache_dir, wait: bool = True):
+  """tests/fault_driver.py: the CLI on the tiny DiffAct config with `fault` injected."""
+  command = [
+    sys.executable,
+    str(REPO / 'tests' / 'fault_driver.py'),
+    fault,
+    '--config=configs/diffact.py:runlocal=True',
+    f'--workdir={workdir}',
+    f'--config.data.cache_dir={cache_dir}',
+    f'--config.train.num_steps={STEPS}',
+    '--config.train.log_every=1',
+    f'--config.train.eval_every={STEPS}',
+    '--config.train.checkpoint_every=2',
+    '--config.train.keep_checkpoints=10',
+  ]
+  process = subprocess.Popen(
+    command,
+    cwd=REPO,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  if not wait:
+    return process
+  process.communicate(timeout=600)
+  return process
+
+
+def _finish(process) -> tuple[int, str]:
+  _, stderr = process.communicate(timeout=600)
+  return process.returncode, stderr
+
+
+def _checkpoints(workdir) -> tuple[list[int], list[str]]:
+  """(complete checkpoint steps, names of orbax's temporary folders) under workdir/checkpoints."""
+  names = os.listdir(os.path.join(workdir, 'checkpoints'))
+  return sorted(int(n) for n in names if n.isdigit()), sorted(n for n in names if 'tmp' in n)
+
+
+def _metrics_without_timing(workdir) -> list[dict]:
+  lines = pathlib.Path(workdir, 'metrics.jsonl').read_text().splitlines()
+  return [
+    {k: v for k, v in json.loads(line).items() if k != 'train/steps_per_sec'} for line in lines
+  ]
+
+
+def test_killed_and_stopped_run_resumes_bitwise(tiny_config, cache_dir, tmp_path):
+  """SIGKILL mid-training, SIGKILL mid-checkpoint-write, SIGTERM, Ctrl-C, then a resume to the end:
+  bitwise the params, metrics and results of the same run done in one go."""
+  tasks.get('diffact').load_data(tiny_config)  # the synthetic data, before two processes read it
+  straight, chained = tmp_path / 'straight', tmp_path / 'chained'
+  uninterrupted = _driver('none', straight, cache_dir, wait=False)
+
+  # SIGKILL before step 6 (5 steps done): checkpoints 2 and 4 are complete.
+  assert _finish(_driver('sigkill@5', chained, cache_dir))[0] == -signal.SIGKILL
+  assert _checkpoints(chained) == ([2, 4], [])
+  # Resumed from 4; killed inside the write of checkpoint 6: the half-written folder is left...
+  assert _finish(_driver('checkpoint@6', chained, cache_dir))[0] == -signal.SIGKILL
+  steps, partial = _checkpoints(chained)
+  assert steps == [2, 4] and len(partial) == 1 and partial[0].startswith('6.')
+  # ... and the next run resumes from 4, not from it, and removes it. SIGTERM before step 7: step 7
+  # runs, its checkpoint is saved, and the process exits with the shell's status for SIGTERM.
+  code, stderr = _finish(_driver('sigterm@6', chained, cache_dir))
+  assert code == 128 + signal.SIGTERM, stderr[-2000:]
+  assert 'SIGTERM received: stopped after step 7 and saved its checkpoint' in stderr
+  assert 'Traceback' not in stderr
+  assert _checkpoints(chained) == ([2, 4, 6, 7], [])
+  code, stderr = _finish(_driver('sigint@8', chained, cache_dir))
+  assert code == 128 + signal.SIGINT, stderr[-2000:]
+  assert 'SIGINT received: stopped after step 9' in stderr and 'Traceback' not in stderr
+  assert _checkpoints(chained)[0] == [2, 4, 6, 7, 8, 9]
+  code, stderr = _finish(_driver('none', chained, cache_dir))
+  assert code == 0, stderr[-3000:]
+
+  code, stderr = _finish(uninterrupted)
+  assert code == 0, stderr[-3000:]
+  _, _, task = train.setup(tiny_config, str(straight))
+  step_a, params_a = train.restore_params(task, tiny_config, str(straight))
+  step_b, params_b = train.restore_params(task, tiny_config, str(chained))
+  assert step_a == step_b == STEPS
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
+    np.testing.assert_array_equal(a, b)
+  # Same seed, same device: identical metrics, step by step, each step logged once.
+  metrics = _metrics_without_timing(straight)
+  assert [m['step'] for m in metrics if 'train/loss' in m] == list(range(1, STEPS + 1))
+  assert _metrics_without_timing(chained) == metrics
+  results = [json.loads((w / 'eval' / 'results.json').read_text()) for w in (straight, chained)]
+  assert results[0] == results[1]
+
+
+def _nan_at(monkeypatch, *steps):
+  """Training batches of the loop's `steps` (0-based batch index) carry a NaN feature."""
+  batch = pipeline.TrainLoader.batch
+
+  def patched(self, step):
+    out = batch(self, step)
+    if step in steps:
+      out = {**out, 'features': out['features'].copy()}
+      out['features'][0, 0, 0] = np.nan
+    return out
+
+  monkeypatch.setattr(pipeline.TrainLoader, 'batch', patched)
+
+
+def _nan_config(tiny_config, mode: str):
+  config = tiny_config.copy_and_resolve_references()
+  config.train.update(log_every=5, eval_every=6, checkpoint_every=2, keep_checkpoints=10)
+  config.train.nonfinite = mode
+  return config
+
+
+def test_nan_stops_before_a_later_checkpoint(tiny_config, tmp_path, monkeypatch):
+  """A NaN at step 3 stops the run at the next checkpoint step (4) before it is written, though
+  the log interval (5) is not over: checkpoint 2 stays the latest."""
+  _nan_at(monkeypatch, 2)
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(train.NonFiniteError, match=r'at step 3: .*loss'):
+    train.train_and_evaluate(_nan_config(tiny_config, 'stop'), workdir)
+  assert _checkpoints(workdir) == ([2], [])
+
+
+def test_nan_skip_mode_counts_and_goes_on(tiny_config, tmp_path, monkeypatch, capsys):
+  """NaNs at steps 3 and 5 are skipped, counted per log interval, and the run goes on."""
+  _nan_at(monkeypatch, 2, 4)
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(_nan_config(tiny_config, 'skip'), workdir)
+  assert _checkpoints(workdir)[0] == [2, 4, 6]
+  logged = {m['step']: m for m in _metrics_without_timing(workdir) if 'train/loss' in m}
+  assert [logged[s]['train/nonfinite_steps'] for s in (2, 4, 5, 6)] == [0, 1, 1, 0]
+  assert np.isfinite(logged[4]['train/loss'])  # the mean of the finite step 4 alone
+  printed = ''.join(capsys.readouterr())
+  assert 'skipped the update of non-finite step 3: ' in printed
+  assert 'skipped the update of non-finite step 5: ' in printed
+
+
+def test_skip_mode_stops_after_too_many_skipped_steps(tmp_path):
+  writer = report.MetricWriter(str(tmp_path), enabled=False)
+  log = train.StepLog(writer, tqdm.tqdm(disable=True), 0, 'skip', max_nonfinite_steps=1)
+  good = {'loss': np.float32(1.0), 'finite': np.bool_(True)}
+  bad = {'loss': np.float32(np.inf), 'finite': np.bool_(False)}
+  for metrics in (good, bad, good):
+    log.add(metrics)
+  log.write(3)
+  assert log.nonfinite_steps == 1
+  log.add(bad)
+  with pytest.raises(
+    train.NonFiniteError, match=r'2 non-finite steps .*max_nonfinite_steps=1.*step 4'
+  ):
+    log.write(4)
+
+
+def test_unknown_nonfinite_mode_is_an_error(tmp_path):
+  writer = report.MetricWriter(str(tmp_path), enabled=False)
+  with pytest.raises(ValueError, match="train.nonfinite='ignore'"):
+    train.StepLog(writer, tqdm.tqdm(disable=True), 0, 'ignore')
+
+
+def test_resume_rewinds_metrics_past_the_checkpoint(tmp_path):
+  """Lines of steps after the checkpoint, and a line cut short by a kill, are dropped."""
+  path = tmp_path / 'metrics.jsonl'
+  path.write_text(
+    '{"step": 1, "a": 1.0}\n{"step": 2, "a": 2.0}\n{"step": 3, "a": 3.0}\n{"step": 4, "a'
+  )
+  report.MetricWriter(str(tmp_path), resume_step=2).close()
+  assert path.read_text() == '{"step": 1, "a": 1.0}\n{"step": 2, "a": 2.0}\n'
