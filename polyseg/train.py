@@ -110,19 +110,30 @@ def prepare_workdir(workdir: str) -> str:
   return workdir
 
 
+def folder_bytes(path: str) -> int:
+  """The size of the files below `path` (0 when it does not exist)."""
+  return sum(
+    os.path.getsize(os.path.join(folder, name))
+    for folder, _, names in os.walk(path)
+    for name in names
+  )
+
+
 def check_free_space(workdir: str, state: Any, keep: int, margin: int = 64 << 20) -> None:
   """OSError at start-up, not a crash mid-run, when the disk of `workdir` cannot hold the
   checkpoints the run will keep: (keep + 2) copies of `state` (the kept ones, the best one and the
-  one being written) plus `margin` bytes for metrics, predictions and plots."""
+  one being written) plus `margin` bytes for metrics, predictions and plots. The checkpoints a
+  resumed run finds count as written (it replaces them), but at least one more copy must fit."""
   state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
-  needed = (keep + 2) * state_bytes + margin
+  existing = folder_bytes(os.path.join(workdir, 'checkpoints'))
+  needed = max((keep + 2) * state_bytes - existing, state_bytes) + margin
   free = shutil.disk_usage(workdir).free
   if free < needed:
     raise OSError(
       f'workdir {workdir}: {free / 2**20:.0f} MiB free on its disk, but this run needs about '
-      f'{needed / 2**20:.0f} MiB ({keep + 2} checkpoints of {state_bytes / 2**20:.1f} MiB, '
-      f'train.keep_checkpoints={keep}, and {margin >> 20} MiB for outputs): free some space or '
-      'use another --workdir'
+      f'{needed / 2**20:.0f} MiB more ({keep + 2} checkpoints of {state_bytes / 2**20:.1f} MiB, '
+      f'train.keep_checkpoints={keep}, {existing / 2**20:.1f} MiB of them already written, and '
+      f'{margin >> 20} MiB for outputs): free some space or use another --workdir'
     )
 
 
@@ -588,8 +599,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return results
 
 
+def require_checkpoints(workdir: str) -> None:
+  """FileNotFoundError, before anything is read or written, when `workdir` has no checkpoints
+  (--mode=eval / predict of a run that was never trained)."""
+  directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)), 'checkpoints')
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'no checkpoint in {directory}: train first (--mode=train)')
+
+
 def restore_params(task, config, workdir: str, which: str = 'latest'):
   """Restores the params of the latest (or best) checkpoint; returns (step, params)."""
+  require_checkpoints(workdir)
   tx = make_optimizer(config)
   abstract = jax.eval_shape(lambda: init_state(task, tx, jax.random.PRNGKey(0)))
   shardings = parallel.state_shardings(abstract, parallel.make_mesh(config), config)
@@ -611,6 +631,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = 'late
   """Evaluates the latest (or best) checkpoint of `workdir` on the val (if any) and test splits;
   outputs go to `eval_<which>/` (and `eval_<which>_val/`). Returns the test results."""
   config = prepare_stages(config, workdir, 'eval')
+  require_checkpoints(workdir)
   workdir, data, task = setup(config, workdir)
   step, params = restore_params(task, config, workdir, which)
   outdir_of = lambda split: os.path.join(
@@ -649,6 +670,7 @@ def predict_videos(
   if not config.predict.features:
     raise ValueError('prediction needs inputs: --config.predict.features=DIR')
   config = prepare_stages(config, workdir, 'predict')
+  require_checkpoints(workdir)
   workdir, _, task = setup(config, workdir, with_data=False)
   videos = tasks.get(config.task).load_unlabelled(config, task.info)
   if not videos:

@@ -425,3 +425,13 @@ def test_atomic_writes_have_the_usual_permissions(tmp_path):
     os.umask(previous)
   assert (tmp_path / 'a.json').stat().st_mode & 0o777 == 0o644
   assert (tmp_path / 'dataset').stat().st_mode & 0o777 == 0o755
+
+
+def test_text_files_saved_with_a_byte_order_mark_read_the_same(root):
+  """Notepad and some spreadsheet exports start UTF-8 files with a BOM; it is not part of line 1."""
+  expected = read_train(root)
+  for path in (root / 'mapping.txt', root / 'groundTruth' / 'a.txt'):
+    path.write_bytes(b'\xef\xbb\xbf' + path.read_bytes())
+  again = read_train(root)
+  assert again.classes == expected.classes
+  np.testing.assert_array_equal(again.videos[0].labels, expected.videos[0].labels)

@@ -149,3 +149,4 @@ def test_eval_without_checkpoint_says_so(tmp_path, cache_dir):
   )
   assert result.returncode != 0
   assert 'no checkpoint' in result.stderr and 'Traceback' not in result.stderr
+  assert not (tmp_path / 'empty').exists()  # nothing written

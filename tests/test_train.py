@@ -175,9 +175,18 @@ def test_a_full_disk_fails_at_start_up_naming_the_sizes(tiny_config, tmp_path, m
   train.check_free_space(str(tmp_path), state, keep=3)  # enough: 5 checkpoints + 64 MiB < 70 MiB
   monkeypatch.setattr(train.shutil, 'disk_usage', lambda path: usage(0, 0, 60 << 20))
   with pytest.raises(
-    OSError, match=r'60 MiB free .* needs about 69 MiB \(5 checkpoints of 1.0 MiB'
+    OSError, match=r'60 MiB free .* needs about 69 MiB more \(5 checkpoints of 1.0 MiB'
   ):
     train.check_free_space(str(tmp_path), state, keep=3)
+  # A resumed run's checkpoints are already on disk: with 3.5 MiB of them, 1.5 MiB more is enough.
+  (tmp_path / 'checkpoints' / '4').mkdir(parents=True)
+  (tmp_path / 'checkpoints' / '4' / 'data').write_bytes(bytes(7 << 19))
+  monkeypatch.setattr(train.shutil, 'disk_usage', lambda path: usage(0, 0, (64 << 20) + (2 << 20)))
+  train.check_free_space(str(tmp_path), state, keep=3)
+  monkeypatch.setattr(train.shutil, 'disk_usage', lambda path: usage(0, 0, (64 << 20) + (1 << 20)))
+  with pytest.raises(OSError, match=r'3.5 MiB of them already written'):
+    train.check_free_space(str(tmp_path), state, keep=3)
+  monkeypatch.setattr(train.shutil, 'disk_usage', lambda path: usage(0, 0, 60 << 20))
   workdir = tmp_path / 'run'
   with pytest.raises(OSError, match='MiB free'):  # before the first checkpoint or step
     train.train_and_evaluate(tiny_config, str(workdir))

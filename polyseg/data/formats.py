@@ -39,6 +39,7 @@ temporary sibling and `os.replace` it into place.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import dataclasses
 import json
@@ -86,8 +87,9 @@ class Dataset:
 
 
 def _read_utf8(path: pathlib.Path) -> str:
-  """The text of a UTF-8 file; DataError naming the file and line of the first bad byte."""
-  data = path.read_bytes()
+  """The text of a UTF-8 file (without the byte-order mark some editors write first); DataError
+  naming the file and line of the first bad byte."""
+  data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
   try:
     return data.decode('utf-8')
   except UnicodeDecodeError as e:
