@@ -74,8 +74,8 @@ def bucket_length(length: int, multiple: int = 64) -> int:
   return multiple * (3 * power // 2 if units <= 3 * power // 2 else 2 * power)
 
 
-def _pad(arrays: Sequence[np.ndarray], length: int, dtype) -> np.ndarray:
-  """Stacks [T_i, ...] arrays into [B, length, ...], zero-padded at the end."""
+def pad_stack(arrays: Sequence[np.ndarray], length: int, dtype) -> np.ndarray:
+  """Stacks [T_i, ...] arrays into [B, length, ...] of `dtype`, zero-padded at the end."""
   out = np.zeros((len(arrays), length, *arrays[0].shape[1:]), dtype)
   for i, array in enumerate(arrays):
     out[i, : len(array)] = array
@@ -231,10 +231,10 @@ class TrainLoader:
         boundary.append(self.boundaries[index][frames])
       lengths.append(len(frames))
     length = self.pad_to or bucket_length(max(lengths))
-    batch = {key: _pad(arrays, length, arrays[0].dtype) for key, arrays in per_frame.items()}
+    batch = {key: pad_stack(arrays, length, arrays[0].dtype) for key, arrays in per_frame.items()}
     batch.update({key: np.stack(arrays) for key, arrays in per_video.items()})
     if self.boundaries is not None:
-      batch['boundary'] = _pad(boundary, length, np.float32)
+      batch['boundary'] = pad_stack(boundary, length, np.float32)
     batch['mask'] = _mask(lengths, length)
     return batch
 
@@ -266,7 +266,9 @@ def frame_views(
   lengths = [len(range(offset, num_frames, sample_rate)) for offset in range(sample_rate)]
   length = bucket_length(max(lengths))
   views = {
-    key: _pad([array[offset::sample_rate] for offset in range(sample_rate)], length, np.float32)
+    key: pad_stack(
+      [array[offset::sample_rate] for offset in range(sample_rate)], length, np.float32
+    )
     for key, array in arrays.items()
   }
   return dict(views, mask=_mask(lengths, length))

@@ -180,14 +180,6 @@ def load_unlabelled(config: ml_collections.ConfigDict, info: tasks.DataInfo) -> 
   ]
 
 
-def pad_transcripts(transcripts, length: int) -> np.ndarray:
-  """[K, length] int32, each transcript followed by zeros."""
-  out = np.zeros((len(transcripts), length), np.int32)
-  for i, t in enumerate(transcripts):
-    out[i, : len(t)] = t
-  return out
-
-
 class Task(tasks.SingleLabelTask):
   """HAL and its NN-Viterbi-style baseline: see the module docstring."""
 
@@ -215,8 +207,8 @@ class Task(tasks.SingleLabelTask):
     )
     self.window = window(config)
     self.latent = m.action_level is not None
-    grammar = info.task_info['grammar']
-    self.grammar = jnp.asarray(pad_transcripts(grammar, max(map(len, grammar))))
+    grammar = [np.asarray(t, np.int32) for t in info.task_info['grammar']]  # JSON lists
+    self.grammar = jnp.asarray(pipeline.pad_stack(grammar, max(map(len, grammar)), np.int32))
     self.grammar_lengths = jnp.asarray([len(t) for t in grammar], jnp.int32)
     self.mean_lengths = np.asarray(info.task_info['mean_lengths'])
     longest = max(
@@ -239,7 +231,7 @@ class Task(tasks.SingleLabelTask):
     return align.poisson_log_prior(jnp.asarray(self.mean_lengths / frames_per_bin), max_len)
 
   def _fields(self, video) -> tuple[dict, dict]:
-    transcript = pad_transcripts([video.transcript], self.grammar.shape[1])[0]
+    transcript = pipeline.pad_stack([video.transcript], self.grammar.shape[1], np.int32)[0]
     return {'features': video.features}, {
       'transcript': transcript,
       'num_actions': np.int32(len(video.transcript)),
