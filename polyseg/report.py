@@ -56,12 +56,18 @@ def format_table(rows: dict[str, dict[str, float]], columns: Sequence[str] | Non
     [name, *(f'{values[c]:.1f}' if c in values else '-' for c in columns)]
     for name, values in rows.items()
   ]
+  return '\n'.join(align_columns(cells))
+
+
+def align_columns(cells: Sequence[Sequence[str]]) -> list[str]:
+  """Rows of cells as lines, columns 2 spaces apart: the first left-aligned, the others right."""
   widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-  lines = [
-    '  '.join([row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])])
+  return [
+    '  '.join(
+      [row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:]))]
+    ).rstrip()
     for row in cells
   ]
-  return '\n'.join(line.rstrip() for line in lines)
 
 
 class MetricWriter:

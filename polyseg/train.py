@@ -646,13 +646,14 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(os.path.abspath(os.path.expanduser(workdir)), 'config.json')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} not found: is {workdir} the workdir of a training run?')
-  as_tuples = lambda value: (
-    tuple(map(as_tuples, value))
-    if isinstance(value, list)
-    else {k: as_tuples(v) for k, v in value.items()}
-    if isinstance(value, dict)
-    else value
-  )
+
+  def as_tuples(value):
+    if isinstance(value, list):
+      return tuple(map(as_tuples, value))
+    if isinstance(value, dict):
+      return {k: as_tuples(v) for k, v in value.items()}
+    return value
+
   with open(path) as f:
     return ml_collections.ConfigDict(as_tuples(json.load(f)))
 

@@ -205,17 +205,6 @@ def find_warnings(splits: dict[str, SplitStats], classes) -> list[str]:
   return warnings
 
 
-def table(rows: list[list[str]]) -> list[str]:
-  """Rows of cells as aligned lines: the first column left-aligned, the others right-aligned."""
-  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-  return [
-    '  '.join(
-      [row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:]))]
-    ).rstrip()
-    for row in rows
-  ]
-
-
 def format_report(stats: dict, splits: dict[str, SplitStats]) -> str:
   """The printed report of `stats` (the JSON) and `splits`."""
   classes = stats['classes']
@@ -235,7 +224,7 @@ def format_report(stats: dict, splits: dict[str, SplitStats]) -> str:
       f = s['frames']
       row += [str(f['min']), f'{f["median"]:g}', f'{f["mean"]:.1f}', str(f['max']), str(f['total'])]
     rows.append(row + [''] * (len(rows[0]) - len(row)))
-  lines += table(rows) + ['']
+  lines += report.align_columns(rows) + ['']
   shown = {name: s for name, s in splits.items() if s.names}
   columns = [(name, k, track) for name, s in shown.items() for k, track in enumerate(s.tracks)]
   rows = [['frames/segments per class'] + [f'{n} {t}' if t != 'all' else n for n, _, t in columns]]
@@ -246,7 +235,7 @@ def format_report(stats: dict, splits: dict[str, SplitStats]) -> str:
       frames = '-' if s.frames is None else str(s.frames[k, c])
       cells.append(f'{frames}/{s.segments[k, c]}')
     rows.append([f'{c:>3} {class_name}'] + cells)
-  lines += table(rows)
+  lines += report.align_columns(rows)
   for name, s in stats['splits'].items():
     if 'active_share' in s:
       hands = ', '.join(f'{h} {v:.1%}' for h, v in s['active_share'].items())

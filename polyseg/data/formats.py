@@ -309,6 +309,17 @@ def write_labels(path: PathLike, names: Sequence[str]) -> None:
   write_atomic(path, ''.join(f'{name}\n' for name in names).encode('utf-8'))
 
 
+def _write_lines(path: pathlib.Path, lines: Iterable[str]) -> None:
+  """A text file of `lines`, each ended by a newline, in UTF-8 (whatever the locale) — the text
+  files of the dataset writers, inside their `_atomic_dir`."""
+  path.write_text(''.join(f'{line}\n' for line in lines), encoding='utf-8')
+
+
+def _write_mapping(path: pathlib.Path, classes: Sequence[str]) -> None:
+  """mapping.txt: '<id> <name>' per class."""
+  _write_lines(path, (f'{i} {name}' for i, name in enumerate(classes)))
+
+
 def _save_features(path: pathlib.Path, features: np.ndarray) -> None:
   """Saves features [T, D] as a [D, T] float32 `.npy`."""
   np.save(path, np.ascontiguousarray(features.T, dtype=np.float32), allow_pickle=False)
@@ -356,23 +367,17 @@ def _write_ms_tcn(
   with _atomic_dir(root) as tmp:
     for folder in (*dims, 'groundTruth', 'splits', *(['transcripts'] if transcripts else [])):
       (tmp / folder).mkdir()
-    (tmp / 'mapping.txt').write_text(
-      ''.join(f'{i} {name}\n' for i, name in enumerate(classes)), encoding='utf-8'
-    )
+    _write_mapping(tmp / 'mapping.txt', classes)
     for subset, dataset in datasets.items():
-      split_path(tmp, subset, split).write_text(
-        ''.join(f'{video.name}.txt\n' for video in dataset.videos), encoding='utf-8'
-      )
+      _write_lines(split_path(tmp, subset, split), (f'{v.name}.txt' for v in dataset.videos))
       for video in dataset.videos:
         for folder, features in feature_files(video).items():
           _save_features(tmp / folder / f'{video.name}.npy', np.asarray(features))
-        (tmp / 'groundTruth' / f'{video.name}.txt').write_text(
-          ''.join(f'{classes[c]}\n' for c in video.labels), encoding='utf-8'
-        )
+        _write_lines(tmp / 'groundTruth' / f'{video.name}.txt', (classes[c] for c in video.labels))
         if transcripts:
-          (tmp / 'transcripts' / f'{video.name}.txt').write_text(
-            ''.join(f'{classes[c]}\n' for c in segment_classes(np.asarray(video.labels))),
-            encoding='utf-8',
+          _write_lines(
+            tmp / 'transcripts' / f'{video.name}.txt',
+            (classes[c] for c in segment_classes(np.asarray(video.labels))),
           )
   return root
 
@@ -682,9 +687,7 @@ def write_referring(
   with _atomic_dir(root) as tmp:
     for folder in ('features_holistic', 'features_partial', 'labels'):
       (tmp / folder).mkdir()
-    (tmp / 'mapping.txt').write_text(
-      ''.join(f'{i} {name}\n' for i, name in enumerate(dataset.classes)), encoding='utf-8'
-    )
+    _write_mapping(tmp / 'mapping.txt', dataset.classes)
     (tmp / 'references.json').write_text(
       json.dumps(references, indent=2, sort_keys=True, ensure_ascii=False) + '\n', encoding='utf-8'
     )
@@ -697,14 +700,12 @@ def write_referring(
           _save_features(tmp / 'features_holistic' / f'{sample.name}.npy', sample.holistic)
         _save_features(tmp / 'features_partial' / f'{sample.name}.npy', sample.partial)
         lines = (','.join(dataset.classes[c] for c in np.flatnonzero(row)) for row in sample.labels)
-        (tmp / 'labels' / f'{sample.name}.txt').write_text(
-          ''.join(f'{line}\n' for line in lines), encoding='utf-8'
-        )
+        _write_lines(tmp / 'labels' / f'{sample.name}.txt', lines)
     for protocol, subsets in (splits or {}).items():
       for subset, names in subsets.items():
         path = _split_file(tmp, protocol, subset)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(''.join(f'{name}\n' for name in names), encoding='utf-8')
+        _write_lines(path, names)
   return root
 
 
@@ -1294,13 +1295,9 @@ def write_two_hands(
     for hand in HANDS:
       (tmp / 'groundTruth' / hand).mkdir(parents=True)
     (tmp / 'splits').mkdir()
-    (tmp / 'mapping.txt').write_text(
-      ''.join(f'{i} {name}\n' for i, name in enumerate(classes)), encoding='utf-8'
-    )
+    _write_mapping(tmp / 'mapping.txt', classes)
     for subset, names in splits.items():
-      split_path(tmp, subset, split).write_text(
-        ''.join(f'{name}.txt\n' for name in names), encoding='utf-8'
-      )
+      _write_lines(split_path(tmp, subset, split), (f'{name}.txt' for name in names))
     for name, data in (extra_files or {}).items():
       (tmp / name).write_bytes(data)
     written, dims = set(), {}
@@ -1315,9 +1312,7 @@ def write_two_hands(
         (tmp / 'features' / folder).mkdir(parents=True, exist_ok=True)
         _save_features(tmp / 'features' / folder / f'{video.name}.npy', np.asarray(features))
       for hand, column in zip(HANDS, video.labels.T, strict=True):
-        (tmp / 'groundTruth' / hand / f'{video.name}.txt').write_text(
-          ''.join(f'{classes[c]}\n' for c in column), encoding='utf-8'
-        )
+        _write_lines(tmp / 'groundTruth' / hand / f'{video.name}.txt', (classes[c] for c in column))
       for folder, array in (video_arrays(video) if video_arrays else {}).items():
         _check_id(where, 'array folder', folder)
         array = np.asarray(array)
