@@ -13,7 +13,8 @@ All three get the same post-processing.
 branch, w/o HP-xLSTM, w/o the cross-attention gates (BCAF), w/o the DFT condition, and w/o all
 (= DiffAct with sigmoid outputs on the holistic features alone), the last also with DiffAct's own
 decoder (attention values from the noisy labels only); val and test (the best checkpoint is picked
-on val). `--ablations=none,no_all` runs a subset.
+on val). `--ablations=none,no_all` runs a subset. Each table also has the untrained constant
+baseline (`constant_baseline`: every frame gets the training class frequencies).
 
 --task=polyphony: the paper's ablation on the synthetic two-hand data — stage 2 once, then stage 3
 with the MAS parts MF, MF+AF, MF+AF+SF (full), and the full model w/o cross-hand fusion, w/o adaptive
@@ -28,6 +29,13 @@ pseudo-label learner on the same backbone and HAL with the CTC objective, all fr
 and DiffAct trained on the frame labels of the same videos (the fully supervised upper bound);
 segmentation from the video alone (Acc = MoF, Edit, F1) and alignment given the transcript (MoF,
 IoU, IoD), on test.
+
+--task=hal_defaults: how HAL's alignment defaults were chosen, on val only — uniform against
+least-squares mean lengths, scaled likelihoods against posteriors — each scored on the val split at
+every 250 steps up to --steps (1500).
+
+Every run picks its best checkpoint on val and scores the test split once, at the end (the
+engine's protocol); the tables show those test results, and val where a choice was made on it.
 
 Prints one table and one JSON line per model (and split). Finished runs in --workdir are reused.
 """
@@ -47,6 +55,7 @@ from polyseg import train
 from polyseg.configlib import load_config
 from polyseg.tasks import diffact
 from polyseg.tasks import hal
+from polyseg.tasks import hopadiff
 from polyseg.tasks import polyphony
 
 
@@ -78,7 +87,7 @@ def linear_baseline(config, steps: int) -> dict[str, float]:
     params, state = step(params, state, x[idx], y[idx])
   task = diffact.Task(config, data.info)
   scores = task.new_metrics()
-  for video in data.test:
+  for video in data.read_test():
     probs = np.asarray(jax.nn.softmax(video.features @ params['w'] + params['b']))
     pred = postprocess.postprocess(
       probs, len(probs), 1, config.eval.postprocess, config.eval.postprocess_value
@@ -101,12 +110,33 @@ HOPADIFF_ROWS = {  # --ablations name -> (configs/hopadiff.py arg, table row)
 }
 
 
+CONSTANT_ROW = 'constant (training class frequencies)'
+
+
+def constant_baseline(config) -> dict[str, dict[str, float]]:
+  """{'val', 'test'} -> the HopaDIFF task's metrics of one constant prediction: at every frame,
+  each class's probability is the fraction of training frames on which it is active. No training."""
+  data = hopadiff.load_data(config)
+  task = hopadiff.Task(config, data.info)
+  frequencies = np.concatenate([sample.labels for sample in data.train]).mean(axis=0)  # [C]
+  results = {}
+  for split, samples in (('val', data.val), ('test', data.read_test())):
+    scores = task.row_metrics(task.main_row)
+    for sample in samples:
+      labels = task.row_labels(sample, task.main_row)
+      scores.add(np.broadcast_to(frequencies, labels.shape), labels)
+    results[split] = scores.result()
+  return results
+
+
 def _read_results(path: str, row: str) -> dict[str, float] | None:
+  """A results.json's row, with the step of the checkpoint scored and the run's last step."""
   if not os.path.exists(path):
     return None
   with open(path) as f:
     saved = json.load(f)
-  return saved['results'][row] | {'step': saved['step']}
+  last_step = saved.get('selection', {}).get('last_step', saved['step'])
+  return saved['results'][row] | {'step': saved['step'], 'last_step': last_step}
 
 
 def _train_once(config, workdir: str, steps: int, row: str) -> None:
@@ -115,13 +145,14 @@ def _train_once(config, workdir: str, steps: int, row: str) -> None:
   config.train.update(num_steps=steps, checkpoint_every=config.train.eval_every)
   config.eval.num_timelines = 0
   done = _read_results(os.path.join(workdir, 'eval', 'results.json'), row)
-  if not done or done['step'] != steps:
+  if not done or done['last_step'] != steps:
     train.train_and_evaluate(config, workdir)
 
 
 def hopadiff_table(args) -> None:
   """Trains each ablation of configs/hopadiff.py; prints val and test of its fused row, from the
-  DDIM decoders (the model's output) and from the encoders alone (same checkpoint)."""
+  DDIM decoders (the model's output) and from the encoders alone (the same checkpoint: the best on
+  val), with the constant baseline."""
   rows = {}
   for ablation in args.ablations.split(','):
     arg, row = HOPADIFF_ROWS[ablation]
@@ -132,22 +163,29 @@ def hopadiff_table(args) -> None:
     encoders = config.copy_and_resolve_references()
     encoders.eval.use_decoder = False
     _, data, task = train.setup(encoders, workdir)
-    step, params = train.restore_params(task, encoders, workdir)
+    step, params = train.restore_params(task, encoders, workdir, 'best')
+    videos = {'val': data.val, 'test': data.read_test()}
     for split, folder in (('val', 'eval_val'), ('test', 'eval')):
       decoded = _read_results(os.path.join(workdir, folder, 'results.json'), 'HopaDIFF')
       rows.setdefault(f'{split}, DDIM decoders (the model)', {})[row] = decoded
       encoded = train.evaluate_and_write(
         task,
         params,
-        getattr(data, split),
+        videos[split],
         encoders,
         os.path.join(workdir, f'encoders_{folder}'),
         step,
         split=split,
       )['HopaDIFF']
       rows.setdefault(f'{split}, encoders alone', {})[row] = encoded
+  for split, constant in constant_baseline(load_config('hopadiff')).items():
+    for title in (f'{split}, DDIM decoders (the model)', f'{split}, encoders alone'):
+      rows[title][CONSTANT_ROW] = constant
   for title, table in rows.items():
-    table = {name: {k: v for k, v in r.items() if k != 'step'} for name, r in table.items()}
+    table = {
+      name: {k: v for k, v in r.items() if k not in ('step', 'last_step')}
+      for name, r in table.items()
+    }
     print(f'{title} ({steps} steps):\n{report.format_table(table)}\n')
     for name, result in table.items():
       print(
@@ -277,17 +315,53 @@ def hal_table(args) -> None:
       print(json.dumps({**record, **result}))
 
 
+HAL_DEFAULTS = {  # --ablations name -> (config overrides, table row)
+  'default': ({}, 'uniform mean lengths, scaled likelihoods'),
+  'least_squares': ({'mean_lengths': 'least_squares'}, 'least-squares mean lengths'),
+  'posteriors': ({'prior_normalization': 0.0}, 'posteriors (no class-prior division)'),
+}
+
+
+def hal_defaults_table(args) -> None:
+  """HAL's measured defaults, derived on val: each alignment variant of configs/hal.py trains for
+  --steps (default 1500) with a checkpoint every 250 steps; every checkpoint is then scored on the
+  val split (segmentation from the video alone, alignment MoF given the transcript)."""
+  every = 250
+  table = {}
+  for name in args.ablations.split(','):
+    overrides, row = HAL_DEFAULTS[name]
+    config = load_config('hal')
+    config.align.update(overrides)
+    steps = args.steps or 1500
+    config.train.update(eval_every=every, keep_checkpoints=steps // every + 1)
+    workdir = os.path.join(args.workdir, f'hal_defaults_{name}')
+    _train_once(config, workdir, steps, 'Segmentation')
+    _, data, task = train.setup(config, workdir)
+    for step in range(every, steps + 1, every):
+      _, params = train.restore_params(task, config, workdir, step)
+      results = train.evaluate_and_write(
+        task, params, data.val, config, os.path.join(workdir, f'val_{step}'), step, split='val'
+      )
+      segmentation = {k: results['Segmentation'][k] for k in ('Acc', 'Edit', 'F1@50')}
+      table[f'{row}, step {step}'] = segmentation | {'align MoF': results['Alignment']['MoF']}
+  print(f'val:\n{report.format_table(table)}\n')
+  for name, result in table.items():
+    print(json.dumps({'benchmark': 'quality', 'task': 'hal_defaults', 'model': name, **result}))
+
+
 ABLATIONS = {
   'hopadiff': HOPADIFF_ROWS,
   'polyphony': POLYPHONY_ROWS,
   'twostream': TWOSTREAM_ROWS,
   'hal': HAL_ROWS,
+  'hal_defaults': HAL_DEFAULTS,
 }
 TABLES = {
   'hopadiff': hopadiff_table,
   'polyphony': polyphony_table,
   'twostream': twostream_table,
   'hal': hal_table,
+  'hal_defaults': hal_defaults_table,
 }
 
 

@@ -136,8 +136,19 @@ def get_config(arg=None):
   c.data.cache_dir = '~/.cache/polyseg'
   c.data.format = 'folder'  # 'folder': read the files; 'tfds': the TFDS conversion (README)
   c.data.tfds_dir = config_dict.placeholder(str)  # unset -> <dataset root>/tfds
+  # Validation (checkpoint selection): splits/val.split<k>.bundle, else this seeded share of train.
+  c.data.val_fraction = 0.15
+  c.data.val_seed = 0
   c.data.synthetic = ml_collections.ConfigDict(
-    {'seed': 0, 'num_train': 48, 'num_test': 16, 'min_len': 400, 'max_len': 900, 'input_dim': 64}
+    {
+      'seed': 0,
+      'num_train': 48,
+      'num_val': 8,
+      'num_test': 16,
+      'min_len': 400,
+      'max_len': 900,
+      'input_dim': 64,
+    }
   )
 
   c.model = ml_collections.ConfigDict()
@@ -215,6 +226,9 @@ def get_config(arg=None):
       'num_timelines': 4,
       'seed': 0,
       'use_decoder': True,
+      # The checkpoint the test split is scored with, once, after training: 'best' on val
+      # (by train.best_metric of the main row) or 'latest'.
+      'test_checkpoint': 'best',
     }
   )
 
@@ -223,7 +237,9 @@ def get_config(arg=None):
   c.predict.output = config_dict.placeholder(str)  # unset -> <workdir>/predict
 
   if runlocal:
-    c.data.synthetic.update(num_train=6, num_test=3, min_len=200, max_len=250, input_dim=16)
+    c.data.synthetic.update(
+      num_train=6, num_val=2, num_test=3, min_len=200, max_len=250, input_dim=16
+    )
     c.model.encoder.update(num_layers=3, num_f_maps=16, feature_layer_indices=(0, 1, 2))
     c.model.decoder.update(num_layers=2, num_f_maps=8, time_emb_dim=32)
     c.diffusion.sampling_steps = 5

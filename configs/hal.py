@@ -55,9 +55,11 @@ def get_config(arg=None):
   c.data.tfds_dir = config_dict.placeholder(str)
   # The synthetic data of configs/diffact.py, with transcripts/ (so the DiffAct upper bound trains
   # on the very same videos).
-  c.data.synthetic = ml_collections.ConfigDict(
-    {'seed': 0, 'num_train': 48, 'num_test': 16, 'min_len': 400, 'max_len': 900, 'input_dim': 64}
-  )
+  c.data.synthetic = configlib.load_config('diffact', f'runlocal={runlocal}').data.synthetic
+  # Validation (every choice: checkpoint, and the defaults below): splits/val.split<k>.bundle, else
+  # this seeded share of train (its videos' frame labels are read, for the metrics only).
+  c.data.val_fraction = 0.15
+  c.data.val_seed = 0
 
   c.model = ml_collections.ConfigDict(
     {
@@ -125,6 +127,9 @@ def get_config(arg=None):
       'decode_batch': 16,  # training transcripts aligned at once
       'num_timelines': 4,
       'seed': 0,
+      # The checkpoint the test split is scored with, once, after training: 'best' on val
+      # (by train.best_metric of the main row) or 'latest'.
+      'test_checkpoint': 'best',
     }
   )
   c.predict = ml_collections.ConfigDict()
@@ -132,7 +137,6 @@ def get_config(arg=None):
   c.predict.output = config_dict.placeholder(str)  # unset -> <workdir>/predict
 
   if runlocal:
-    c.data.synthetic.update(num_train=6, num_test=3, min_len=200, max_len=250, input_dim=16)
     c.model.update(num_f_maps=16, num_levels=3, layers_per_level=1)
     if variant == 'hal':
       c.model.action_level = 2

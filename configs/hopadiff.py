@@ -216,6 +216,9 @@ def get_config(arg=None):
       'num_timelines': 4,
       'seed': 0,
       'use_decoder': True,
+      # The checkpoint the test split is scored with, once, after training: 'best' on val
+      # (by train.best_metric of the main row) or 'latest'.
+      'test_checkpoint': 'best',
     }
   )
 

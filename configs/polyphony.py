@@ -73,8 +73,6 @@ def get_config(arg=None):
 
   c.data.layout = layout  # 'two_hands' (groundTruth/{lh,rh}/) | 'single_stream' (Breakfast mode)
   c.data.features = parts if layout == 'two_hands' else 'all'  # MAS parts (mas.json) or 'all'
-  c.data.val_fraction = 0.15  # of train held out for validation when there is no val bundle
-  c.data.val_seed = 0
   c.data.synthetic = {'seed': 0}  # synthetic.make_two_hands arguments (defaults otherwise)
 
   c.model.fusion = with_fusion  # cross-hand fusion of the decoder conditions

@@ -8,8 +8,9 @@ Conventions for videos without any (non-background) segment: Edit is 100 when bo
 ground truth have no segments (0 when only one has none); F1 counts are (0, 0, 0) for such a video,
 and an F1 whose precision or recall is undefined (no segments anywhere) is 0.
 
-Multi-label frames (referring segmentation, METHODS.md §2) are scored by `MultiLabelMetrics`, which
-applies the same Edit and F1 to each class's binary track; its docstring has the definitions.
+Multi-label frames (referring segmentation, METHODS.md §2) are scored by `MultiLabelMetrics`: Acc
+(the frame's predicted label set equals the true one) and Jaccard per frame, Edit over the sequence
+of label-set segments, F1 on each class's binary track; its docstring has the definitions.
 Alignments to a given transcript (weak supervision, METHODS.md §5) by `AlignmentMetrics`.
 """
 
@@ -284,10 +285,13 @@ class AlignmentMetrics:
 
 
 def average_precision(scores, positives) -> float:
-  """Non-interpolated average precision in percent of a ranking: scores [N] float, positives [N] bool.
+  """Average precision in percent of a ranking: scores [N] float, positives [N] bool.
 
-  Frames are ranked by decreasing score, ties in input order (stable sort); AP = mean over the
-  positive frames of the precision (positives / frames) of the ranking cut at that frame.
+  Frames are ranked by decreasing score; frames of equal score are one step of the ranking, cut
+  after the last of them. AP = mean over the positive frames of the precision (positives / frames)
+  of the ranking cut after the frame's step, i.e. the sum over steps of recall gained x precision
+  (as scikit-learn's `average_precision_score`). So the order of tied frames does not matter, and
+  a constant score gets the share of positive frames.
   """
   scores, positives = np.asarray(scores), np.asarray(positives)
   if scores.ndim != 1 or scores.shape != positives.shape or positives.dtype != bool:
@@ -297,9 +301,13 @@ def average_precision(scores, positives) -> float:
     )
   if not positives.any():
     raise ValueError('average_precision: no positive frames, AP is undefined')
-  hits = positives[np.argsort(-scores, kind='stable')]
-  precision_at = np.cumsum(hits) / np.arange(1, hits.size + 1)
-  return float(precision_at[hits].mean() * 100.0)
+  order = np.argsort(-scores, kind='stable')
+  ranked, hits = scores[order], positives[order]
+  step_ends = np.flatnonzero(np.r_[ranked[1:] != ranked[:-1], True])  # last frame of each step
+  true_positives = np.cumsum(hits)[step_ends]
+  gained = np.diff(true_positives, prepend=0)  # positives in each step
+  precision = true_positives / (step_ends + 1)
+  return float((gained * precision).sum() / true_positives[-1] * 100.0)
 
 
 def _check_multilabel(probs, gt) -> tuple[np.ndarray, np.ndarray]:
@@ -320,25 +328,43 @@ def _check_multilabel(probs, gt) -> tuple[np.ndarray, np.ndarray]:
   return probs, gt
 
 
+def label_set_ids(pred, gt) -> tuple[np.ndarray, np.ndarray, int]:
+  """Label sets as ids: pred [T, C] and gt [T, C] bool -> (pred_ids [T], gt_ids [T], empty_id), one
+  int id per distinct set over both arrays; empty_id is the id of the empty set."""
+  empty = np.zeros((1, pred.shape[1]), bool)
+  _, ids = np.unique(np.concatenate([empty, pred, gt]), axis=0, return_inverse=True)
+  ids = ids.reshape(-1)
+  return ids[1 : pred.shape[0] + 1], ids[pred.shape[0] + 1 :], int(ids[0])
+
+
+def frame_jaccard(pred, gt) -> np.ndarray:
+  """|P n G| / |P u G| per frame of pred [T, C] and gt [T, C] bool -> [T]; 1 if both are empty."""
+  union = (pred | gt).sum(axis=1)
+  return np.where(union == 0, 1.0, (pred & gt).sum(axis=1) / np.maximum(union, 1))
+
+
 class MultiLabelMetrics:
   """Multi-label (multi-hot, AVA-style) segmentation metrics in percent, accumulated over videos.
 
   A video is probs [T, C] (per-frame class probabilities in [0, 1]) and gt [T, C] bool (a frame
   carries zero, one or several labels; zero = no action / person absent). A class is predicted
-  active at a frame when probs >= threshold. Class c's binary track is gt[:, c] (ground truth) or
-  probs[:, c] >= threshold (prediction); its segments are the maximal runs of active frames.
+  active at a frame when probs >= threshold; a frame's predicted set P is its active classes, its
+  GT set G its labels.
 
-  - Acc: micro over all frames of all videos. A frame with a non-empty GT set is correct if its
-    top-scoring class (argmax of probs, the lowest id on ties) is in the set; a frame with an empty
-    GT set is correct if no class reaches the threshold.
-  - F1@k: on each class track, predicted segments are matched to GT segments as in the single-label
-    F1 (`match_segments`: in temporal order, each takes the GT segment of highest IoU, TP if IoU >= k
-    and that GT segment is unused); TP / FP / FN are summed over classes and videos and F1 is
-    computed from the totals (0 when undefined, `f1_from_counts`).
-  - Edit: per (video, class) track, the single-label Edit score of the binary track with inactive
-    frames as background, (1 - levenshtein / max(n_pred, n_gt)) * 100 over the sequences of active
-    segments (all the same label, so this is min(n_pred, n_gt) / max(n_pred, n_gt) * 100); the mean
-    over the tracks with a segment in GT or prediction; 100 if there is no such track at all.
+  - Acc: micro over all frames of all videos, the percentage of frames with P == G (exact match;
+    an empty G is matched only by an empty P).
+  - Jaccard: micro over all frames of all videos, the mean of |P n G| / |P u G| (1 where both are
+    empty).
+  - Edit: per video, the single-label Edit score (`edit_score`) of its label-set segments: the
+    maximal runs of frames with the same set, the empty set's runs dropped as background, two
+    segments equal when their sets are; (1 - levenshtein / max(n_pred, n_gt)) * 100 over the two
+    sequences, 100 when both are empty; the mean over videos. Like the single-label Edit it ignores
+    where segments are (F1 measures that).
+  - F1@k: class c's binary track is gt[:, c] (GT) or probs[:, c] >= threshold (prediction), its
+    segments the maximal runs of active frames. On each track, predicted segments are matched to
+    GT segments as in the single-label F1 (`match_segments`: in temporal order, each takes the GT
+    segment of highest IoU, TP if IoU >= k and that GT segment is unused); TP / FP / FN are summed
+    over classes and videos and F1 is computed from the totals (0 when undefined, `f1_from_counts`).
   - mAP: per class, the frame-level non-interpolated average precision (`average_precision`) over
     all frames of all videos ranked by probs (ties: earlier video, then earlier frame, first); the
     mean over the classes with at least one GT frame; 0 if no class has one.
@@ -352,9 +378,10 @@ class MultiLabelMetrics:
     self.threshold = float(threshold)
     self.overlaps = tuple(overlaps)
     self.num_classes: int | None = None
-    self.correct_frames = 0
+    self.exact_frames = 0
+    self.jaccard_sum = 0.0
     self.total_frames = 0
-    self.edit_scores: list[float] = []  # one per non-empty (video, class) track
+    self.edit_scores: list[float] = []  # one per video
     self.track_counts = {overlap: np.zeros(3, np.int64) for overlap in self.overlaps}
     self.all_probs: list[np.ndarray] = []  # [T, C] per video, for mAP
     self.all_gt: list[np.ndarray] = []
@@ -367,12 +394,13 @@ class MultiLabelMetrics:
     elif probs.shape[1] != self.num_classes:
       raise ValueError(f'probs has {probs.shape[1]} classes, earlier videos had {self.num_classes}')
     active = probs >= self.threshold
-    top_in_gt = gt[np.arange(gt.shape[0]), probs.argmax(axis=1)]
-    self.correct_frames += int(np.where(gt.any(axis=1), top_in_gt, ~active.any(axis=1)).sum())
+    self.exact_frames += int((active == gt).all(axis=1).sum())
+    self.jaccard_sum += float(frame_jaccard(active, gt).sum())
     self.total_frames += gt.shape[0]
+    pred_ids, gt_ids, empty_id = label_set_ids(active, gt)
+    self.edit_scores.append(edit_score(pred_ids, gt_ids, background=(empty_id,)))
     for c in np.flatnonzero(active.any(axis=0) | gt.any(axis=0)):
       pred_track, gt_track = active[:, c].astype(np.int8), gt[:, c].astype(np.int8)
-      self.edit_scores.append(edit_score(pred_track, gt_track, background=(0,)))
       for overlap in self.overlaps:
         self.track_counts[overlap] += f1_counts(pred_track, gt_track, overlap, background=(0,))
     self.all_probs.append(probs)
@@ -395,11 +423,13 @@ class MultiLabelMetrics:
     }
 
   def result(self) -> dict[str, float]:
-    """{'Acc', 'Edit', 'F1@10', 'F1@25', 'F1@50', 'mAP'} in percent (F1 keys follow `overlaps`)."""
+    """{'Acc', 'Jaccard', 'Edit', 'F1@10', 'F1@25', 'F1@50', 'mAP'} in percent (F1 keys follow
+    `overlaps`)."""
     average_precisions = list(self.average_precisions().values())
     scores = {
-      'Acc': self.correct_frames / self.total_frames * 100.0,
-      'Edit': float(np.mean(self.edit_scores)) if self.edit_scores else 100.0,
+      'Acc': self.exact_frames / self.total_frames * 100.0,
+      'Jaccard': self.jaccard_sum / self.total_frames * 100.0,
+      'Edit': float(np.mean(self.edit_scores)),
     }
     for overlap in self.overlaps:
       scores[_overlap_key(overlap)] = f1_from_counts(*self.counts(overlap))

@@ -25,7 +25,7 @@ from polyseg.data import formats
 
 FLAGS = flags.FLAGS
 
-TABLE_COLUMNS = ('Acc', 'Edit', 'F1@10', 'F1@25', 'F1@50')
+TABLE_COLUMNS = ('Acc', 'Jaccard', 'Edit', 'F1@10', 'F1@25', 'F1@50')
 BACKGROUND_COLOR = (0.85, 0.85, 0.85)
 CURVE_PREFIXES = ('train/', 'eval/', 'eval_val/')
 # timeline row kind -> (bar height in inches, colour and width of the lines between rows)

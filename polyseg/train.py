@@ -385,7 +385,7 @@ def write_outputs(
 
 
 EVAL_SPLITS = {'test': 'eval', 'val': 'eval_val'}
-"""Split evaluated during training -> its output folder under the workdir and its metric prefix."""
+"""Split -> its output folder under the workdir (and, for val, its metric prefix in the logs)."""
 
 
 def evaluate_and_write(
@@ -397,14 +397,19 @@ def evaluate_and_write(
   step: int,
   writer: report.MetricWriter | None = None,
   split: str = 'test',
+  selection: dict | None = None,
 ) -> dict[str, dict[str, float]]:
-  """Predicts `videos`, scores them, writes predictions/timelines/results; returns the results."""
+  """Predicts `videos`, scores them, writes predictions/timelines/results (with `selection`, how
+  the checkpoint was chosen, in results.json); returns the results."""
   rng = jax.random.PRNGKey(config.eval.seed)
   predictions = run_predictions(task, params, videos, rng, desc=f'{split} @ {step}')
   results = score(task, videos, predictions)
   if is_main_process():
     write_outputs(task, outdir, videos, predictions, config.eval.num_timelines)
-    write_json(os.path.join(outdir, 'results.json'), {'step': step, 'results': results})
+    record = {'step': step, 'split': split, 'results': results}
+    write_json(
+      os.path.join(outdir, 'results.json'), record | ({'selection': selection} if selection else {})
+    )
     table = report.format_table(results)
     formats.write_atomic(os.path.join(outdir, 'results.txt'), f'step {step}\n{table}\n'.encode())
     print(f'\n{split} results at step {step} ({len(videos)} videos):\n{table}\n', flush=True)
@@ -414,26 +419,64 @@ def evaluate_and_write(
   return results
 
 
-def evaluate_splits(task, params, data, config, outdir_of, step: int, writer=None):
-  """Evaluates val (if the data has one) then test, into `outdir_of(split)`; {split: results}.
-  A task that `calibrates` first fits its choices on val (e.g. 2s-DAS's fusion weights)."""
-  if task.calibrates and data.val:
-    task.calibrate(params, data.val, jax.random.PRNGKey(config.eval.seed), outdir_of('val'))
-  return {
-    split: evaluate_and_write(
-      task, params, getattr(data, split), config, outdir_of(split), step, writer, split
-    )
-    for split in ('val', 'test')
-    if getattr(data, split)
+def evaluate_val(task, params, data, config, outdir: str, step: int, writer=None):
+  """Evaluates the val split; a task that `calibrates` first fits its choices on it (e.g. 2s-DAS's
+  fusion weights), which then hold for what is predicted next (the test split, at the end).
+  Returns (results, what the task chose: {} for most)."""
+  chosen = {}
+  if task.calibrates:
+    chosen = task.calibrate(params, data.val, jax.random.PRNGKey(config.eval.seed), outdir)
+  results = evaluate_and_write(task, params, data.val, config, outdir, step, writer, 'val')
+  return results, chosen
+
+
+def evaluate_splits(task, params, data, config, outdir_of, step: int, selection: dict):
+  """Evaluates val, then reads and evaluates test (`data.read_test()`), into `outdir_of(split)`;
+  {split: results}. `selection` (with what the task chose on val) goes into test's results.json."""
+  val, chosen = evaluate_val(task, params, data, config, outdir_of('val'), step)
+  selection = selection | ({'chosen': chosen} if chosen else {})
+  test = evaluate_and_write(
+    task, params, data.read_test(), config, outdir_of('test'), step, None, 'test', selection
+  )
+  return {'val': val, 'test': test}
+
+
+TEST_CHECKPOINTS = ('best', 'latest')
+
+
+def selection_message(task, data, config) -> str:
+  """The start-up line that says what the val split chooses and when test is read."""
+  which = config.eval.test_checkpoint
+  chosen = (
+    f'the best checkpoint by val {task.main_row} {config.train.best_metric}'
+    if which == 'best'
+    else 'nothing (eval.test_checkpoint=latest)'
+  )
+  return (
+    f'model selection on the val split ({len(data.val)} videos): {chosen}; the test split is '
+    'read and scored once, after training'
+  )
+
+
+def select_checkpoint(ckpt, config, last_step: int) -> tuple[int, dict]:
+  """(step, selection record) of the checkpoint the test split is scored with:
+  `eval.test_checkpoint`='best' (by val `train.best_metric`) or 'latest' (`last_step`)."""
+  which = config.eval.test_checkpoint
+  if which not in TEST_CHECKPOINTS:
+    raise ValueError(f'eval.test_checkpoint={which!r}; choose one of {list(TEST_CHECKPOINTS)}')
+  best = ckpt.best_step() if which == 'best' else None
+  step = last_step if best is None else best
+  return step, {
+    'split': 'val',
+    'checkpoint': which if best is not None or which == 'latest' else 'latest (no val metrics)',
+    'metric': config.train.best_metric,
+    'step': step,
+    'last_step': last_step,
   }
 
 
-def selection_results(results: dict[str, dict]) -> dict[str, dict[str, float]]:
-  """The results that pick the best checkpoint: val when evaluated, else test."""
-  return results.get('val', results['test'])
-
-
 # ---------------------------------------------------------------------------------------------
+# Entry points.# ---------------------------------------------------------------------------------------------
 # Entry points.
 
 
@@ -504,10 +547,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str, with_data: bool = Tru
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
-  """Trains `config.task` (resuming from the latest checkpoint in `workdir`), evaluating val (if the
-  data has one) and test every `eval_every` steps; the best checkpoint is picked on val when there is
-  one, else on test. Returns the results of that split at the last step ({} when the config asks
-  only for a multi-stage task's earlier stages)."""
+  """Trains `config.task` (resuming from the latest checkpoint in `workdir`), evaluating the val
+  split every `eval_every` steps (the best checkpoint is kept by it); then reads the test split
+  once and scores the checkpoint `eval.test_checkpoint` chose on val ('best', or 'latest').
+  Returns those test results ({} when the config asks only for a multi-stage task's earlier
+  stages)."""
   config = prepare_stages(config, workdir, 'train')
   if config is None:
     return {}
@@ -526,8 +570,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if is_main_process():
     print(
       f'{config.task}: {tasks.count_params(state["params"]):,} parameters, '
-      f'{len(data.train)} training videos, {len(data.val)} val videos, {len(data.test)} test videos; '
-      f'{mesh.size} device(s) in {jax.process_count()} process(es), mesh {dict(mesh.shape)}',
+      f'{len(data.train)} training videos; {mesh.size} device(s) in {jax.process_count()} '
+      f'process(es), mesh {dict(mesh.shape)}\n{selection_message(task, data, config)}',
       flush=True,
     )
 
@@ -557,7 +601,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   )
   settings = config.train
   num_steps = settings.num_steps
-  results = None
+  val_step = None  # the step whose val evaluation (and calibration) this process did last
   with (
     tqdm.tqdm(
       total=num_steps, initial=step, desc='train', unit='step', disable=not is_main_process()
@@ -576,27 +620,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if log_due or eval_due or stop or step % settings.checkpoint_every == 0:
         log.write(step)  # before any checkpoint: a non-finite step stops the run first
       if eval_due:
-        split_results = evaluate_splits(
-          task, state['params'], data, config, outdir_of, step, writer
-        )
-        if 'task_state' in state and 'val' in split_results:
-          state['task_state'] = update_task_state(state['task_state'], split_results['val'])
-        results = selection_results(split_results)
-        ckpt.save(step, state, metrics=results[task.main_row])
+        val, _ = evaluate_val(task, state['params'], data, config, outdir_of('val'), step, writer)
+        val_step = step
+        if 'task_state' in state:
+          state['task_state'] = update_task_state(state['task_state'], val)
+        ckpt.save(step, state, metrics=val[task.main_row])
         log.restart_clock()
       elif stop or step % settings.checkpoint_every == 0:
         ckpt.save(step, state)
       if stop:
         stop_training(stop, step, state, ckpt, writer)
-  if results is None:  # resumed a finished run: evaluate the final checkpoint again
-    results = selection_results(
-      evaluate_splits(task, state['params'], data, config, outdir_of, step, writer)
-    )
   writer.close()
+  results = final_test(task, state, ckpt, data, config, outdir_of, val_step)
   ckpt.close()
   if is_main_process():
     report.plot_curves(os.path.join(workdir, 'metrics.jsonl'), os.path.join(workdir, 'curves.png'))
   return results
+
+
+def final_test(task, state, ckpt, data, config, outdir_of, val_step: int | None):
+  """After training: the checkpoint `select_checkpoint` picks on val and its val outputs (evaluated
+  again unless this process just did, `val_step`, and the task has nothing to calibrate), then the
+  test split, read and scored here for the first time. Returns the test results."""
+  step, selection = select_checkpoint(ckpt, config, int(state['step']))
+  params = state['params']
+  if step != int(state['step']):
+    params = ckpt.restore(state, step)['params']
+  print(
+    f'Testing the checkpoint of step {step} ({selection["checkpoint"]} on val '
+    f'{task.main_row} {selection["metric"]})',
+    flush=True,
+  )
+  if step == val_step and not task.calibrates:
+    return evaluate_and_write(
+      task, params, data.read_test(), config, outdir_of('test'), step, None, 'test', selection
+    )
+  return evaluate_splits(task, params, data, config, outdir_of, step, selection)['test']
 
 
 def require_checkpoints(workdir: str) -> None:
@@ -607,8 +666,9 @@ def require_checkpoints(workdir: str) -> None:
     raise FileNotFoundError(f'no checkpoint in {directory}: train first (--mode=train)')
 
 
-def restore_params(task, config, workdir: str, which: str = 'latest'):
-  """Restores the params of the latest (or best) checkpoint; returns (step, params)."""
+def restore_params(task, config, workdir: str, which: str | int = 'latest'):
+  """Restores the params of the latest or best checkpoint, or of step `which` (an int); returns
+  (step, params)."""
   require_checkpoints(workdir)
   tx = make_optimizer(config)
   abstract = jax.eval_shape(lambda: init_state(task, tx, jax.random.PRNGKey(0)))
@@ -619,7 +679,7 @@ def restore_params(task, config, workdir: str, which: str = 'latest'):
   ckpt = checkpoint_lib.Checkpointer(
     workdir, keep=config.train.keep_checkpoints, best_metric=config.train.best_metric
   )
-  step = ckpt.best_step() if which == 'best' else ckpt.latest_step()
+  step = {'best': ckpt.best_step, 'latest': ckpt.latest_step}.get(which, lambda: which)()
   if step is None:
     raise FileNotFoundError(f'no checkpoint in {ckpt.directory}: train first (--mode=train)')
   state = ckpt.restore(abstract, step)
@@ -628,7 +688,7 @@ def restore_params(task, config, workdir: str, which: str = 'latest'):
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = 'latest'):
-  """Evaluates the latest (or best) checkpoint of `workdir` on the val (if any) and test splits;
+  """Evaluates the latest (or best on val) checkpoint of `workdir` on the val and test splits;
   outputs go to `eval_<which>/` (and `eval_<which>_val/`). Returns the test results."""
   config = prepare_stages(config, workdir, 'eval')
   require_checkpoints(workdir)
@@ -637,7 +697,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, which: str = 'late
   outdir_of = lambda split: os.path.join(
     workdir, EVAL_SPLITS[split].replace('eval', f'eval_{which}')
   )
-  return evaluate_splits(task, params, data, config, outdir_of, step)['test']
+  selection = {
+    'split': 'val',
+    'checkpoint': which,
+    'metric': config.train.best_metric,
+    'step': step,
+  }
+  return evaluate_splits(task, params, data, config, outdir_of, step, selection)['test']
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

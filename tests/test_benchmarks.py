@@ -1,5 +1,6 @@
 """The benchmarks at tiny sizes, run as a user runs them (subprocesses): their JSON lines, profile.py's
-costs, roofline, trace and HLO files; and the trace/HLO reading of benchmarks/common.py."""
+costs, roofline, trace and HLO files; the trace/HLO reading of benchmarks/common.py; and
+quality.py's constant HopaDIFF baseline (called directly)."""
 
 import importlib.util
 import json
@@ -11,9 +12,12 @@ import sys
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from conftest import REPO
+from polyseg.configlib import load_config
+from polyseg.tasks import hopadiff
 
 BENCHMARKS = REPO / 'benchmarks'
 # The tiny programs compile faster without XLA's optimisation passes; the persistent compilation cache
@@ -37,14 +41,18 @@ def run(script: str, *args: str) -> list[dict]:
   return [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{')]
 
 
-@pytest.fixture(scope='module')
-def common():
-  """benchmarks/common.py, imported without putting benchmarks/ on sys.path (its profile.py would
+def load_benchmark(name: str):
+  """benchmarks/<name>.py, imported without putting benchmarks/ on sys.path (its profile.py would
   shadow the standard library's)."""
-  spec = importlib.util.spec_from_file_location('benchmarks_common', BENCHMARKS / 'common.py')
+  spec = importlib.util.spec_from_file_location(f'benchmarks_{name}', BENCHMARKS / f'{name}.py')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+@pytest.fixture(scope='module')
+def common():
+  return load_benchmark('common')
 
 
 def test_profile_reports_costs_roofline_trace_and_hlo(tmp_path):
@@ -170,3 +178,32 @@ def test_top_ops_name_the_source_line_under_the_prefix(common, tmp_path):
   ops = common.top_ops(str(tmp_path), compiled.as_text(), runs=2, count=100)
   assert ops and math.isclose(sum(op['share'] for op in ops), 1.0)
   assert all(op['calls'] == 1 for op in ops)
+
+
+def test_quality_constant_baseline_scores_the_training_frequencies(cache_dir):
+  """quality.py's constant HopaDIFF row on the runlocal data against a hand computation: the classes
+  whose training frequency reaches the threshold are one predicted set P for every frame."""
+  quality = load_benchmark('quality')
+  config = load_config('hopadiff', 'runlocal=True')
+  config.data.cache_dir = cache_dir
+  data = hopadiff.load_data(config)
+  train_frames = [frame for sample in data.train for frame in sample.labels.tolist()]
+  num_classes = len(data.info.classes)
+  frequencies = [sum(f[c] for f in train_frames) / len(train_frames) for c in range(num_classes)]
+  # At the top frequency as threshold its class is predicted; just above it nothing is.
+  for threshold in (max(frequencies), float(np.nextafter(max(frequencies), 1.0))):
+    config.eval.threshold = threshold
+    predicted = {c for c in range(num_classes) if frequencies[c] >= threshold}
+    results = quality.constant_baseline(config)
+    for split, samples in (('val', data.val), ('test', data.read_test())):
+      sets = [
+        {c for c in range(num_classes) if frame[c]}
+        for sample in samples
+        for frame in sample.labels.tolist()
+      ]
+      jaccards = [len(s & predicted) / len(s | predicted) if s | predicted else 1.0 for s in sets]
+      assert list(results[split]) == ['Acc', 'Jaccard', 'Edit', 'F1@10', 'F1@25', 'F1@50', 'mAP']
+      assert results[split]['Acc'] == pytest.approx(
+        sum(s == predicted for s in sets) / len(sets) * 100
+      )
+      assert results[split]['Jaccard'] == pytest.approx(sum(jaccards) / len(jaccards) * 100)

@@ -28,10 +28,13 @@ def video(name: str, labels: list[int], dim: int = 3) -> formats.Video:
 
 
 def single_stream_root(root):
-  """Train a (6 frames), b (8); test c (100 frames, one of them 'stir'); 'wipe' nowhere."""
+  """Train a (6 frames), b (8); val v (4); test c (100 frames, one of them 'stir'); 'wipe'
+  nowhere."""
   train = [video('a', [0, 0, 1, 1, 1, 0]), video('b', [2, 2, 2, 2, 0, 0, 0, 2])]
+  val = [video('v', [0, 1, 1, 0])]
   test = [video('c', [0] * 50 + [1] * 49 + [3])]
-  datasets = {'train': formats.Dataset(CLASSES, train), 'test': formats.Dataset(CLASSES, test)}
+  subsets = {'train': train, 'val': val, 'test': test}
+  datasets = {k: formats.Dataset(CLASSES, v) for k, v in subsets.items()}
   return formats.write_single_stream(root, datasets)
 
 
@@ -66,7 +69,8 @@ def test_single_stream_statistics_are_hand_counted(tmp_path, capsys):
     'stir': 0,
     'wipe': 0,
   }
-  assert val == {'videos': 0}
+  assert val['frames'] == {'min': 4, 'median': 4.0, 'mean': 4.0, 'max': 4, 'total': 4}
+  assert val['frames_per_class'] == {'background': 2, 'cut': 2, 'pour': 0, 'stir': 0, 'wipe': 0}
   assert test['frames'] == {'min': 100, 'median': 100.0, 'mean': 100.0, 'max': 100, 'total': 100}
   assert test['frames_per_class'] == {
     'background': 50,
@@ -85,8 +89,8 @@ def test_single_stream_statistics_are_hand_counted(tmp_path, capsys):
   assert stats['warnings'] == [
     'classes never in train (2 of 5): stir, wipe',
     'classes in test but never in train (1): stir',
-    'videos over 10x the median length of 8 frames (1): c (test): 100 frames',
-    'classes on fewer than 1% of the labelled frames (1): stir (0.88%)',  # 1 of 114 frames
+    'videos over 10x the median length of 7 frames (1): c (test): 100 frames',
+    'classes on fewer than 1% of the labelled frames (1): stir (0.85%)',  # 1 of 118 frames
   ]
   printed = capsys.readouterr().out
   assert '  1 cut' in printed and '3/1' in printed and '49/1' in printed
@@ -188,8 +192,10 @@ def test_multi_label_counts_active_classes(tmp_path):
 def test_weak_supervision_counts_the_transcripts(tmp_path):
   classes = CLASSES[:3]
   train = [video('a', [0] * 4 + [1] * 4 + [0] * 4), video('b', [2] * 8)]
+  val = [video('v', [0] * 3 + [1] * 5)]
   test = [video('c', [0] * 4 + [2] * 8)]
-  datasets = {'train': formats.Dataset(classes, train), 'test': formats.Dataset(classes, test)}
+  subsets = {'train': train, 'val': val, 'test': test}
+  datasets = {k: formats.Dataset(classes, v) for k, v in subsets.items()}
   root = formats.write_single_stream(tmp_path / 'data', datasets, transcripts=True)
   stats = check.run(config_for('hal', root), str(tmp_path / 'run'))
   train, test = stats['splits']['train'], stats['splits']['test']
@@ -197,6 +203,7 @@ def test_weak_supervision_counts_the_transcripts(tmp_path):
   assert train['frames'] == {'min': 8, 'median': 10.0, 'mean': 10.0, 'max': 12, 'total': 20}
   assert train['segments_per_class'] == {'background': 2, 'cut': 1, 'pour': 1}
   assert train['transcript_actions'] == {'min': 1, 'median': 2.0, 'mean': 2.0, 'max': 3, 'total': 4}
+  assert stats['splits']['val']['frames_per_class'] == {'background': 3, 'cut': 5, 'pour': 0}
   assert test['labels'] == 'class ids'
   assert test['frames_per_class'] == {'background': 4, 'cut': 0, 'pour': 8}
   assert test['transcript_actions']['total'] == 2

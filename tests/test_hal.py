@@ -50,9 +50,9 @@ def copy_dataset(config, to: pathlib.Path) -> pathlib.Path:
 def test_training_videos_carry_transcripts_only(built, tiny):
   data, _ = built
   assert data.train and all(v.labels is None for v in data.train)
-  assert all(v.labels is not None for v in data.test)
+  assert all(v.labels is not None for v in data.read_test())
   root = hal.dataset_root(tiny)
-  for video in data.test:  # transcripts/ of the synthetic data are the label segments
+  for video in data.read_test():  # transcripts/ of the synthetic data are the label segments
     assert list(formats.segment_classes(video.labels)) == list(video.transcript)
   grammar = data.info.task_info['grammar']
   assert len(grammar) == len({tuple(v.transcript) for v in data.train})
@@ -95,7 +95,9 @@ def test_transcripts_can_be_derived_from_the_labels(tiny, tmp_path):
   tiny.data.update(root=str(root), transcripts='labels')
   derived = hal.load_data(tiny)
   assert derived.info == from_files.info
-  for a, b in zip(derived.train + derived.test, from_files.train + from_files.test, strict=True):
+  for a, b in zip(
+    derived.train + derived.read_test(), from_files.train + from_files.read_test(), strict=True
+  ):
     assert a.name == b.name and np.array_equal(a.transcript, b.transcript)
   assert all(v.labels is None for v in derived.train)
   tiny.data.transcripts = 'file'
@@ -212,12 +214,12 @@ def test_variants_and_objectives(tiny, arg, terms):
     params, task.train_loader(data.train).batch(0), jax.random.PRNGKey(1)
   )
   assert set(got) == terms and np.isfinite(float(total))
-  rows = task.predict(params, data.test[0], jax.random.PRNGKey(0))
+  rows = task.predict(params, data.read_test()[0], jax.random.PRNGKey(0))
   assert rows.keys() == {'Segmentation', 'Alignment'}
-  assert rows['Segmentation'].shape == data.test[0].labels.shape
+  assert rows['Segmentation'].shape == data.read_test()[0].labels.shape
   # aligned to the given transcript: its segments are the transcript
   assert list(formats.segment_classes(rows['Alignment'])) == list(
-    formats.segment_classes(data.test[0].transcript)
+    formats.segment_classes(data.read_test()[0].transcript)
   )
 
 
@@ -225,12 +227,12 @@ def test_grammar_decoding_picks_a_training_transcript(built):
   data, task = built
   params = task.init(jax.random.PRNGKey(0), task.example_batch())
   grammar = {tuple(t) for t in data.info.task_info['grammar']}
-  for video in data.test:
+  for video in data.read_test():
     segmentation = task.predict(params, video, jax.random.PRNGKey(0))['Segmentation']
     segments = tuple(int(c) for c in formats.segment_classes(segmentation))
     assert any(tuple(formats.segment_classes(np.asarray(t))) == segments for t in grammar)
   task.config.eval.decode = 'argmax'
-  unlabelled = formats.Video('x', data.test[0].features, None)
+  unlabelled = formats.Video('x', data.read_test()[0].features, None)
   assert task.predict(params, unlabelled, jax.random.PRNGKey(0)).keys() == {'Segmentation'}
 
 
@@ -344,7 +346,9 @@ def test_tfds_format_loads_the_same_data(tiny, tmp_path):
   tiny.data.update(format='tfds', tfds_dir=str(tmp_path / 'tfds'))
   converted = hal.load_data(tiny)
   assert converted.info == folder.info
-  for a, b in zip(converted.train + converted.test, folder.train + folder.test, strict=True):
+  for a, b in zip(
+    converted.train + converted.read_test(), folder.train + folder.read_test(), strict=True
+  ):
     assert a.name == b.name and np.array_equal(a.features, b.features)
     assert np.array_equal(a.transcript, b.transcript)
     assert (a.labels is None) == (b.labels is None)
@@ -362,7 +366,7 @@ def test_hal_learns_from_transcripts_alone(tiny, tmp_path):
   data = hal.load_data(tiny)
   task = hal.Task(tiny, data.info)
   prior_only = metrics.AlignmentMetrics(task.background)
-  for video in data.test:
+  for video in data.read_test():
     zeros = jnp.zeros((len(video.features), task.num_classes))
     prior_only.add(task._align_frames(zeros, video.transcript, len(video.features)), video.labels)
   assert results['Alignment']['MoF'] > prior_only.result()['MoF'] + LEARN_MARGIN

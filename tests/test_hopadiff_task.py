@@ -30,26 +30,26 @@ def test_train_evaluates_val_and_test_and_writes_every_output(cache_dir, tmp_pat
   workdir = str(tmp_path / 'run')
   results = train.train_and_evaluate(config, workdir)
   assert set(results) == {'HopaDIFF', 'holistic', 'partial'}
-  assert set(results['HopaDIFF']) == {'Acc', 'Edit', 'F1@10', 'F1@25', 'F1@50', 'mAP'}
-  for split, folder in (('val', 'eval_val'), ('test', 'eval')):
+  assert list(results['HopaDIFF']) == ['Acc', 'Jaccard', 'Edit', 'F1@10', 'F1@25', 'F1@50', 'mAP']
+  tested = json.loads(pathlib.Path(workdir, 'eval', 'results.json').read_text())
+  assert tested['results'] == results and tested['selection']['split'] == 'val'
+  for folder in ('eval_val', 'eval'):  # both describe the checkpoint chosen on val
     saved = json.loads(pathlib.Path(workdir, folder, 'results.json').read_text())
-    assert saved['step'] == config.train.num_steps and set(saved['results']) == set(results)
+    assert saved['step'] == tested['selection']['step'] and set(saved['results']) == set(results)
     table = pathlib.Path(workdir, folder, 'results.txt').read_text()
     assert all(row in table for row in ('HopaDIFF', 'holistic', 'partial', 'mAP'))
-  assert (
-    results == json.loads(pathlib.Path(workdir, 'eval_val', 'results.json').read_text())['results']
-  )
   lines = [
     json.loads(line) for line in pathlib.Path(workdir, 'metrics.jsonl').read_text().splitlines()
   ]
   assert any('eval_val/F1@50' in line for line in lines) and any(
-    'eval/mAP' in line for line in lines
+    'eval_val/mAP' in line for line in lines
   )
+  assert not any(key.startswith('eval/') for line in lines for key in line)  # test: not logged
   assert any('train/partial/decoder_boundary' in line for line in lines)
 
   _, data, task = train.setup(config, workdir)
-  assert data.val and data.test and data.info.input_dim == {'holistic': 12, 'partial': 10}
-  for sample in data.test:
+  assert data.val and data.read_test() and data.info.input_dim == {'holistic': 12, 'partial': 10}
+  for sample in data.read_test():
     for row in task.rows:
       path = os.path.join(workdir, 'eval', 'predictions', f'{sample.name}.{row}.txt')
       frames = pathlib.Path(path).read_text().split('\n')[:-1]
@@ -64,9 +64,9 @@ def test_train_evaluates_val_and_test_and_writes_every_output(cache_dir, tmp_pat
   shutil.copytree(task_root(config), new)
   shutil.rmtree(new / 'labels')
   (new / 'mapping.txt').unlink()
-  video = data.test[0].video
+  video = data.read_test()[0].video
   (new / 'references.json').write_text(json.dumps({video: {'p9': 'the tall man in a red hat'}}))
-  person = data.test[0].person
+  person = data.read_test()[0].person
   shutil.copy(
     new / 'features_partial' / f'{video}__{person}.npy',
     new / 'features_partial' / f'{video}__p9.npy',
@@ -77,7 +77,7 @@ def test_train_evaluates_val_and_test_and_writes_every_output(cache_dir, tmp_pat
   config.predict.features = str(new)
   outdir = pathlib.Path(train.predict(config, workdir))
   frames = (outdir / 'predictions' / f'{video}__p9.HopaDIFF.txt').read_text().split('\n')[:-1]
-  assert len(frames) == len(data.test[0].holistic)  # runlocal samples are whole videos
+  assert len(frames) == len(data.read_test()[0].holistic)  # runlocal samples are whole videos
   assert (outdir / 'timelines' / f'{video}__p9.png').exists()
 
 

@@ -295,8 +295,8 @@ def test_val_is_held_out_of_train_never_test(mas_root):
   data = polyphony.load_data(tiny_config(mas_root))
   names = lambda videos: {v.name for v in videos}
   assert len(data.val) == 1 and len(data.train) == 7  # round(0.15 * 8)
-  assert not names(data.val) & names(data.train) and not names(data.val) & names(data.test)
-  assert names(data.test) == {'vid8', 'vid9'}
+  assert not names(data.val) & names(data.train) and not names(data.val) & names(data.read_test())
+  assert names(data.read_test()) == {'vid8', 'vid9'}
 
 
 def test_val_bundle_is_used_when_present(tmp_path):
@@ -360,6 +360,7 @@ def trained_run(mas_root, tmp_path_factory):
   """(config, workdir, results) of 4 training steps with evaluations at steps 2 and 4."""
   config = tiny_config(mas_root)
   config.train.update(num_steps=4, eval_every=2, checkpoint_every=2, log_every=2)
+  config.eval.test_checkpoint = 'latest'  # eval_val/ then holds the last validation
   workdir = tmp_path_factory.mktemp('polyphony') / 'run'
   return config, workdir, train.train_and_evaluate(config, str(workdir))
 

@@ -27,6 +27,17 @@ def test_format_table_exact_text():
   assert report.format_table({'a': {'Acc': 1.0, 'x': 2.25}}, columns=('x',)) == '     x\na  2.2'
   with pytest.raises(ValueError, match="'a'.*Edit"):
     report.format_table({'a': {'Acc': 1.0}}, columns=('Acc', 'Edit'))
+  # A multi-label row (metrics.MultiLabelMetrics; results.json sorts its keys): Jaccard after Acc.
+  multi_label = dict.fromkeys(('mAP', 'F1@50', 'F1@25', 'F1@10', 'Edit', 'Jaccard', 'Acc'), 1.0)
+  assert report.table_columns([rows['gtea'], multi_label]) == (
+    'Acc',
+    'Jaccard',
+    'Edit',
+    'F1@10',
+    'F1@25',
+    'F1@50',
+    'mAP',
+  )
 
 
 def read_event_scalars(events_dir):

@@ -250,10 +250,15 @@ def test_run_writes_mas_features_and_resumes(tmp_path, monkeypatch):
   stage_dir = tmp_path / 'work' / 'stage2'
   assert out == stage_dir / 'dataset'
   assert json.loads((out / 'mas.json').read_text()) == {'shared': 6, 'logits': 4, 'semantic': 384}
-  assert sorted(p.name for p in (out / 'splits').iterdir()) == [
-    'test.split1.bundle',
-    'train.split1.bundle',
-  ]  # the held-out validation videos stay in train
+  # The videos stage 2 held out for validation are the output's val bundle, so stage 3 validates
+  # on them too and never on what stage 2 trained on.
+  held = formats.hold_out(splits['train'], config.val_fraction, config.seed)
+  expected = {
+    'train': [n for n in splits['train'] if n not in held],
+    'val': held,
+    'test': splits['test'],
+  }
+  assert held and all(formats.read_split(out, k, 1) == v for k, v in expected.items())
   cached = np.load(stage_dir / 'label_vectors.npy')
   np.testing.assert_array_equal(cached, semantic.label_vectors(CLASSES))
 
@@ -261,11 +266,13 @@ def test_run_writes_mas_features_and_resumes(tmp_path, monkeypatch):
   monkeypatch.setattr(semantic, 'label_vectors', lambda *a, **k: pytest.fail('recomputed'))
   train_set, val = semantic.training_data(root, 1, config.val_fraction, config.seed)
   params, _ = semantic.fit(config, stage_dir, train_set.videos, val, cached)
-  for subset in ('train', 'test'):
-    source = formats.read_hand_streams(root, subset, 1)
+  source = {
+    v.name: v for subset in splits for v in formats.read_hand_streams(root, subset, 1).videos
+  }
+  for subset, names in expected.items():
     mas = formats.read_two_hands(out, subset, 1, classes=CLASSES, input_dim=6 + 4 + 384)
-    assert [v.name for v in mas.videos] == splits[subset]
-    for video, mas_video in zip(source.videos, mas.videos, strict=True):
+    assert [v.name for v in mas.videos] == names
+    for video, mas_video in zip([source[n] for n in names], mas.videos, strict=True):
       np.testing.assert_array_equal(mas_video.labels, video.labels)
       semantic_vectors = semantic.semantic_features(params, video.features['shared'])
       for h, hand in enumerate(formats.HANDS):

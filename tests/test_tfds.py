@@ -277,7 +277,8 @@ def test_load_holds_out_val_from_train_records_as_the_folder_tasks(tmp_path):
   assert len(held) == 3
   shards = []
   for p in range(2):
-    subsets = tfds.load(root, None, spec, train_shard=(p, 2), hold_out=(0.3, 7))
+    subsets, read_test = tfds.load(root, None, spec, train_shard=(p, 2), hold_out=(0.3, 7))
+    assert 'test' not in subsets and read_test().videos  # test: read only when asked
     assert_same_items(subsets['val'].videos, [v for v in every if v.name in held])
     shards.append([v.name for v in subsets['train'].videos])
   rest = [v.name for v in every if v.name not in held]
@@ -309,8 +310,9 @@ def test_host_shards_partition_the_split(single_stream_root, tmp_path):
 
 def assert_same_data(a: tasks.Data, b: tasks.Data) -> None:
   assert a.info == b.info
-  for subset in ('train', 'val', 'test'):
-    assert_same_items(getattr(a, subset), getattr(b, subset))
+  assert_same_items(a.train, b.train)
+  assert_same_items(a.val, b.val)
+  assert_same_items(a.read_test(), b.read_test())
 
 
 def test_diffact_format_switch_loads_the_same_data(tmp_path, capsys):
@@ -337,7 +339,7 @@ def test_hopadiff_format_switch_loads_the_same_windows_and_splits(tmp_path):
   config = load_config('hopadiff', 'runlocal=True')
   config.data.update(cache_dir=str(tmp_path / 'cache'), sample_frames=40)
   folder = hopadiff_task.load_data(config)
-  assert any('@' in s.name for s in folder.train) and folder.val and folder.test
+  assert any('@' in s.name for s in folder.train) and folder.val and folder.read_test()
   config.data.update(format='tfds', tfds_dir=str(tmp_path / 'elsewhere'))
   assert_same_data(hopadiff_task.load_data(config), folder)
   spec = tfds.Spec('referring', protocol=config.data.protocol, sample_frames=40)
@@ -365,7 +367,7 @@ def test_twostream_format_switch_loads_the_same_data(tmp_path):
   config = load_config('twostream', 'runlocal=True')
   config.data.cache_dir = str(tmp_path / 'cache')
   folder = twostream_task.load_data(config)
-  assert folder.val and folder.train and folder.test
+  assert folder.val and folder.train and folder.read_test()
   config.data.update(format='tfds', tfds_dir=str(tmp_path / 'tfds'))
   assert_same_data(twostream_task.load_data(config), folder)
   spec = tfds.Spec('two_streams', length_tolerance=config.data.length_tolerance)

@@ -58,7 +58,8 @@ def test_train_writes_every_output(tiny_config, tmp_path):
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit())
   assert steps == [3, 6]
   lines = [json.loads(l) for l in pathlib.Path(workdir, 'metrics.jsonl').read_text().splitlines()]
-  assert any('train/loss' in l for l in lines) and any('eval/Acc' in l for l in lines)
+  assert any('train/loss' in l for l in lines) and any('eval_val/Acc' in l for l in lines)
+  assert not any(k.startswith('eval/') for l in lines for k in l)  # test scores are not logged
   assert all(np.isfinite(l['train/loss']) for l in lines if 'train/loss' in l)
   assert any(
     f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(workdir, 'tensorboard'))
@@ -66,7 +67,7 @@ def test_train_writes_every_output(tiny_config, tmp_path):
   # Predictions in the ground-truth format: one known class name per frame, full length.
   _, data, _ = train.setup(tiny_config, workdir)
   classes = set(data.info.classes)
-  for video in data.test:
+  for video in data.read_test():
     lines = pathlib.Path(workdir, 'eval', 'predictions', f'{video.name}.txt').read_text().split()
     assert len(lines) == len(video.labels) and set(lines) <= classes
   pngs = os.listdir(os.path.join(workdir, 'eval', 'timelines'))
@@ -133,18 +134,19 @@ def test_nan_stops_naming_step_and_term(tiny_config, tmp_path):
 def test_eval_and_predict_modes(tiny_config, tmp_path):
   workdir = str(tmp_path / 'run')
   trained = train.train_and_evaluate(tiny_config, workdir)
-  again = train.evaluate(tiny_config, workdir)
-  assert again == trained  # same checkpoint, same sampling seeds
+  again = train.evaluate(tiny_config, workdir, 'best')
+  assert again == trained  # the checkpoint chosen on val, same sampling seeds
   _, data, _ = train.setup(tiny_config, workdir)
+  test = data.read_test()
   folder = tmp_path / 'new_features'
   folder.mkdir()
-  long_video = np.concatenate([data.test[0].features] * 3)  # longer than any training video
+  long_video = np.concatenate([test[0].features] * 3)  # longer than any training video
   np.save(folder / 'long.npy', long_video.T)
-  np.save(folder / 'short.npy', data.test[1].features.T)
+  np.save(folder / 'short.npy', test[1].features.T)
   config = tiny_config.copy_and_resolve_references()
   config.predict.features = str(folder)
   outdir = train.predict(config, workdir)
-  for name, video in [('long', long_video), ('short', data.test[1].features)]:
+  for name, video in [('long', long_video), ('short', test[1].features)]:
     lines = pathlib.Path(outdir, 'predictions', f'{name}.txt').read_text().split()
     assert len(lines) == len(video) and set(lines) <= set(data.info.classes)
 
@@ -300,9 +302,10 @@ def test_predict_api_on_arrays_and_folders(tiny_config, tmp_path):
   train.train_and_evaluate(tiny_config, workdir)
   _, data, _ = train.setup(tiny_config, workdir)
   longest = max(len(v.features) for v in data.train)
-  long_video = np.concatenate([data.test[0].features] * (longest // len(data.test[0].features) + 2))
+  test = data.read_test()
+  long_video = np.concatenate([test[0].features] * (longest // len(test[0].features) + 2))
   assert len(long_video) > longest
-  arrays = {'long': long_video, 'short': data.test[1].features}
+  arrays = {'long': long_video, 'short': test[1].features}
   predicted = polyseg.predict(workdir, arrays)
   assert set(predicted) == {'long', 'short'}
   for name, features in arrays.items():
@@ -315,8 +318,8 @@ def test_predict_api_on_arrays_and_folders(tiny_config, tmp_path):
   for name, features in arrays.items():
     np.save(folder / f'{name}.npy', features.T)
   outdir = str(tmp_path / 'out')
-  from_folder = polyseg.predict(workdir, folder, checkpoint='best', output=outdir)
-  for name in arrays:  # same inputs, same sampling seeds (best = latest here: eval at the end)
+  from_folder = polyseg.predict(workdir, folder, checkpoint='latest', output=outdir)
+  for name in arrays:  # same inputs, same sampling seeds, same checkpoint
     np.testing.assert_array_equal(from_folder[name]['DiffAct'], predicted[name]['DiffAct'])
     lines = pathlib.Path(outdir, 'predictions', f'{name}.txt').read_text().split()
     assert lines == [data.info.classes[i] for i in predicted[name]['DiffAct']]

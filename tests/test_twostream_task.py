@@ -85,7 +85,7 @@ def test_each_stream_draws_its_own_condition_mask(built, monkeypatch):
 def test_fused_row_follows_the_fusion_weights(built):
   data, task = built
   params = task.init(jax.random.PRNGKey(0), task.example_batch())
-  video, rng = data.test[0], jax.random.PRNGKey(1)
+  video, rng = data.read_test()[0], jax.random.PRNGKey(1)
   rgb_only, flow_only = task, twostream.Task(task.config, data.info)
   rgb_only.fusion_weights, flow_only.fusion_weights = (1.0, 0.0), (0.0, 1.0)
   first, second = rgb_only.predict(params, video, rng), flow_only.predict(params, video, rng)
@@ -105,7 +105,7 @@ def test_calibration_searches_val_only_once_per_video_and_predicts_with_the_best
   rng = jax.random.PRNGKey(task.config.eval.seed)
   task.calibrate(params, data.val, rng, str(tmp_path))
   assert sorted(set(calls)) == sorted(v.name for v in data.val)
-  assert not {v.name for v in data.test} & set(calls)
+  assert not {v.name for v in data.read_test()} & set(calls)
   saved = json.loads((tmp_path / 'fusion_search.json').read_text())
   assert tuple(saved['weights']) == task.fusion_weights
   assert len(saved['curve']) == len(late_fusion.weight_grid(2, task.config.fusion.step))
@@ -135,11 +135,11 @@ def test_train_evaluates_every_row_and_writes_the_search(tiny, tmp_path):
   features = tmp_path / 'unlabelled'
   for stream in ('rgb', 'flow'):
     (features / f'features_{stream}').mkdir(parents=True)
-    np.save(features / f'features_{stream}' / 'clip.npy', data.test[0].features[stream].T)
+    np.save(features / f'features_{stream}' / 'clip.npy', data.read_test()[0].features[stream].T)
   tiny.predict.features = str(features)
   outdir = train.predict(tiny, str(workdir))
   lines = (tmp_path / outdir / 'predictions' / 'clip.Fused.txt').read_text().split()
-  assert len(lines) == len(data.test[0].labels)
+  assert len(lines) == len(data.read_test()[0].labels)
   assert os.path.exists(os.path.join(outdir, 'fusion_search.json'))
 
 

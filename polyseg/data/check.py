@@ -295,7 +295,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:
     data = module.load_data(config)
   info = data.info
-  splits = {name: split_stats(getattr(data, name), info) for name in SPLITS}
+  videos = {'train': data.train, 'val': data.val, 'test': data.read_test()}  # a check reads all
+  splits = {name: split_stats(videos[name], info) for name in SPLITS}
   root = module.dataset_root(config) if hasattr(module, 'dataset_root') else config.data.root
   synthetic = f'synthetic (config.data.synthetic, cached in {config.data.cache_dir})'
   stats = {

@@ -133,6 +133,13 @@ def split_path(root: PathLike, subset: str, split: int) -> pathlib.Path:
   return pathlib.Path(root) / 'splits' / f'{subset}.split{split}.bundle'
 
 
+def require_split(root: PathLike, subset: str, split: int) -> None:
+  """DataError unless the split file of `subset` exists (checked without opening it)."""
+  path = split_path(root, subset, split)
+  if not path.is_file():
+    raise DataError(f'{path}: split file not found')
+
+
 def read_split(root: PathLike, subset: str, split: int) -> list[str]:
   """Video ids listed in `splits/{subset}.split{split}.bundle` (".txt" stripped)."""
   path = split_path(root, subset, split)
@@ -1122,8 +1129,10 @@ def read_transcripts(
   classes: Sequence[str] | None = None,
   input_dim: int | None = None,
   labels: bool = True,
+  names: Sequence[str] | None = None,
 ) -> Dataset:
-  """Reads one subset of split `split` of a transcripts dataset as TranscriptVideos.
+  """Reads one subset of split `split` of a transcripts dataset as TranscriptVideos (only the
+  videos `names` of it, when given).
 
   Features `features/<vid>.npy`, transcripts `transcripts/<vid>.txt` (no more actions than frames)
   and, if `labels`, `groundTruth/<vid>.txt`, whose segments must be the transcript; else labels
@@ -1132,7 +1141,7 @@ def read_transcripts(
   root = pathlib.Path(root)
   mapping = _read_mapping_as(root, classes)
   videos, feature_paths = [], []
-  for name in read_split(root, subset, split):
+  for name in read_split(root, subset, split) if names is None else names:
     feature_path = root / 'features' / f'{name}.npy'
     transcript_path = root / 'transcripts' / f'{name}.txt'
     features = read_features(feature_path, input_dim)

@@ -295,6 +295,11 @@ def _check_args(num_classes, num_activities, input_dim, rank, min_len, max_len, 
     raise ValueError(f'blend must be >= 1 frame, got {blend}')
 
 
+def subset_counts(num_train: int, num_test: int, num_val: int) -> dict[str, int]:
+  """{subset: number of videos} in drawing order: val last, so adding it changes no other video."""
+  return {'train': num_train, 'test': num_test, **({'val': num_val} if num_val else {})}
+
+
 def _sample_videos(
   world: World,
   *,
@@ -331,6 +336,7 @@ def make_single_stream(
   input_dim: int = 64,
   num_train: int = 48,
   num_test: int = 16,
+  num_val: int = 8,
   min_len: int = 600,
   max_len: int = 1500,
   num_activities: int = 3,
@@ -339,7 +345,8 @@ def make_single_stream(
   ar_coef: float = 0.7,
   blend: int = 8,
 ) -> dict[str, formats.Dataset]:
-  """{'train': Dataset, 'test': Dataset} sampled in memory, deterministic from the arguments."""
+  """{'train', 'test', 'val' (when num_val > 0)}: Datasets sampled in memory, deterministic from
+  the arguments (the val videos are drawn after the others, so num_val changes no other video)."""
   _check_args(num_classes, num_activities, input_dim, rank, min_len, max_len, blend)
   world = make_world(
     seed=seed,
@@ -352,7 +359,7 @@ def make_single_stream(
     world,
     seed=seed,
     tag=0,
-    counts={'train': num_train, 'test': num_test},
+    counts=subset_counts(num_train, num_test, num_val),
     min_len=min_len,
     max_len=max_len,
     video=lambda name, rng, labels: formats.Video(
@@ -1232,6 +1239,7 @@ def make_two_streams(
   flow_dim: int = 32,
   num_train: int = 48,
   num_test: int = 16,
+  num_val: int = 8,
   min_len: int = 600,
   max_len: int = 1500,
   num_activities: int = 3,
@@ -1245,8 +1253,8 @@ def make_two_streams(
   burst_len: int = 4,
   burst_amplitude: float = 12.0,
 ) -> dict[str, formats.MultiStreamDataset]:
-  """{'train', 'test'}: MultiStreamDatasets of RGB and flow features, deterministic from the
-  arguments."""
+  """{'train', 'test', 'val' (when num_val > 0)}: MultiStreamDatasets of RGB and flow features,
+  deterministic from the arguments (as `make_single_stream`)."""
   _check_args(num_classes, num_activities, rgb_dim, rank, min_len, max_len, blend)
   if not 2 <= num_motions <= num_classes - 1:
     raise ValueError(f'num_motions must be in [2, {num_classes - 1}], got {num_motions}')
@@ -1278,7 +1286,7 @@ def make_two_streams(
     world.rgb,
     seed=seed,
     tag=300,
-    counts={'train': num_train, 'test': num_test},
+    counts=subset_counts(num_train, num_test, num_val),
     min_len=min_len,
     max_len=max_len,
     video=lambda name, rng, labels: formats.MultiStreamVideo(

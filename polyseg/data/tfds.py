@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import pathlib
 import shutil
@@ -431,10 +432,11 @@ def load(
   dims: Mapping[str, int | None] | None = None,
   train_shard: tuple[int, int] = (0, 1),
   hold_out: tuple[float, int] | None = None,
-) -> dict[str, Any]:
-  """{subset: dataset} of `spec` from `tfds_dir` (None: `<root>/tfds`), every subset whole except
-  'train', of which only records p::P are read for `train_shard` = (p, P) (a host's share);
-  converts `root` there first if needed (and says so). `classes` / `dims` as in `read`.
+) -> tuple[dict[str, Any], Callable[[], Any]]:
+  """({subset: dataset} of `spec` from `tfds_dir` (None: `<root>/tfds`) but test, read_test):
+  every subset whole except 'train', of which only records p::P are read for `train_shard` = (p, P)
+  (a host's share); `read_test()` reads the test records (none is read before it is called).
+  Converts `root` there first if needed (and says so). `classes` / `dims` as in `read`.
 
   `hold_out` = (fraction, seed): when the conversion's val subset is empty, val is the seeded
   `fraction` of the train records that `formats.hold_out` picks (as the folder tasks do), read
@@ -443,25 +445,23 @@ def load(
   if not is_converted(out, spec):
     print(f'No TFDS conversion {spec.name} in {out} yet: converting {root} (first use)', flush=True)
     convert(root, out, spec)
-  indices = dict.fromkeys(spec.subsets)
+  indices = {subset: None for subset in spec.subsets if subset != 'test'}
   if hold_out is not None and 'val' in indices and not names(out, spec, 'val'):
     indices['train'], indices['val'] = formats.hold_out_split(
       names(out, spec, 'train'), *hold_out, f'{dataset_dir(out, spec)}: no val records'
     )
+  read_whole = functools.partial(read, out, spec, classes=classes, dims=dims)
   datasets = {}
   for subset, chosen in indices.items():
     held_out_val = subset == 'val' and chosen is not None
-    datasets[subset] = read(
-      out,
-      spec,
+    shard = train_shard if subset == 'train' else (0, 1)
+    datasets[subset] = read_whole(
       'train' if held_out_val else subset,
       indices=chosen,
-      process_index=train_shard[0] if subset == 'train' else 0,
-      process_count=train_shard[1] if subset == 'train' else 1,
-      classes=classes,
-      dims=dims,
+      process_index=shard[0],
+      process_count=shard[1],
     )
-  return datasets
+  return datasets, lambda: read_whole('test')
 
 
 # ------------------------------------------------------------------------------- command --

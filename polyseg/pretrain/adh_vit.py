@@ -398,8 +398,8 @@ def write_features(
   config: ml_collections.ConfigDict,
 ) -> pathlib.Path:
   """Writes the stage-1 output at `out` atomically: features/shared/<vid>.npy [Ds, T] and
-  features/{lh,rh}/<vid>.npy [C, T] for every video of `subsets`, with the input's splits,
-  mapping and labels. Returns `out`."""
+  features/{lh,rh}/<vid>.npy [C, T] for every video of `subsets`, with `subsets` as its splits,
+  and the input's mapping and labels. Returns `out`."""
   apply = make_apply(model)
   splits = {subset: [v.name for v in videos] for subset, videos in subsets.items()}
 
@@ -424,6 +424,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, root: str) -> pathlib.P
   root = pathlib.Path(os.path.expanduser(root))
   classes, subsets = read_subsets(root, config.split)
   train_videos, val_videos = train_val(root, subsets, config)
+  # The output's bundles say which videos validated: later stages hold out the same ones.
+  subsets = {'train': train_videos, 'val': val_videos, 'test': subsets['test']}
   train_lib.write_json(str(stage_dir / 'config.json'), json.loads(config.to_json_best_effort()))
   model = vit.build(config.model, len(classes))
   all_videos = [v for videos in subsets.values() for v in videos]

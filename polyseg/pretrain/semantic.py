@@ -445,12 +445,13 @@ def write_mas(
   split: int,
   params: Any,
   dataset: formats.MultiStreamDataset,
+  splits: dict[str, list[str]],
 ) -> pathlib.Path:
-  """Writes the MAS features of every video of every split of `root` (splits, mapping and labels
-  copied) as a two-hands root at `out`, atomically, with mas.json. `dataset` (any subset of
-  `root`) gives the classes and dimensions. Returns `out`."""
+  """Writes the MAS features of every video of every split of `root` (mapping and labels
+  copied) as a two-hands root at `out` whose bundles are `splits` ({subset: names}), atomically,
+  with mas.json. `dataset` (any subset of `root`) gives the classes and dimensions. Returns
+  `out`."""
   subsets = [s for s in SUBSETS if formats.split_path(root, s, split).is_file()]
-  splits = {subset: formats.read_split(root, subset, split) for subset in subsets}
   dims = dataset.input_dims
   mas = {
     'shared': dims['shared'],
@@ -483,4 +484,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, root: str) -> pathlib.P
   )
   train_lib.write_json(str(stage_dir / 'config.json'), json.loads(config.to_json_best_effort()))
   params, _ = fit(config, stage_dir, train_set.videos, val_videos, vectors)
-  return write_mas(out, root, config.split, params, train_set)
+  splits = {  # the output's bundles say which videos validated: stage 3 holds out the same ones
+    'train': [v.name for v in train_set.videos],
+    'val': [v.name for v in val_videos],
+    'test': formats.read_split(root, 'test', config.split),
+  }
+  return write_mas(out, root, config.split, params, train_set, splits)

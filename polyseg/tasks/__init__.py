@@ -2,7 +2,8 @@
 
 The engine (`polyseg.train`) only sees this interface, implemented by `<module>.Task`:
 
-  load_data(config) -> Data                     module-level; validated before any training step
+  load_data(config) -> Data                     module-level; train and val validated before any
+                                                training step, test only read by Data.read_test()
   load_unlabelled(config, info) -> [video]      module-level; --mode=predict inputs
   Task(config, info: DataInfo, train_videos)    builds model, schedule, class weights
   .classes / .background / .rows                class names, background ids, output row names
@@ -38,6 +39,8 @@ rows, or carry state that is not trained by gradients, e.g. Polyphony's adaptive
                                                 called before val and test are predicted (and by
                                                 --mode=predict, on the val split) when `calibrates`;
                                                 it writes what it chose to `outdir` (if not None)
+                                                and returns it as JSON ({} if nothing), which the
+                                                test results.json records
 
 A video is any object with `.name` and `.labels` (None when unlabelled); the task reads the rest.
 """
@@ -87,13 +90,15 @@ class DataInfo:
 
 @dataclasses.dataclass
 class Data:
-  """The splits of a dataset; `val` (may be empty) picks the best checkpoint, `test` is reported.
+  """The splits of a dataset. `val` (never empty) is what every choice is made on: the best
+  checkpoint, calibration, adaptive weights. The test split is not read with the others: the engine
+  calls `read_test()` once, after training, so nothing before the final evaluation can look at it.
   `train` is every process's whole training set, or this process's share (`train_shard`)."""
 
   info: DataInfo
   train: list
-  test: list
-  val: list = dataclasses.field(default_factory=list)
+  val: list
+  read_test: Callable[[], list]  # () -> the test videos, read (and validated) on call
   # Which training videos `train` holds: every count-th from index, as (index, count). (0, 1) =
   # all of them; data.format='tfds' reads only this process's share (jax.process_index/count).
   train_shard: tuple[int, int] = (0, 1)
@@ -129,8 +134,9 @@ class BaseTask:
 
   calibrates = False
 
-  def calibrate(self, params, videos: list, rng, outdir: str | None) -> None:
+  def calibrate(self, params, videos: list, rng, outdir: str | None) -> dict:
     del params, videos, rng, outdir
+    return {}
 
   def initial_task_state(self):
     return None
@@ -163,10 +169,11 @@ def load_splits(
   spec: tfds.Spec,
   read_folder: Callable[[str, Sequence[str] | None, Any], Any],
   dims: Mapping[str, int | None],
-) -> tuple[list[str], dict[str, list], tuple[int, int]]:
-  """(classes, {'train', 'val', 'test': videos}, train_shard) of an MS-TCN-split dataset (`root`)
-  with validation: `splits/val.split<k>.bundle`, or else a seeded `data.val_fraction` of train
-  (`formats.hold_out`, `data.val_seed`; never test).
+) -> tuple[list[str], dict[str, list], Callable[[], list], tuple[int, int]]:
+  """(classes, {'train', 'val': videos}, read_test, train_shard) of an MS-TCN-split dataset (`root`):
+  val is `splits/val.split<k>.bundle`, or else a seeded `data.val_fraction` of train
+  (`formats.hold_out`, `data.val_seed`; never test). `read_test()` reads the test videos; until it
+  is called no test file is opened (only the test bundle's existence is checked here).
 
   data.format='folder': `read_folder(subset, classes, train)` reads a subset with these classes
   (`data.classes` or None for train, then train's); `train` is None when reading train, else the
@@ -177,7 +184,7 @@ def load_splits(
   classes = tuple(d.classes) if d.classes else None
   if tfds.check_format(d.format) == 'tfds':
     shard = (jax.process_index(), jax.process_count())
-    subsets = tfds.load(
+    subsets, read_records = tfds.load(
       root,
       d.tfds_dir,
       spec,
@@ -186,9 +193,11 @@ def load_splits(
       train_shard=shard,
       hold_out=(d.val_fraction, d.val_seed),
     )
-    return subsets['train'].classes, {k: v.videos for k, v in subsets.items()}, shard
+    videos = {k: v.videos for k, v in subsets.items()}
+    return subsets['train'].classes, videos, lambda: read_records().videos, shard
+  formats.require_split(root, 'test', d.split)
   train = read_folder('train', classes, None)
-  videos = {'train': train.videos, 'test': read_folder('test', train.classes, train).videos}
+  videos = {'train': train.videos}
   if formats.split_path(root, 'val', d.split).exists():
     videos['val'] = read_folder('val', train.classes, train).videos
   else:
@@ -200,7 +209,7 @@ def load_splits(
     )
     videos['train'] = [train.videos[i] for i in kept]
     videos['val'] = [train.videos[i] for i in held]
-  return train.classes, videos, (0, 1)
+  return train.classes, videos, lambda: read_folder('test', train.classes, train).videos, (0, 1)
 
 
 def get(name: str):

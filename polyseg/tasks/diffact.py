@@ -48,32 +48,23 @@ def load_unlabelled(config: ml_collections.ConfigDict, info: tasks.DataInfo) -> 
 
 
 def load_data(config: ml_collections.ConfigDict) -> tasks.Data:
-  """Reads and validates the train and test splits (MS-TCN layout), from the folder or, with
-  data.format='tfds', from its TFDS conversion (made on first use)."""
+  """Train / val / test of the MS-TCN layout, from the folder or, with data.format='tfds', from its
+  TFDS conversion (made on first use); see `tasks.load_splits` (val: the val bundle, else a seeded
+  `data.val_fraction` of train)."""
   root = dataset_root(config)
-  classes = tuple(config.data.classes) if config.data.classes else None
-  train_shard = (0, 1)
-  if tfds.check_format(config.data.format) == 'tfds':  # each process reads its share of train
-    train_shard = (jax.process_index(), jax.process_count())
-    subsets = tfds.load(
-      root,
-      config.data.tfds_dir,
-      tfds.Spec('single_stream', split=config.data.split),
-      classes=classes,
-      dims={'features': config.data.input_dim},
-      train_shard=train_shard,
-    )
-    train, test = subsets['train'], subsets['test']
-  else:
-    train = formats.read_single_stream(
-      root, 'train', config.data.split, classes=classes, input_dim=config.data.input_dim
-    )
-    test = formats.read_single_stream(
-      root, 'test', config.data.split, classes=train.classes, input_dim=train.input_dim
-    )
-  background = tuple(train.classes.index(n) for n in config.data.background if n in train.classes)
-  info = tasks.DataInfo(tuple(train.classes), train.input_dim, background)
-  return tasks.Data(info, train.videos, test.videos, train_shard=train_shard)
+
+  def read_folder(subset: str, classes, train) -> formats.Dataset:
+    input_dim = config.data.input_dim if train is None else train.input_dim
+    return formats.read_single_stream(root, subset, config.data.split, classes, input_dim)
+
+  spec = tfds.Spec('single_stream', split=config.data.split)
+  classes, splits, read_test, shard = tasks.load_splits(
+    config, root, spec, read_folder, {'features': config.data.input_dim}
+  )
+  background = tuple(classes.index(n) for n in config.data.background if n in classes)
+  input_dim = int(splits['train'][0].features.shape[1])
+  info = tasks.DataInfo(tuple(classes), input_dim, background)
+  return tasks.Data(info, splits['train'], splits['val'], read_test, train_shard=shard)
 
 
 def classification_loss(logits, labels, mask, soft_label: float | None, class_weights=None):

@@ -38,6 +38,7 @@ import dataclasses
 import math
 import os
 import pathlib
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -80,25 +81,36 @@ def dataset_root(config: ml_collections.ConfigDict) -> pathlib.Path:
 
 
 def _read_subset(
-  config, root: pathlib.Path, subset: str, classes, input_dim, labels: bool
+  config, root: pathlib.Path, subset: str, classes, input_dim, labels: bool, names=None
 ) -> formats.Dataset:
-  """TranscriptVideos of a subset, with frame labels if `labels` (transcripts/ files are then
-  checked against them; derived transcripts need them, and the caller drops them)."""
+  """TranscriptVideos of a subset (only `names` of it, when given), with frame labels if `labels`
+  (transcripts/ files are then checked against them; derived transcripts need them, and the
+  caller drops them from training videos)."""
   d = config.data
   if d.transcripts == 'file':
-    return formats.read_transcripts(root, subset, d.split, classes, input_dim, labels=labels)
+    return formats.read_transcripts(root, subset, d.split, classes, input_dim, labels, names)
   dataset = formats.read_single_stream(root, subset, d.split, classes, input_dim)
   videos = [
     formats.TranscriptVideo(
       v.name, v.features, v.labels, transcript=formats.segment_classes(v.labels)
     )
     for v in dataset.videos
+    if names is None or v.name in names
   ]
   return formats.Dataset(dataset.classes, videos)
 
 
-def _read(config, root: pathlib.Path) -> tuple[formats.Dataset, formats.Dataset]:
-  """(train, test) TranscriptVideos with labels, from the folder or the TFDS conversion."""
+def _check_labelled(root: pathlib.Path, subset: str, videos: list) -> list:
+  if any(v.labels is None for v in videos):
+    raise formats.DataError(f'{root}: {subset} videos need groundTruth/ for the metrics')
+  return videos
+
+
+def _read(config, root: pathlib.Path) -> tuple[formats.Dataset, list, Callable[[], list]]:
+  """(train, val videos, read_test): TranscriptVideos from the folder or the TFDS conversion. Val
+  and test carry frame labels (for the metrics); val is the val bundle, else a seeded
+  `data.val_fraction` of train (`formats.hold_out`), whose frame labels are then read for it alone.
+  `read_test()` reads the test videos (no test file is opened before)."""
   d = config.data
   classes = tuple(d.classes) if d.classes else None
   _check_choice('data.transcripts', d.transcripts, TRANSCRIPT_SOURCES)
@@ -106,13 +118,32 @@ def _read(config, root: pathlib.Path) -> tuple[formats.Dataset, formats.Dataset]
     if d.transcripts != 'file':
       raise ValueError("config.data.format='tfds' reads transcripts/ (data.transcripts='file')")
     spec = tfds.Spec('transcripts', split=d.split)
-    subsets = tfds.load(root, d.tfds_dir, spec, classes=classes, dims={'features': d.input_dim})
-    train, test = subsets['train'], subsets['test']
-    if any(v.labels is None for v in test.videos):
-      raise formats.DataError(f'{root}: test videos need groundTruth/ for the metrics')
-    return train, test
+    subsets, read_records = tfds.load(
+      root,
+      d.tfds_dir,
+      spec,
+      classes=classes,
+      dims={'features': d.input_dim},
+      hold_out=(d.val_fraction, d.val_seed),
+    )
+    read_test = lambda: _check_labelled(root, 'test', read_records().videos)
+    return subsets['train'], _check_labelled(root, 'val', subsets['val'].videos), read_test
+  formats.require_split(root, 'test', d.split)
   train = _read_subset(config, root, 'train', classes, d.input_dim, labels=False)
-  return train, _read_subset(config, root, 'test', train.classes, train.input_dim, labels=True)
+  read_labelled = lambda subset, names=None: (
+    _read_subset(
+      config, root, subset, train.classes, train.input_dim, labels=True, names=names
+    ).videos
+  )
+  if formats.split_path(root, 'val', d.split).exists():
+    val = read_labelled('val')
+  else:
+    names = [v.name for v in train.videos]
+    where = f'{formats.split_path(root, "train", d.split)}: no val bundle'
+    kept, held = formats.hold_out_split(names, d.val_fraction, d.val_seed, where)
+    val = read_labelled('train', [names[i] for i in held])
+    train = formats.Dataset(train.classes, [train.videos[i] for i in kept])
+  return train, val, lambda: read_labelled('test')
 
 
 def _transcript_file(config, root: pathlib.Path, name: str) -> pathlib.Path:
@@ -127,8 +158,8 @@ def window(config: ml_collections.ConfigDict) -> int:
 
 
 def load_data(config: ml_collections.ConfigDict) -> tasks.Data:
-  """Train (transcripts only: labels dropped here) and test (labels and transcripts) of the MS-TCN
-  layout with transcripts. `task_info` holds what training learned from the transcripts: the
+  """Train (transcripts only: labels dropped here), val and test (labels and transcripts) of the
+  MS-TCN layout with transcripts. `task_info` holds what training learned from the transcripts: the
   grammar (the distinct training transcripts, in order of appearance), the mean segment length per
   class in frames, the class prior (the expected share of frames of each class: occurrences in the
   transcripts times mean length) and the most frames per action any training video needs."""
@@ -139,15 +170,21 @@ def load_data(config: ml_collections.ConfigDict) -> tasks.Data:
       'data.max_train_len unset (a crop would not match its transcript)'
     )
   root = dataset_root(config)
-  train, test = _read(config, root)
+  train, val, read_test = _read(config, root)
   bins = window(config)
-  for video in [*train.videos, *test.videos]:
-    if len(video.transcript) > math.ceil(len(video.features) / bins):
-      raise formats.DataError(
-        f'{_transcript_file(config, root, video.name)}: {len(video.transcript)} actions, but the '
-        f'video has only {len(video.features)} frames = {math.ceil(len(video.features) / bins)} '
-        f'bins of {bins} (model.action_level): at most one action per bin'
-      )
+
+  def check_bins(videos: list) -> list:
+    for video in videos:
+      if len(video.transcript) > math.ceil(len(video.features) / bins):
+        raise formats.DataError(
+          f'{_transcript_file(config, root, video.name)}: {len(video.transcript)} actions, but '
+          f'the video has only {len(video.features)} frames = '
+          f'{math.ceil(len(video.features) / bins)} bins of {bins} (model.action_level): at most '
+          'one action per bin'
+        )
+    return videos
+
+  check_bins([*train.videos, *val])
   weak = [dataclasses.replace(v, labels=None) for v in train.videos]
   transcripts = [v.transcript for v in weak]
   grammar = list(dict.fromkeys(tuple(int(c) for c in t) for t in transcripts))
@@ -167,7 +204,7 @@ def load_data(config: ml_collections.ConfigDict) -> tasks.Data:
   }
   background = tuple(train.classes.index(n) for n in d.background if n in train.classes)
   info = tasks.DataInfo(tuple(train.classes), train.input_dim, background, task_info)
-  return tasks.Data(info, weak, test.videos)
+  return tasks.Data(info, weak, val, lambda: check_bins(read_test()))
 
 
 def load_unlabelled(config: ml_collections.ConfigDict, info: tasks.DataInfo) -> list:

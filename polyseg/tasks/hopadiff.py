@@ -44,7 +44,10 @@ def dataset_root(config: ml_collections.ConfigDict) -> str:
 
 def load_data(config: ml_collections.ConfigDict) -> tasks.Data:
   """Reads and validates the referring dataset, cuts samples of `data.sample_frames` frames and
-  partitions them by `data.protocol` into train / val / test."""
+  partitions them by `data.protocol` into train / val / test. The folder layout is read whole
+  (under the random protocol windows of one video can fall in different subsets, so the files are
+  shared): its test samples are held in memory, unscored, until `read_test()`; a TFDS conversion
+  keeps them in their own records, read only then."""
   root = dataset_root(config)
   d = config.data
   classes = tuple(d.classes) if d.classes else None
@@ -59,9 +62,12 @@ def load_data(config: ml_collections.ConfigDict) -> tasks.Data:
       split_fractions=tuple(d.split_fractions),
     )
     dims = {'holistic': d.holistic_dim, 'partial': d.partial_dim}
-    subsets = tfds.load(root, d.tfds_dir, spec, classes=classes, dims=dims, train_shard=train_shard)
+    subsets, read_test = tfds.load(
+      root, d.tfds_dir, spec, classes=classes, dims=dims, train_shard=train_shard
+    )
     dataset = subsets['train']
     splits = {subset: subsets[subset].samples for subset in subsets}
+    splits['test'] = lambda: read_test().samples
   else:
     dataset = formats.read_referring(
       root, classes=classes, holistic_dim=d.holistic_dim, partial_dim=d.partial_dim
@@ -70,11 +76,11 @@ def load_data(config: ml_collections.ConfigDict) -> tasks.Data:
     splits = formats.split_referring(
       root, samples, d.protocol, seed=d.split_seed, fractions=tuple(d.split_fractions)
     )
+    test = splits['test']
+    splits['test'] = lambda: test
   dims = {'holistic': dataset.holistic_dim, 'partial': dataset.partial_dim}
   info = tasks.DataInfo(tuple(dataset.classes), dims, background=())
-  return tasks.Data(
-    info, train=splits['train'], test=splits['test'], val=splits['val'], train_shard=train_shard
-  )
+  return tasks.Data(info, splits['train'], splits['val'], splits['test'], train_shard=train_shard)
 
 
 def load_unlabelled(config: ml_collections.ConfigDict, info: tasks.DataInfo) -> list:

@@ -149,14 +149,14 @@ def check_data(config: ml_collections.ConfigDict, workdir: str) -> tasks.Data:
   if stage == 1:
     classes, subsets = adh_vit.read_subsets(root, config.stage1.split)
     train, val = adh_vit.train_val(root, subsets, config.stage1)
-    test, dims = subsets['test'], {}
+    dims, read_test = {}, lambda: subsets['test']
   else:
     s = config.stage2
     train_set, val = semantic.training_data(root, s.split, s.val_fraction, s.seed)
     classes, train, dims = train_set.classes, train_set.videos, train_set.input_dims
-    test = formats.read_hand_streams(root, 'test', s.split, classes, dims).videos
+    read_test = lambda: formats.read_hand_streams(root, 'test', s.split, classes, dims).videos
   background = tuple(classes.index(n) for n in config.data.background if n in classes)
-  return tasks.Data(tasks.DataInfo(tuple(classes), dims, background), train, test, val)
+  return tasks.Data(tasks.DataInfo(tuple(classes), dims, background), train, val, read_test)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,18 +223,21 @@ def load_data(config: ml_collections.ConfigDict) -> tasks.Data:
 
   paths = ('features',) if single else tuple(f'features/{hand}' for hand in HANDS)
   spec = tfds.Spec(d.layout, split=d.split)
-  classes, splits, shard = tasks.load_splits(
+  classes, splits, read_test, shard = tasks.load_splits(
     config, root, spec, read_folder, dict.fromkeys(paths, d.input_dim)
   )
   if single:
-    splits = {k: [_both_hands(v) for v in videos] for k, videos in splits.items()}
+    as_hands = lambda videos: [_both_hands(v) for v in videos]
   else:
     columns = feature_columns(root, d.features)
-    splits = {k: [_keep_columns(v, columns) for v in videos] for k, videos in splits.items()}
+    as_hands = lambda videos: [_keep_columns(v, columns) for v in videos]
+  splits = {k: as_hands(videos) for k, videos in splits.items()}
   background = tuple(classes.index(n) for n in d.background if n in classes)
   input_dim = int(splits['train'][0].features[HANDS[0]].shape[1])
   info = tasks.DataInfo(tuple(classes), input_dim, background)
-  return tasks.Data(info, splits['train'], splits['test'], splits['val'], train_shard=shard)
+  return tasks.Data(
+    info, splits['train'], splits['val'], lambda: as_hands(read_test()), train_shard=shard
+  )
 
 
 def load_unlabelled(config: ml_collections.ConfigDict, info: tasks.DataInfo) -> list:

@@ -65,11 +65,11 @@ def load_data(config: ml_collections.ConfigDict) -> tasks.Data:
 
   spec = tfds.Spec('two_streams', split=d.split, length_tolerance=d.length_tolerance)
   dims = {f'features/{s}': d.input_dims[s] for s in STREAMS}
-  classes, splits, shard = tasks.load_splits(config, root, spec, read_folder, dims)
+  classes, splits, read_test, shard = tasks.load_splits(config, root, spec, read_folder, dims)
   dims = {s: int(splits['train'][0].features[s].shape[1]) for s in STREAMS}
   background = tuple(classes.index(n) for n in d.background if n in classes)
   info = tasks.DataInfo(tuple(classes), dims, background)
-  return tasks.Data(info, splits['train'], splits['test'], splits['val'], train_shard=shard)
+  return tasks.Data(info, splits['train'], splits['val'], read_test, train_shard=shard)
 
 
 def load_unlabelled(config: ml_collections.ConfigDict, info: tasks.DataInfo) -> list:
@@ -197,13 +197,14 @@ class Task(tasks.SingleLabelTask):
       'Flow': self.decode(probs[1], num_frames),
     }
 
-  def calibrate(self, params, videos: list, rng, outdir: str | None) -> None:
+  def calibrate(self, params, videos: list, rng, outdir: str | None) -> dict:
     """Searches the fusion weights on `videos` (the val split) and keeps the best, and writes the
-    search to `outdir`/fusion_search.json (when given). `rng` is the one the engine then predicts
-    these videos with, so their stream probabilities are computed once."""
+    search to `outdir`/fusion_search.json (when given); returns {'fusion_weights': [...]} ({}
+    when `fusion.search` is off). `rng` is the one the engine then predicts these videos with, so
+    their stream probabilities are computed once."""
     f = self.config.fusion
     if not f.search:
-      return
+      return {}
     probs = {
       video.name: self.stream_probs(params, video, jax.random.fold_in(rng, index))
       for index, video in enumerate(videos)
@@ -235,3 +236,4 @@ class Task(tasks.SingleLabelTask):
       print(
         f'fusion weights on {len(videos)} val videos: {weights} ({f.metric} {result.best_score:.2f})'
       )
+    return {'fusion_weights': [float(w) for w in result.best]}
