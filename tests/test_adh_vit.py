@@ -322,3 +322,33 @@ def test_tiny_vit_learns_both_hands(tmp_path):
     majority = np.bincount(labels).max() / len(labels)
     accuracy = np.mean(predicted == labels)
     assert accuracy > 0.85 and accuracy > majority + 0.3, (hand, accuracy, majority)
+
+
+def test_held_out_validation_videos_become_the_outputs_val_bundle(tmp_path, monkeypatch):
+  """Without a val bundle, stage 1 validates on a seeded part of train; its output dataset lists
+  exactly those videos as val, so later stages validate on them too and never train on them."""
+  raw = synthetic.make_two_hands(
+    tmp_path / 'raw', num_videos=8, num_parts=1, min_len=30, max_len=40, frames=True, frame_size=16
+  )
+  names = formats.read_split(raw, 'train', 1) + formats.read_split(raw, 'val', 1)
+  formats.split_path(raw, 'val', 1).unlink()
+  formats.split_path(raw, 'train', 1).write_text(''.join(f'{n}\n' for n in names))
+  seen = {}
+
+  def fit(config, stage_dir, model, train_videos, val_videos, frames):
+    seen.update(train=[v.name for v in train_videos], val=[v.name for v in val_videos])
+    return {}
+
+  def write_features(out, classes, subsets, *args):
+    seen['written'] = {k: [v.name for v in videos] for k, videos in subsets.items()}
+    return out
+
+  monkeypatch.setattr(adh_vit, 'fit', fit)
+  monkeypatch.setattr(adh_vit, 'write_features', write_features)
+  monkeypatch.setattr(adh_vit.vit, 'to_state_dict', lambda params: {})
+  config = tiny_config()
+  adh_vit.run(config, str(tmp_path / 'work'), str(raw))
+  held = formats.hold_out(names, config.val_fraction, config.seed)
+  assert seen['val'] == seen['written']['val'] == held
+  assert seen['train'] == seen['written']['train'] == [n for n in names if n not in held]
+  assert seen['written']['test'] == formats.read_split(raw, 'test', 1)
