@@ -302,8 +302,9 @@ def hal_table(args) -> None:
     workdir = os.path.join(args.workdir, f'hal_{ablation}')
     _train_once(config, workdir, steps, main_row)
     with open(os.path.join(workdir, 'eval', 'results.json')) as f:
-      results = json.load(f)['results']
-    row = f'{row}, {steps} steps'
+      saved = json.load(f)
+    results = saved['results']
+    row = f'{row}, step {saved["step"]} of {steps}'  # the checkpoint val chose
     tables['segmentation from video alone'][row] = results[main_row]
     if 'Alignment' in results:
       tables['alignment given the transcript'][row] = results['Alignment']
