@@ -195,3 +195,22 @@ def test_a_broken_test_file_stops_the_final_evaluation_and_a_rerun_finishes(tiny
   assert (workdir / 'metrics.jsonl').read_text() == lines  # nothing trained again
   saved = json.loads((workdir / 'eval' / 'results.json').read_text())
   assert saved['results'] == results and saved['split'] == 'test'
+
+
+@pytest.mark.parametrize('source', ['file', 'labels'])
+def test_hal_holds_out_labelled_val_videos_from_train(source, tmp_path):
+  """Without a val bundle HAL validates on a seeded part of train, with those videos' frame labels
+  (read for them alone with transcripts/ files); the training videos keep only transcripts."""
+  from polyseg.data import synthetic
+
+  args = {'num_train': 6, 'num_val': 0, 'num_test': 2, 'min_len': 60, 'max_len': 80}
+  root = synthetic.single_stream(tmp_path / 'data', transcripts=True, input_dim=8, **args)
+  config = load_config('hal', 'runlocal=True')
+  config.data.update(root=str(root), transcripts=source)
+  data = hal.load_data(config)
+  held = formats.hold_out([f'train{i:03d}' for i in range(6)], 0.15, 0)
+  assert [v.name for v in data.val] == held and len(data.train) == 5
+  for video in data.val:
+    expected = formats.read_labels(root / 'groundTruth' / f'{video.name}.txt', data.info.classes)
+    np.testing.assert_array_equal(video.labels, expected)
+  assert all(v.labels is None for v in data.train)

@@ -83,9 +83,9 @@ def dataset_root(config: ml_collections.ConfigDict) -> pathlib.Path:
 def _read_subset(
   config, root: pathlib.Path, subset: str, classes, input_dim, labels: bool, names=None
 ) -> formats.Dataset:
-  """TranscriptVideos of a subset (only `names` of it, when given), with frame labels if `labels`
-  (transcripts/ files are then checked against them; derived transcripts need them, and the
-  caller drops them from training videos)."""
+  """TranscriptVideos of a subset, with frame labels if `labels` (transcripts/ files are then
+  checked against them; derived transcripts need them, and the caller drops them from training
+  videos). `names` (transcripts/ files only) reads just those videos of the subset."""
   d = config.data
   if d.transcripts == 'file':
     return formats.read_transcripts(root, subset, d.split, classes, input_dim, labels, names)
@@ -95,7 +95,6 @@ def _read_subset(
       v.name, v.features, v.labels, transcript=formats.segment_classes(v.labels)
     )
     for v in dataset.videos
-    if names is None or v.name in names
   ]
   return formats.Dataset(dataset.classes, videos)
 
@@ -141,7 +140,9 @@ def _read(config, root: pathlib.Path) -> tuple[formats.Dataset, list, Callable[[
     names = [v.name for v in train.videos]
     where = f'{formats.split_path(root, "train", d.split)}: no val bundle'
     kept, held = formats.hold_out_split(names, d.val_fraction, d.val_seed, where)
-    val = read_labelled('train', [names[i] for i in held])
+    val = [train.videos[i] for i in held]
+    if val[0].labels is None:  # transcripts/ files: read the frame labels of these videos alone
+      val = read_labelled('train', [v.name for v in val])
     train = formats.Dataset(train.classes, [train.videos[i] for i in kept])
   return train, val, lambda: read_labelled('test')
 
