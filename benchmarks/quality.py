@@ -9,10 +9,11 @@ r"""Does each method's idea pay off? Same synthetic split and training budget pe
 (c) full DiffAct (encoder + denoising decoder, DDIM sampling).
 All three get the same post-processing.
 
---task=hopadiff: the paper's Table 5 on the synthetic referring data — full HopaDIFF, w/o the partial
+--task=hopadiff: the paper's Table 5 on the synthetic referring data — full HopaDIFF (the paper's
+global DFT condition), full HopaDIFF with the windowed DFT condition instead, w/o the partial
 branch, w/o HP-xLSTM, w/o the cross-attention gates (BCAF), w/o the DFT condition, and w/o all
 (= DiffAct with sigmoid outputs on the holistic features alone), the last also with DiffAct's own
-decoder (attention values from the noisy labels only); val and test (the best checkpoint is picked
+decoder (attention values from the noisy labels only; the paper's decoder); val and test (the best checkpoint is picked
 on val). `--ablations=none,no_all` runs a subset. Each table also has the untrained constant
 baseline (`constant_baseline`: every frame gets the training class frequencies).
 
@@ -21,8 +22,9 @@ with the MAS parts MF, MF+AF, MF+AF+SF (full), and the full model w/o cross-hand
 loss weighting, w/o both; per hand Acc, the gap RH - LH and the hands' mean F1@50, on val and test.
 
 --task=twostream: 2s-DAS on the synthetic two-stream data — RGB alone, flow alone and the fused
-output (fusion weights searched on val), with random condition-mask selection and with one fixed mask
-type (no mask; boundary mask), on val and test.
+output (fusion weights searched on val), with the paper's random condition-mask selection (full,
+boundary, segment), with DiffAct's list (which adds the zero mask), and with one fixed mask type (no
+mask; boundary mask), on val and test.
 
 --task=hal: weak supervision on the synthetic data with transcripts — HAL, the NN-Viterbi-style
 pseudo-label learner on the same backbone and HAL with the CTC objective, all from transcripts only,
@@ -51,6 +53,7 @@ import optax
 
 from polyseg import postprocess
 from polyseg import report
+from polyseg import tasks
 from polyseg import train
 from polyseg.configlib import load_config
 from polyseg.tasks import diffact
@@ -98,6 +101,7 @@ def linear_baseline(config, steps: int) -> dict[str, float]:
 
 HOPADIFF_ROWS = {  # --ablations name -> (configs/hopadiff.py arg, table row)
   'none': ('ablation=none', 'HopaDIFF'),
+  'windowed': ('dft=windowed', 'HopaDIFF, windowed DFT (not the paper)'),
   'no_partial': ('ablation=no_partial', 'w/o partial branch'),
   'no_xlstm': ('ablation=no_xlstm', 'w/o HP-xLSTM'),
   'no_bcaf': ('ablation=no_bcaf', 'w/o BCAF'),
@@ -105,7 +109,7 @@ HOPADIFF_ROWS = {  # --ablations name -> (configs/hopadiff.py arg, table row)
   'no_all': ('ablation=no_all', 'w/o all (DiffAct, holistic)'),
   'no_all_diffact_decoder': (
     'ablation=no_all,decoder=diffact',
-    "w/o all, DiffAct's decoder (V of labels only)",
+    "w/o all, DiffAct's decoder (the paper's)",
   ),
 }
 
@@ -126,6 +130,29 @@ def constant_baseline(config) -> dict[str, dict[str, float]]:
       labels = task.row_labels(sample, task.main_row)
       scores.add(np.broadcast_to(frequencies, labels.shape), labels)
     results[split] = scores.result()
+  return results
+
+
+MAJORITY_ROW = 'constant (most frequent training class)'
+
+
+def majority_baseline(config) -> dict[str, dict[str, dict[str, float]]]:
+  """{'val', 'test'} -> {row: metrics} of a single-label task (`config.task`) predicting, for each
+  of its rows, that row's most frequent training class at every frame. No training."""
+  module = tasks.get(config.task)
+  data = module.load_data(config)
+  task = module.Task(config, data.info, train_videos=data.train)
+  results = {}
+  for split, videos in (('val', data.val), ('test', data.read_test())):
+    scores = {}
+    for row in task.rows:
+      majority = np.bincount(np.concatenate([task.row_labels(v, row) for v in data.train])).argmax()
+      metrics = task.row_metrics(row)
+      for video in videos:
+        labels = task.row_labels(video, row)
+        metrics.add(np.full_like(labels, majority), labels)
+      scores[row] = metrics.result()
+    results[split] = task.summarize(scores)
   return results
 
 
@@ -212,6 +239,17 @@ POLYPHONY_ROWS = {  # --ablations name (configs/polyphony.py ablation=) -> table
 }
 
 
+def polyphony_columns(results: dict[str, dict[str, float]]) -> dict[str, float]:
+  """A Polyphony results dict ({'LH', 'RH', 'gap', ...: metrics}) -> the table's columns."""
+  return {
+    'LH Acc': results['LH']['Acc'],
+    'RH Acc': results['RH']['Acc'],
+    'gap': results['gap']['Acc'],
+    'LH F1@50': results['LH']['F1@50'],
+    'RH F1@50': results['RH']['F1@50'],
+  }
+
+
 def polyphony_table(args) -> None:
   """Stage 2 once (its MAS features feed every row), then stage 3 per ablation of
   configs/polyphony.py; prints per-hand Acc, the gap and mean F1@50 on val and test."""
@@ -230,13 +268,9 @@ def polyphony_table(args) -> None:
     for split, folder in (('val', 'eval_val'), ('test', 'eval')):
       with open(os.path.join(workdir, folder, 'results.json')) as f:
         results = json.load(f)['results']
-      rows.setdefault(split, {})[POLYPHONY_ROWS[ablation]] = {
-        'LH Acc': results['LH']['Acc'],
-        'RH Acc': results['RH']['Acc'],
-        'gap': results['gap']['Acc'],
-        'LH F1@50': results['LH']['F1@50'],
-        'RH F1@50': results['RH']['F1@50'],
-      }
+      rows.setdefault(split, {})[POLYPHONY_ROWS[ablation]] = polyphony_columns(results)
+  for split, results in majority_baseline(config).items():
+    rows[split][MAJORITY_ROW] = polyphony_columns(results)
   for split, table in rows.items():
     columns = list(next(iter(table.values())))
     print(f'{split} ({steps} steps):\n{report.format_table(table, columns)}\n')
@@ -246,7 +280,8 @@ def polyphony_table(args) -> None:
 
 
 TWOSTREAM_ROWS = {  # --ablations name -> condition masks of configs/twostream.py (the masks= arg)
-  'random': 'random mask type per step',
+  'random': "paper: random of full / boundary / segment",
+  'diffact': "DiffAct's list (adds zero)",
   'full': 'fixed: no mask (full)',
   'boundary': 'fixed: boundary mask',
 }
@@ -272,6 +307,8 @@ def twostream_table(args) -> None:
         if row == 'Fused':
           name += f' (rgb {weights[0]:.2f}, flow {weights[1]:.2f})'
         rows.setdefault(split, {})[name] = results[row]
+  for split, results in majority_baseline(load_config('twostream')).items():
+    rows[split][MAJORITY_ROW] = results['Fused']
   for split, table in rows.items():
     print(f'{split} ({steps} steps):\n{report.format_table(table)}\n')
     for name, result in table.items():

@@ -20,9 +20,11 @@ from ml_collections import config_dict
 from polyseg import configlib
 from polyseg import parallel
 
-# Per-dataset settings from the DiffAct release (METHODS.md §1).
+# Per-dataset settings from the DiffAct release (METHODS.md §1); the parameters are initialised as
+# PyTorch initialises the reference code's layers.
 DATASETS = {
   'gtea': {
+    'init': 'torch',
     'enc_layers': 10,
     'enc_maps': 64,
     'enc_dropouts': (0.5, 0.5, 0.5),
@@ -44,6 +46,7 @@ DATASETS = {
     'eval_every': 700,
   },
   '50salads': {
+    'init': 'torch',
     'enc_layers': 10,
     'enc_maps': 64,
     'enc_dropouts': (0.5, 0.5, 0.5),
@@ -65,6 +68,7 @@ DATASETS = {
     'eval_every': 1000,
   },
   'breakfast': {
+    'init': 'torch',
     'enc_layers': 12,
     'enc_maps': 256,
     'enc_dropouts': (0.5, 0.1, 0.1),
@@ -87,6 +91,7 @@ DATASETS = {
   },
   # The embedded synthetic data: GTEA-shaped model, budget for a few CPU minutes.
   'synthetic': {
+    'init': 'flax',
     'enc_layers': 8,
     'enc_maps': 64,
     'enc_dropouts': (0.3, 0.3, 0.1),
@@ -153,6 +158,9 @@ def get_config(arg=None):
 
   c.model = ml_collections.ConfigDict()
   c.model.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
+  # Parameter initialisation: 'torch' (PyTorch's default, as DiffAct's reference code; the published
+  # settings) or 'flax' (Flax's lecun_normal kernels, zero biases); models/layers.py torch_default_init.
+  c.model.init = s['init']
   c.model.encoder = ml_collections.ConfigDict(
     {
       'num_layers': s['enc_layers'],
@@ -196,8 +204,9 @@ def get_config(arg=None):
       'class_weighting': True,
     }
   )
-  # Sigma of the soft-label CE (unweighted); None -> class-weighted CE on hard labels.
+  # Sigma of the soft-label CE; None -> CE on hard labels (class-weighted when class_weighting).
   c.loss.soft_label = config_dict.FieldReference(s['soft_label'], field_type=float)
+  c.loss.weight_soft_labels = False  # soft labels class-weighted too (not in DiffAct's reference)
 
   c.optim = ml_collections.ConfigDict(
     {'learning_rate': s['lr'], 'weight_decay': s['weight_decay'], 'grad_accum_steps': 1}

@@ -19,6 +19,12 @@ The paper's settings on your own RHAS-style features (METHODS.md §2, layout in 
   decoder=conditioned_values|diffact   the decoders' attention values see the condition too (our
                                   default: models/layers.py ConvAttentionLayer), or only the noisy
                                   labels, as in DiffAct's decoder (README: HopaDIFF results)
+  dft=global|windowed             the DFT condition of the decoders: 'global', the paper's (Eq. 6): per
+                                  channel of the HP-xLSTM output, the DFT along time of the whole
+                                  video, bin k on frame k (real and imaginary parts); or 'windowed':
+                                  the log-magnitude spectrum of the 33 frames around every frame, of 8
+                                  learned projections (polyseg's earlier default; README: HopaDIFF).
+                                  ablation=no_dft|no_all drop either kind
   text=none|film|cross_attention  condition the holistic branch on the MiniLM-L6 embedding of the
                                   reference (for features that are not cross-modal; needs the 'text'
                                   install in the README)
@@ -62,7 +68,7 @@ FEATURES = {
 
 def get_config(arg=None):
   """Returns the HopaDIFF config for `arg` (see the module docstring)."""
-  known = {'features', 'frames', 'protocol', 'ablation', 'decoder', 'text', 'runlocal'}
+  known = {'features', 'frames', 'protocol', 'ablation', 'decoder', 'dft', 'text', 'runlocal'}
   args = configlib.parse_arg(arg, known)
   features = configlib.choice(args, 'features', FEATURES, 'synthetic')
   frames = int(configlib.choice(args, 'frames', ('3000', '2000'), '3000'))
@@ -71,6 +77,7 @@ def get_config(arg=None):
   decoder = configlib.choice(
     args, 'decoder', ('conditioned_values', 'diffact'), 'conditioned_values'
   )
+  dft = configlib.choice(args, 'dft', ('global', 'windowed'), 'global')
   text = configlib.choice(args, 'text', ('none', 'film', 'cross_attention'), 'none')
   runlocal = configlib.flag(args, 'runlocal')
   s = FEATURES[features]
@@ -157,9 +164,11 @@ def get_config(arg=None):
   c.model.dft = ml_collections.ConfigDict(
     {
       'enabled': ablation not in ('no_dft', 'no_all'),
-      'channels': 8,
-      'window': 33,
-      'parts': 'magnitude',
+      'kind': dft,  # 'global' (the paper's DFT over the whole video) | 'windowed'
+      # 'complex': (Re X, Im X) | 'magnitude': log1p(|X|)
+      'parts': 'complex' if dft == 'global' else 'magnitude',
+      'channels': 8,  # 'windowed' only: learned projections of zhat
+      'window': 33,  # 'windowed' only: frames per spectrum (odd)
     }
   )
   c.model.text = ml_collections.ConfigDict(

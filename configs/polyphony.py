@@ -36,11 +36,13 @@ from polyseg import configlib
 from polyseg.pretrain import adh_vit
 from polyseg.pretrain import semantic
 
-# dataset -> (DiffAct config it starts from, data layout, stage-3 training budget)
+# dataset -> (DiffAct config it starts from, data layout, stage-3 training budget). HA-ViD / ATTACH:
+# the model sizes of the reference code's HA-ViD config, which are DiffAct's Breakfast settings
+# (encoder 12 x 256, decoder 8 x 128, soft labels of sigma 4, boundary sigma 3, median filter 15).
 DATASETS = {
   'synthetic': ('synthetic', 'two_hands', {'num_steps': 1200, 'eval_every': 150}),
-  'havid': ('gtea', 'two_hands', {'num_steps': 20000, 'eval_every': 500}),
-  'attach': ('gtea', 'two_hands', {'num_steps': 20000, 'eval_every': 500}),
+  'havid': ('breakfast', 'two_hands', {'num_steps': 20000, 'eval_every': 500}),
+  'attach': ('breakfast', 'two_hands', {'num_steps': 20000, 'eval_every': 500}),
   'breakfast': ('breakfast', 'single_stream', {'num_steps': 100000, 'eval_every': 5000}),
 }
 ABLATIONS = {  # row -> (MAS parts kept, cross-hand fusion, adaptive loss weighting)
@@ -82,8 +84,9 @@ def get_config(arg=None):
   c.optim.learning_rate = 1e-3
   c.loss.update(encoder_ce=1.0, decoder_ce=1.0, encoder_smooth=0.05, decoder_smooth=0.05)
   c.loss.decoder_boundary = 0.2
+  c.loss.weight_soft_labels = True  # each hand's class weights, with soft labels too (the paper)
   c.loss.adaptive = {'enabled': with_weighting, 'window': 5, 'gap': 0.95, 'max_boost': 2.0}
-  c.diffusion.sampling_steps = 5
+  c.diffusion.update(sampling_steps=5, eta=0.0)  # deterministic DDIM, as the paper samples
   if not runlocal:
     c.train.update(checkpoint_every=budget['eval_every'], **budget)
 

@@ -14,9 +14,11 @@ one, else a seeded part of train is held out), with a dataset's DiffAct settings
 
 `arg` is a comma-separated list of `key=value`:
   dataset=synthetic|gtea|50salads|breakfast   DiffAct's per-dataset model and training settings
-  masks=random|full|zero|boundary|segment   condition masks: a random type per video and step (the
-                                  paper's importance sampling; DiffAct's list), or one fixed type
-                                  (the ablation)
+  masks=random|diffact|full|zero|boundary|segment   condition masks: `random` (default), the
+                                  paper's importance sampling: full, boundary or segment (the
+                                  dataset's segment=n), drawn uniformly per video and step; `diffact`:
+                                  DiffAct's list, which adds the zero mask the paper excludes (and
+                                  weights segment twice); or one fixed type (the ablations)
   runlocal=True                   tiny models and data for a smoke run
 """
 
@@ -26,7 +28,8 @@ from ml_collections import config_dict
 from polyseg import configlib
 
 MASKS = {
-  'random': None,  # the dataset's DiffAct list: full, zero, boundary, segment=1, segment=1
+  'random': None,  # the paper's: DiffAct's kinds without zero, each once (set in get_config)
+  'diffact': None,  # the dataset's DiffAct list: full, zero, boundary, segment=n, segment=n
   'full': ('full',),
   'zero': ('zero',),
   'boundary': ('boundary',),
@@ -46,7 +49,10 @@ def get_config(arg=None):
   # Each stream is a DiffAct model with the dataset's DiffAct settings.
   c = configlib.load_config('diffact', f'dataset={dataset},runlocal={runlocal}')
   c.task = 'twostream'
-  if MASKS[masks] is not None:
+  if masks == 'random':
+    kinds = c.diffusion.condition_types
+    c.diffusion.condition_types = tuple(k for k in dict.fromkeys(kinds) if k != 'zero')
+  elif MASKS[masks] is not None:
     c.diffusion.condition_types = MASKS[masks]
 
   del c.data['input_dim']

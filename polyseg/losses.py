@@ -1,7 +1,9 @@
 """Segmentation losses over padded batches (METHODS.md §1).
 
 Every loss takes `mask [B, T]` (1 = valid frame), ignores padded frames (their logits get zero
-gradient), pools over all valid frames (or frame pairs) of the batch and returns a scalar; a batch
+gradient), averages over each video's valid frames (or frame pairs), then over the videos that have
+any, and returns a scalar: a padded batch gives the mean of its videos' own losses, as DiffAct's
+reference code (one video at a time, gradients accumulated over the batch) computes it. A batch
 without any valid frame (pair) gives 0.
 """
 
@@ -29,6 +31,14 @@ def _safe_ratio(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
   return jnp.where(positive, numerator / jnp.where(positive, denominator, 1.0), 0.0)
 
 
+def _video_mean(per_frame: jax.Array, weight: jax.Array) -> jax.Array:
+  """Mean over the videos with weight > 0 of sum_t per_frame / sum_t weight (0 if none).
+  per_frame, weight [B, T] (per_frame already multiplied by its weight)."""
+  counts = jnp.sum(weight, axis=1)
+  per_video = _safe_ratio(jnp.sum(per_frame, axis=1), counts)
+  return _safe_ratio(jnp.sum(per_video), jnp.sum(counts > 0))
+
+
 def _pair_mask(mask: jax.Array) -> jax.Array:
   """[B, T-1]: 1 where frames t-1 and t are both valid."""
   return mask[:, 1:] * mask[:, :-1]
@@ -37,7 +47,9 @@ def _pair_mask(mask: jax.Array) -> jax.Array:
 def cross_entropy(
   logits: jax.Array, labels: jax.Array, mask: jax.Array, class_weights: jax.Array | None = None
 ) -> jax.Array:
-  """Class-weighted CE, torch 'mean' semantics: sum w_y nll / sum w_y over valid frames.
+  """Class-weighted CE: per video sum_t w_y nll_t / (valid frames), as DiffAct's reference
+  (CrossEntropyLoss(weight=w, reduction='none'), then the mean over frames; torch's 'mean'
+  reduction would divide by sum w_y instead).
 
   logits [B, T, C], labels [B, T] int, mask [B, T], class_weights [C] or None (all 1).
   """
@@ -45,14 +57,22 @@ def cross_entropy(
   onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
   nll = -jnp.sum(onehot * jax.nn.log_softmax(logits, axis=-1), axis=-1)
   weights = mask if class_weights is None else mask * (onehot @ class_weights)
-  return _safe_ratio(jnp.sum(weights * nll), jnp.sum(weights))
+  return _video_mean(weights * nll, mask)
 
 
-def soft_cross_entropy(logits: jax.Array, soft_targets: jax.Array, mask: jax.Array) -> jax.Array:
-  """Mean over valid frames of -sum_c q_c log p_c. logits, soft_targets [B, T, C]."""
+def soft_cross_entropy(
+  logits: jax.Array,
+  soft_targets: jax.Array,
+  mask: jax.Array,
+  class_weights: jax.Array | None = None,
+) -> jax.Array:
+  """Mean over valid frames of -sum_c w_c q_c log p_c. logits, soft_targets [B, T, C];
+  class_weights [C] or None (all 1, DiffAct's soft-label CE)."""
   logits = _masked_logits(logits, mask)
+  if class_weights is not None:
+    soft_targets = soft_targets * class_weights
   per_frame = -jnp.sum(soft_targets * jax.nn.log_softmax(logits, axis=-1), axis=-1)
-  return _safe_ratio(jnp.sum(mask * per_frame), jnp.sum(mask))
+  return _video_mean(mask * per_frame, mask)
 
 
 def binary_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
@@ -60,7 +80,7 @@ def binary_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array)
   CE, so it weighs against the per-frame boundary loss independently of C). logits, targets [B, T, C]."""
   logits = _masked_logits(logits, mask)
   per_entry = -(targets * jax.nn.log_sigmoid(logits) + (1 - targets) * jax.nn.log_sigmoid(-logits))
-  return _safe_ratio(jnp.sum(mask[..., None] * per_entry), jnp.sum(mask))
+  return _video_mean(mask * jnp.sum(per_entry, axis=-1), mask)
 
 
 def smoothing_loss(logits: jax.Array, mask: jax.Array) -> jax.Array:
@@ -70,7 +90,7 @@ def smoothing_loss(logits: jax.Array, mask: jax.Array) -> jax.Array:
   squared = (log_probs[:, 1:] - jax.lax.stop_gradient(log_probs[:, :-1])) ** 2
   pairs = _pair_mask(mask)
   clamped = jnp.clip(squared, 0.0, _SMOOTHING_CLAMP)
-  return _safe_ratio(jnp.sum(pairs[..., None] * clamped), jnp.sum(pairs) * logits.shape[-1])
+  return _video_mean(pairs * jnp.mean(clamped, axis=-1), pairs)
 
 
 def boundary_loss(
@@ -99,7 +119,7 @@ def boundary_loss(
   target = boundary_target[:, 1:]
   bce = -(target * jnp.log(change) + (1 - target) * jnp.log1p(-change))
   pairs = _pair_mask(mask)
-  return _safe_ratio(jnp.sum(pairs * bce), jnp.sum(pairs))
+  return _video_mean(pairs * bce, pairs)
 
 
 def _gaussian_kernel(sigma: float) -> np.ndarray:
@@ -149,12 +169,12 @@ def transition_penalty(probs: jax.Array, mask: jax.Array) -> jax.Array:
   chex.assert_rank(probs, 3)
   pairs = _pair_mask(mask)
   change = 0.5 * jnp.abs(probs[:, 1:] - probs[:, :-1]).sum(-1)
-  return _safe_ratio((change * pairs).sum(), pairs.sum())
+  return _video_mean(change * pairs, pairs)
 
 
 def ctc(logits: jax.Array, mask: jax.Array, transcripts: jax.Array, num_actions: jax.Array):
-  """CTC of the ordered transcripts (optax.ctc_loss, blank = the last class), summed over the
-  batch and divided by its valid frames. logits [B, T, C + 1], mask [B, T], transcripts [B, N]
+  """CTC of the ordered transcripts (optax.ctc_loss, blank = the last class) divided by the
+  video's valid frames, averaged over the videos. logits [B, T, C + 1], mask [B, T], transcripts [B, N]
   int (entries >= num_actions [B] are padding)."""
   chex.assert_rank(logits, 3)
   label_padding = (jnp.arange(transcripts.shape[1])[None] >= num_actions[:, None]).astype(
@@ -163,7 +183,7 @@ def ctc(logits: jax.Array, mask: jax.Array, transcripts: jax.Array, num_actions:
   per_video = optax.ctc_loss(
     logits, 1.0 - mask, transcripts, label_padding, blank_id=logits.shape[-1] - 1
   )
-  return _safe_ratio(per_video.sum(), mask.sum())
+  return _video_mean(per_video[:, None], jnp.sum(mask, axis=1)[:, None])
 
 
 def presence_loss(log_probs: jax.Array, mask: jax.Array, present: jax.Array) -> jax.Array:

@@ -28,6 +28,7 @@ from polyseg import report
 from polyseg import tasks
 from polyseg.data import formats
 from polyseg.data import pipeline
+from polyseg.models import layers
 
 
 class NonFiniteError(FloatingPointError):
@@ -46,6 +47,7 @@ class Interrupted(Exception):
 
 
 NONFINITE_MODES = ('stop', 'skip')
+TORCH_INIT_STREAM = 1  # fold_in tag of the rng that model.init='torch' redraws the parameters from
 
 
 def stop_training(signum: int, step: int, state: Any, ckpt, writer) -> None:
@@ -169,8 +171,14 @@ def init_state(task, tx, rng: jax.Array, shardings: Any = None) -> dict[str, Any
   'task_state' (every leaf a jax.Array), created directly with `shardings` (a matching pytree of
   shardings, e.g. `parallel.state_shardings`)."""
 
+  init_kind = task.parameter_init
+  if init_kind not in layers.INITS:
+    raise ValueError(f'model.init={init_kind!r}; choose one of {layers.INITS}')
+
   def init(rng):
     params = task.init(rng, task.example_batch())
+    if init_kind == 'torch':
+      params = layers.torch_default_init(params, jax.random.fold_in(rng, TORCH_INIT_STREAM))
     state = {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
     task_state = task.initial_task_state()
     return state if task_state is None else {**state, 'task_state': task_state}

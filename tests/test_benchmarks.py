@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from polyseg import metrics
 from polyseg.configlib import load_config
 from polyseg.tasks import hopadiff
+from polyseg.tasks import twostream
 
 BENCHMARKS = REPO / 'benchmarks'
 # The tiny programs compile faster without XLA's optimisation passes; the persistent compilation cache
@@ -207,3 +209,23 @@ def test_quality_constant_baseline_scores_the_training_frequencies(cache_dir):
         sum(s == predicted for s in sets) / len(sets) * 100
       )
       assert results[split]['Jaccard'] == pytest.approx(sum(jaccards) / len(jaccards) * 100)
+
+
+def test_quality_majority_baseline_predicts_each_rows_most_frequent_training_class(cache_dir):
+  """quality.py's constant row of the single-label tables, on the runlocal 2s-DAS data, by hand:
+  every frame gets the most frequent training class, so Acc is that class's share of the split's
+  frames; every row (Fused, RGB, Flow) scores the same; background is left out of Edit / F1."""
+  quality = load_benchmark('quality')
+  config = load_config('twostream', 'runlocal=True')
+  config.data.cache_dir = cache_dir
+  data = twostream.load_data(config)
+  majority = np.bincount(np.concatenate([v.labels for v in data.train])).argmax()
+  results = quality.majority_baseline(config)
+  for split, videos in (('val', data.val), ('test', data.read_test())):
+    frames = np.concatenate([v.labels for v in videos])
+    assert results[split]['Fused']['Acc'] == pytest.approx(np.mean(frames == majority) * 100)
+    assert results[split]['Fused'] == results[split]['RGB'] == results[split]['Flow']
+    scores = metrics.SegmentationMetrics(background=data.info.background)
+    for video in videos:
+      scores.add(np.full(len(video.labels), majority), video.labels)
+    assert results[split]['Fused'] == pytest.approx(scores.result())

@@ -49,7 +49,7 @@ def test_dft_condition_matches_numpy_reference(parts):
   x = rng.normal(size=(1, 40, 2)).astype(np.float32)
   mask = np.ones((1, 40), np.float32)
   mask[0, 31:] = 0
-  module = hopadiff.DFTCondition(channels=2, window=9, parts=parts)
+  module = hopadiff.DFTCondition('windowed', parts, channels=2, window=9)
   params = _identity_dft_params(module, x, mask)
   out = np.asarray(module.apply(params, x, mask))
   bins = 9 // 2 + 1
@@ -62,7 +62,7 @@ def test_dft_condition_peaks_at_the_frequency_of_a_periodic_motion():
   t = np.arange(200)
   x = np.sin(2 * np.pi * cycles / window * t).astype(np.float32)[None, :, None]
   mask = np.ones((1, 200), np.float32)
-  module = hopadiff.DFTCondition(channels=1, window=window)
+  module = hopadiff.DFTCondition('windowed', 'magnitude', channels=1, window=window)
   out = np.asarray(module.apply(_identity_dft_params(module, x, mask), x, mask))
   assert np.all(out[0, 20:180].argmax(-1) == cycles)
 
@@ -74,7 +74,7 @@ def test_dft_condition_ignores_padding_and_zeroes_padded_frames():
   mask[0, 20:] = 0
   garbage = x.copy()
   garbage[0, 20:] = 1e3
-  module = hopadiff.DFTCondition(channels=2, window=7)
+  module = hopadiff.DFTCondition('windowed', channels=2, window=7)
   params = module.init(jax.random.PRNGKey(1), x, mask)
   out, out_garbage = module.apply(params, x, mask), module.apply(params, garbage, mask)
   np.testing.assert_allclose(out, out_garbage, atol=1e-6)
@@ -84,9 +84,90 @@ def test_dft_condition_ignores_padding_and_zeroes_padded_frames():
 def test_dft_condition_rejects_bad_settings():
   x, mask = jnp.zeros((1, 5, 2)), jnp.ones((1, 5))
   with pytest.raises(ValueError, match='odd'):
-    hopadiff.DFTCondition(window=8).init(jax.random.PRNGKey(0), x, mask)
+    hopadiff.DFTCondition('windowed', window=8).init(jax.random.PRNGKey(0), x, mask)
   with pytest.raises(ValueError, match='parts'):
-    hopadiff.DFTCondition(window=5, parts='phase').init(jax.random.PRNGKey(0), x, mask)
+    hopadiff.DFTCondition('windowed', parts='phase', window=5).init(jax.random.PRNGKey(0), x, mask)
+  with pytest.raises(ValueError, match='kind'):
+    hopadiff.DFTCondition('local').init(jax.random.PRNGKey(0), x, mask)
+
+
+def _padded_videos(lengths, frames, channels, seed):
+  """Videos of `lengths` padded to `frames` with garbage (which must be ignored): x, mask."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(len(lengths), frames, channels)).astype(np.float32) + 0.3
+  mask = (np.arange(frames)[None] < np.asarray(lengths)[:, None]).astype(np.float32)
+  return np.where(mask[..., None] > 0, x, 1e3).astype(np.float32), mask
+
+
+@pytest.mark.parametrize(
+  'lengths, frames',
+  [((40, 37, 20, 1), 40), ((50_000, 46_349), 50_000)],  # long: m^2 overflows int32, m^2 / L in
+  ids=['short', 'long'],  # float32 is 0.03 rad off, so the chirp phase must be exact
+)
+def test_dft_along_time_is_numpy_fft_of_each_unpadded_video(lengths, frames):
+  x, mask = _padded_videos(lengths, frames, 3, seed=0)
+  out = np.asarray(jax.jit(hopadiff.dft_along_time)(x, mask))
+  assert out.shape == x.shape and out.dtype == np.complex64
+  for b, length in enumerate(lengths):
+    reference = np.fft.fft(x[b, :length].astype(np.float64), axis=0)
+    np.testing.assert_allclose(out[b, :length], reference, atol=1e-5 * np.abs(reference).max())
+    assert np.all(out[b, length:] == 0)
+
+
+def _global_dft_reference(x, length, parts):
+  """Numpy: fft / sqrt(L) of the L valid frames of x [T, F], parts, LayerNorm; 0 on padded frames."""
+  spectrum = np.fft.fft(x[:length].astype(np.float64), axis=0) / np.sqrt(length)
+  if parts == 'magnitude':
+    out = np.log1p(np.abs(spectrum))
+  else:
+    out = np.concatenate([spectrum.real, spectrum.imag], axis=-1)
+  out = (out - out.mean(-1, keepdims=True)) / np.sqrt(out.var(-1, keepdims=True) + 1e-6)
+  return np.pad(out, [(0, x.shape[0] - length), (0, 0)])
+
+
+@pytest.mark.parametrize('parts', ['complex', 'magnitude'])
+def test_global_dft_condition_matches_numpy_on_a_padded_batch(parts):
+  lengths, frames = (33, 24, 17), 33
+  x, mask = _padded_videos(lengths, frames, 4, seed=1)
+  width = 4 * (2 if parts == 'complex' else 1)
+  module = hopadiff.DFTCondition('global', parts)
+  params = module.init(jax.random.PRNGKey(0), x, mask)  # no projection: only the LayerNorm
+  assert jax.tree.map(np.shape, params) == {
+    'params': {'norm': {'bias': (width,), 'scale': (width,)}}
+  }
+  apply = jax.jit(module.apply)
+  out = np.asarray(apply(params, x, mask))
+  assert out.shape == (3, frames, width)
+  for b, length in enumerate(lengths):
+    np.testing.assert_allclose(out[b], _global_dft_reference(x[b], length, parts), atol=2e-4)
+  # The same compiled function serves other lengths (L is a traced value, not a shape).
+  x2, mask2 = _padded_videos((5, 33, 30), frames, 4, seed=2)
+  out2 = np.asarray(apply(params, x2, mask2))
+  for b, length in enumerate((5, 33, 30)):
+    np.testing.assert_allclose(out2[b], _global_dft_reference(x2[b], length, parts), atol=2e-4)
+
+
+def test_global_dft_condition_gradients_are_finite_and_ignore_padding():
+  x, mask = _padded_videos((20, 13), 20, 3, seed=2)
+  module = hopadiff.DFTCondition('global', 'complex')
+  params = module.init(jax.random.PRNGKey(0), x, mask)
+  weights = np.random.default_rng(3).normal(size=(2, 20, 6)).astype(np.float32)
+  loss = lambda p, x: jnp.sum(module.apply(p, x, mask) * weights)
+  grad_params, grad_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+  for g in (*jax.tree.leaves(grad_params), grad_x):
+    assert np.all(np.isfinite(g)) and np.any(np.asarray(g) != 0)
+  assert np.all(np.asarray(grad_x)[1, 13:] == 0)
+
+
+def test_global_dft_condition_puts_bin_k_on_frame_k():
+  """A sinusoid with 5 cycles over the L valid frames: the magnitude peaks on frames 5 and L - 5."""
+  length, frames = 64, 80
+  t = np.arange(frames)
+  x = (np.sin(2 * np.pi * 5 * t / length) * (t < length)).astype(np.float32)[None, :, None]
+  mask = (t < length).astype(np.float32)[None]
+  spectrum = np.abs(np.asarray(hopadiff.dft_along_time(x, mask)))[0, :, 0]
+  assert set(np.argsort(spectrum)[-2:]) == {5, length - 5}
+  np.testing.assert_allclose(spectrum[[5, length - 5]], length / 2, rtol=1e-4)
 
 
 # --- text condition -----------------------------------------------------------------------------
@@ -141,7 +222,7 @@ def test_text_cross_attention_ignores_masked_tokens():
 C, DH, DP = 3, 6, 5
 
 
-def _model(partial=True, use_xlstm=True, cross_attention='chunked', dft=True, text=None):
+def _model(partial=True, use_xlstm=True, cross_attention='chunked', dft='global', text=None):
   enc = {
     'num_layers': 2,
     'num_f_maps': 8,
@@ -160,6 +241,8 @@ def _model(partial=True, use_xlstm=True, cross_attention='chunked', dft=True, te
     'dropout': 0.0,
     'time_emb_dim': 8,
   }
+  parts = 'complex' if dft == 'global' else 'magnitude'  # as configs/hopadiff.py
+  dft_condition = functools.partial(hopadiff.DFTCondition, dft, parts, channels=2, window=5)
   return hopadiff.HopaDIFFModel(
     holistic_encoder=asformer.Encoder(**enc),
     holistic_decoder=asformer.Decoder(**dec),
@@ -170,8 +253,8 @@ def _model(partial=True, use_xlstm=True, cross_attention='chunked', dft=True, te
     )
     if use_xlstm
     else None,
-    holistic_dft=hopadiff.DFTCondition(channels=2, window=5) if dft else None,
-    partial_dft=hopadiff.DFTCondition(channels=2, window=5) if dft and partial else None,
+    holistic_dft=dft_condition() if dft else None,
+    partial_dft=dft_condition() if dft and partial else None,
     text=hopadiff.TextCondition(text, attention_dim=4) if text else None,
   )
 
@@ -194,12 +277,14 @@ def _model_inputs(seed=0, lengths=(12, 9), total=12):
 @pytest.mark.parametrize(
   'options, branches, width',
   [
-    ({}, ('holistic', 'partial'), 16 + 8 + 2 * 3),  # z (2 layers x 8) + zhat (8) + DFT
-    ({'use_xlstm': False}, ('holistic', 'partial'), 16 + 2 * 3),
-    ({'dft': False}, ('holistic', 'partial'), 16 + 8),
-    ({'partial': False}, ('holistic',), 16 + 8 + 2 * 3),
-    ({'partial': False, 'use_xlstm': False, 'dft': False}, ('holistic',), 16),
-    ({'text': 'film'}, ('holistic', 'partial'), 16 + 8 + 2 * 3),
+    ({}, ('holistic', 'partial'), 16 + 8 + 2 * 8),  # z (2 layers x 8) + zhat (8) + DFT (Re, Im)
+    ({'use_xlstm': False}, ('holistic', 'partial'), 16 + 2 * 16),  # DFT(z)
+    ({'dft': 'windowed'}, ('holistic', 'partial'), 16 + 8 + 2 * 3),  # 2 channels x 3 bins
+    ({'dft': 'windowed', 'use_xlstm': False}, ('holistic', 'partial'), 16 + 2 * 3),
+    ({'dft': None}, ('holistic', 'partial'), 16 + 8),
+    ({'partial': False}, ('holistic',), 16 + 8 + 2 * 8),
+    ({'partial': False, 'use_xlstm': False, 'dft': None}, ('holistic',), 16),
+    ({'text': 'film'}, ('holistic', 'partial'), 16 + 8 + 2 * 8),
   ],
 )
 def test_model_shapes_and_condition_layout(options, branches, width):

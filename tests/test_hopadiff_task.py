@@ -114,13 +114,16 @@ def test_text_path_conditions_the_holistic_branch(cache_dir, tmp_path):
     ('no_all', ('HopaDIFF',), set()),
   ],
 )
-def test_ablation_switches(cache_dir, ablation, rows, modules):
-  config = _config(cache_dir, f'ablation={ablation}')
+@pytest.mark.parametrize('dft', ['global', 'windowed'])
+def test_ablation_switches(cache_dir, ablation, rows, modules, dft):
+  config = _config(cache_dir, f'ablation={ablation},dft={dft}')
   data = hopadiff_task.load_data(config)
   task = hopadiff_task.Task(config, data.info)
   assert task.rows == rows
   params = jax.eval_shape(task.init, jax.random.PRNGKey(0), task.example_batch())['params']
   assert {'hp_xlstm', 'holistic_dft', 'partial_dft'} & set(params) == modules
+  for name in {'holistic_dft', 'partial_dft'} & modules:  # 'windowed' projects zhat first
+    assert ('proj' in params[name]) == (dft == 'windowed')
   if ablation == 'no_bcaf':
     assert not any('cross' in name.lower() for name in params['hp_xlstm'])
   if ablation in ('no_partial', 'no_all'):

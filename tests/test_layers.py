@@ -236,3 +236,41 @@ def test_fusion_fence_is_exactly_the_identity_and_so_is_its_gradient(shape, dtyp
 def test_count_params_counts_arrays_and_shape_structs():
   params = {"a": jnp.zeros((3, 4)), "b": {"c": jax.ShapeDtypeStruct((5,), jnp.float32)}}
   assert layers.count_params(params) == 17
+
+
+def test_torch_default_init_draws_uniform_within_one_over_sqrt_fan_in():
+  """PyTorch's nn.Linear / nn.Conv1d default: kernel and bias ~ U(-b, b), b = 1/sqrt(fan_in), fan_in
+  = prod(kernel.shape[:-1]); a query on concat[x, condition] split into `query` and `query_cond`
+  takes the fan-in of the concatenation (24 + 80); LayerNorm scales and other leaves are kept."""
+  rng = np.random.default_rng(0)
+  params = {
+    'params': {
+      'proj': {'kernel': np.zeros((300, 400), np.float32), 'bias': np.zeros(400, np.float32)},
+      'conv': {'kernel': np.zeros((5, 64, 64), np.float32), 'bias': np.zeros(64, np.float32)},
+      'layer': {
+        'query': {'kernel': np.zeros((24, 24), np.float32), 'bias': np.zeros(24, np.float32)},
+        'query_cond': {'kernel': np.zeros((80, 24), np.float32)},
+      },
+      'norm': {'scale': np.ones(7, np.float32), 'bias': rng.normal(size=7).astype(np.float32)},
+    }
+  }
+  out = jax.jit(layers.torch_default_init)(params, jax.random.key(3))
+  p = jax.tree.map(np.asarray, out['params'])
+  for leaf, fan_in in (
+    (p['proj']['kernel'], 300),
+    (p['proj']['bias'], 300),
+    (p['conv']['kernel'], 5 * 64),
+    (p['conv']['bias'], 5 * 64),
+    (p['layer']['query']['kernel'], 104),
+    (p['layer']['query']['bias'], 104),
+    (p['layer']['query_cond']['kernel'], 104),
+  ):
+    bound = 1 / math.sqrt(fan_in)
+    assert np.abs(leaf).max() <= bound and np.abs(leaf).max() > 0.9 * bound
+  # A uniform's standard deviation is b / sqrt(3) (a third of lecun_normal's variance 1/fan_in).
+  np.testing.assert_allclose(p['proj']['kernel'].std(), 1 / math.sqrt(3 * 300), rtol=0.01)
+  np.testing.assert_array_equal(p['norm']['scale'], params['params']['norm']['scale'])
+  np.testing.assert_array_equal(p['norm']['bias'], params['params']['norm']['bias'])
+  assert not np.allclose(p['proj']['bias'][:24], p['layer']['query']['bias'])  # own draws
+  again = layers.torch_default_init(params, jax.random.key(3))
+  np.testing.assert_array_equal(again['params']['conv']['kernel'], p['conv']['kernel'])

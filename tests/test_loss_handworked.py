@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from polyseg import losses
 from polyseg import tasks
 from polyseg import train
 from polyseg.configlib import load_config
@@ -123,45 +124,54 @@ def _soft_targets(labels, length, sigma):
   return smoothed
 
 
-def _soft_ce(logits, sigma):
-  """Mean over every valid frame of the batch of -sum_c q_c log p_c."""
-  per_frame = [
-    -(_soft_targets(LABELS[row], n, sigma) * _log_softmax(logits[row, :n])).sum(-1)
-    for row, n in enumerate(LENGTHS)
-  ]
-  return np.concatenate(per_frame).mean()
+# Every loss is DiffAct's reference's: one video at a time, the mean over its own valid frames
+# (or frame pairs), then the mean over the batch's videos.
+
+
+def _soft_ce(logits, sigma, weights=None):
+  """Per video, the mean over its valid frames of -sum_c w_c q_c log p_c (w = 1 when None);
+  mean over videos."""
+  weights = np.ones(NUM_CLASSES) if weights is None else weights
+  return np.mean(
+    [
+      np.mean(
+        -(weights * _soft_targets(LABELS[row], n, sigma) * _log_softmax(logits[row, :n])).sum(-1)
+      )
+      for row, n in enumerate(LENGTHS)
+    ]
+  )
 
 
 def _weighted_ce(logits, weights):
-  """sum w_y (-log p_y) / sum w_y over every valid frame of the batch (torch's 'mean')."""
-  nll, w = [], []
+  """Per video, sum_t w_y (-log p_y) / (its frames), as the reference's CrossEntropyLoss(weight=w,
+  reduction='none').mean(); mean over videos."""
+  per_video = []
   for row, n in enumerate(LENGTHS):
     y = LABELS[row, :n]
-    nll.append(-_log_softmax(logits[row, :n])[np.arange(n), y])
-    w.append(weights[y])
-  nll, w = np.concatenate(nll), np.concatenate(w)
-  return (w * nll).sum() / w.sum()
+    per_video.append(np.mean(weights[y] * -_log_softmax(logits[row, :n])[np.arange(n), y]))
+  return np.mean(per_video)
 
 
 def _smoothing(logits):
-  """Mean over valid (t-1, t) pairs and classes of min((log p_t - log p_{t-1})^2, 16)."""
+  """Per video, the mean over its (t-1, t) pairs and classes of min((log p_t - log p_{t-1})^2, 16);
+  mean over videos."""
   squared = []
   for row, n in enumerate(LENGTHS):
     log_p = _log_softmax(logits[row, :n])
-    squared.append(np.minimum((log_p[1:] - log_p[:-1]) ** 2, 16.0))
-  return np.concatenate(squared).mean()
+    squared.append(np.minimum((log_p[1:] - log_p[:-1]) ** 2, 16.0).mean())
+  return np.mean(squared)
 
 
 def _boundary(logits, target):
-  """Mean over valid pairs of BCE(b_t, target_t), b_t = 1 - sum_c p_t(c) p_{t-1}(c) clipped to
-  [1e-6, 1 - 1e-6]."""
+  """Per video, the mean over its pairs of BCE(b_t, target_t), b_t = 1 - sum_c p_t(c) p_{t-1}(c)
+  clipped to [1e-6, 1 - 1e-6]; mean over videos."""
   bce = []
   for row, n in enumerate(LENGTHS):
     p = np.exp(_log_softmax(logits[row, :n]))
     change = np.clip(1 - (p[1:] * p[:-1]).sum(-1), 1e-6, 1 - 1e-6)
     y = target[row, 1:n]
-    bce.append(-(y * np.log(change) + (1 - y) * np.log(1 - change)))
-  return np.concatenate(bce).mean()
+    bce.append(np.mean(-(y * np.log(change) + (1 - y) * np.log(1 - change))))
+  return np.mean(bce)
 
 
 # -- 1a: the published GTEA config ------------------------------------------------------------
@@ -192,13 +202,13 @@ def test_gtea_config_loss_terms_and_total_match_hand_computation():
   }
   assert {k: config.loss[k] for k in LOSS_TERMS} == weights
   task = _recording_task(config)
-  np.testing.assert_allclose(task.class_weights, CLASS_WEIGHTS, rtol=1e-6)  # computed, but...
+  assert task.class_weights is None  # soft labels: DiffAct's reference CE is unweighted
   batch = _batch(config)
   params = task.init(jax.random.PRNGKey(0), task.example_batch())
   total, terms = task.loss(params, batch, jax.random.PRNGKey(1))
   enc, dec = _logits(task)
   expected = {
-    # ...the soft-label CE is DiffAct's unweighted one: -sum_c q_c log p_c, mean over frames.
+    # The soft-label CE is DiffAct's unweighted one: -sum_c q_c log p_c, mean over frames.
     'encoder_ce': _soft_ce(enc, 1.4),
     'encoder_smooth': _smoothing(enc),
     'decoder_ce': _soft_ce(dec, 1.4),
@@ -287,12 +297,12 @@ def test_each_term_is_scaled_by_its_weight_and_a_zero_weight_removes_exactly_it(
 def test_class_weighted_cross_entropy_of_hard_labels():
   # By hand first: C = 4, the class weights above. Frame 0: label 0, logits (ln 3, 0, 0, 0), so
   # p_0 = 3 / 6, nll = ln 2; frame 1: label 3, logits 0, nll = ln 4; frame 2 is padding.
-  # Weighted CE = (0.5625 ln 2 + 0.375 ln 4) / (0.5625 + 0.375) = (0.6 + 2 * 0.4) ln 2 = 1.4 ln 2
-  # (0.5625 / 0.9375 = 0.6, 0.375 / 0.9375 = 0.4).
+  # Weighted CE = (0.5625 ln 2 + 0.375 ln 4) / 2 frames = (0.5625 + 0.75) / 2 ln 2 = 0.65625 ln 2
+  # (the reference divides by the frames, not by the sum of the weights).
   logits = jnp.asarray([[[np.log(3.0), 0, 0, 0], [0, 0, 0, 0], [9.0, -9.0, 9.0, 0]]])
   labels, mask = jnp.asarray([[0, 3, 2]]), jnp.asarray([[1.0, 1.0, 0.0]])
   hand = diffact.classification_loss(logits, labels, mask, None, jnp.asarray(CLASS_WEIGHTS))
-  np.testing.assert_allclose(hand, 1.4 * np.log(2), rtol=1e-6)
+  np.testing.assert_allclose(hand, 0.65625 * np.log(2), rtol=1e-6)
   plain = diffact.classification_loss(logits, labels, mask, None, None)
   np.testing.assert_allclose(plain, (np.log(2) + np.log(4)) / 2, rtol=1e-6)
 
@@ -315,6 +325,30 @@ def test_class_weighted_cross_entropy_of_hard_labels():
   assert task.class_weights is None
   _, terms = task.loss(params, batch, jax.random.PRNGKey(3))
   np.testing.assert_allclose(terms['encoder_ce'], unweighted, rtol=1e-5)
+
+
+def test_soft_labels_are_class_weighted_only_when_asked():
+  # By hand: logits 0 (p = 1/4 each), soft target q = (1/2, 0, 0, 1/2), the class weights above:
+  # -sum_c w_c q_c log p_c = (0.5625 / 2 + 0.375 / 2) ln 4 = 0.46875 ln 4; unweighted: ln 4.
+  logits, mask = jnp.zeros((1, 1, NUM_CLASSES)), jnp.ones((1, 1))
+  q = jnp.asarray([[[0.5, 0.0, 0.0, 0.5]]])
+  weighted = losses.soft_cross_entropy(logits, q, mask, jnp.asarray(CLASS_WEIGHTS))
+  np.testing.assert_allclose(weighted, 0.46875 * np.log(4), rtol=1e-6)
+  np.testing.assert_allclose(losses.soft_cross_entropy(logits, q, mask), np.log(4), rtol=1e-6)
+
+  # Through the task: DiffAct's published settings leave the soft-label CE unweighted (above);
+  # loss.weight_soft_labels (Polyphony's configs: each hand's weights) weights it.
+  assert load_config('polyphony', 'dataset=havid').loss.weight_soft_labels
+  config = _config(weight_soft_labels=True)
+  task = _recording_task(config)
+  np.testing.assert_allclose(task.class_weights, CLASS_WEIGHTS, rtol=1e-6)
+  batch = _batch(config)
+  params = task.init(jax.random.PRNGKey(0), batch)
+  _, terms = task.loss(params, batch, jax.random.PRNGKey(4))
+  enc, dec = _logits(task)
+  np.testing.assert_allclose(terms['encoder_ce'], _soft_ce(enc, 1.4, CLASS_WEIGHTS), rtol=1e-5)
+  np.testing.assert_allclose(terms['decoder_ce'], _soft_ce(dec, 1.4, CLASS_WEIGHTS), rtol=1e-5)
+  assert abs(_soft_ce(enc, 1.4, CLASS_WEIGHTS) - _soft_ce(enc, 1.4)) > 1e-3
 
 
 def _condition_run(kinds, params, batch, rng):

@@ -40,31 +40,34 @@ def test_cross_entropy_hand_worked():
   expected_unweighted = (LN(4 / 3) + LN(3 / 2)) / 2
   np.testing.assert_allclose(cross_entropy(logits, labels, mask), expected_unweighted, rtol=1e-6)
   weights = jnp.asarray([2.0, 1.0])
-  expected_weighted = (1 * LN(4 / 3) + 2 * LN(3 / 2)) / 3
+  expected_weighted = (1 * LN(4 / 3) + 2 * LN(3 / 2)) / 2  # divided by the frames, not by sum w
   np.testing.assert_allclose(
     cross_entropy(logits, labels, mask, weights), expected_weighted, rtol=1e-6
   )
 
 
-def _torch_style_cross_entropy(logits, labels, mask, weights):
-  """torch.nn.CrossEntropyLoss(weight=w) on the valid frames, flattened: sum w_y nll / sum w_y."""
-  valid = mask > 0
-  x, y = logits[valid].astype(np.float64), labels[valid]
-  nll = special.logsumexp(x, axis=1) - x[np.arange(len(y)), y]
-  return np.sum(weights[y] * nll) / np.sum(weights[y])
+def _reference_cross_entropy(logits, labels, mask, weights):
+  """DiffAct's reference, one video at a time: CrossEntropyLoss(weight=w, reduction='none') over
+  the video's frames, then .mean(); the batch's loss is the mean over its videos."""
+  per_video = []
+  for x, y, m in zip(logits, labels, mask):
+    x, y = x[m > 0].astype(np.float64), y[m > 0]
+    nll = special.logsumexp(x, axis=1) - x[np.arange(len(y)), y]
+    per_video.append(np.mean(weights[y] * nll))
+  return np.mean(per_video)
 
 
-def test_cross_entropy_matches_torch_formula():
+def test_cross_entropy_matches_the_reference_per_video_mean():
   logits, labels, mask = _padded_batch([10, 6, 1], seed=1)
   weights = np.asarray([0.5, 2.0, 1.0, 3.0, 0.1], np.float32)
   np.testing.assert_allclose(
     cross_entropy(logits, labels, mask, weights),
-    _torch_style_cross_entropy(logits, labels, mask, weights),
+    _reference_cross_entropy(logits, labels, mask, weights),
     rtol=1e-5,
   )
   np.testing.assert_allclose(
     cross_entropy(logits, labels, mask),
-    _torch_style_cross_entropy(logits, labels, mask, np.ones(5)),
+    _reference_cross_entropy(logits, labels, mask, np.ones(5)),
     rtol=1e-5,
   )
 
@@ -75,9 +78,12 @@ def test_cross_entropy_matches_torch_formula():
 def test_soft_cross_entropy_matches_numpy():
   logits, _, mask = _padded_batch([10, 3], seed=2)
   targets = np.random.default_rng(3).random(logits.shape).astype(np.float32)  # not normalised
-  valid = mask > 0
-  log_p = special.log_softmax(logits[valid].astype(np.float64), axis=-1)
-  expected = np.mean(-np.sum(targets[valid] * log_p, axis=-1))
+  expected = np.mean(
+    [
+      np.mean(-np.sum(q[m > 0] * special.log_softmax(x[m > 0].astype(np.float64), -1), -1))
+      for x, q, m in zip(logits, targets, mask)
+    ]
+  )  # per video, then over the videos
   np.testing.assert_allclose(soft_cross_entropy(logits, targets, mask), expected, rtol=1e-5)
 
 

@@ -535,6 +535,14 @@ def test_config_variants_carry_the_paper_settings():
   breakfast = load_config('polyphony', 'dataset=breakfast')
   assert (breakfast.data.layout, breakfast.data.features) == ('single_stream', 'all')
   assert breakfast.model.encoder.num_f_maps == 256  # DiffAct's Breakfast sizes
+  # HA-ViD: the reference code's model sizes (DiffAct's Breakfast ones), the paper's learning rate,
+  # deterministic 5-step DDIM, and each hand's class weights applied to the soft-label CE.
+  havid = load_config('polyphony', 'dataset=havid')
+  assert (havid.model.encoder.num_layers, havid.model.encoder.num_f_maps) == (12, 256)
+  assert (havid.model.decoder.num_layers, havid.model.decoder.num_f_maps) == (8, 128)
+  assert havid.optim.learning_rate == 1e-3 and havid.loss.soft_label == 4.0
+  assert (havid.diffusion.sampling_steps, havid.diffusion.eta) == (5, 0.0)
+  assert havid.loss.weight_soft_labels and havid.loss.class_weighting
   assert load_config('polyphony', 'vit=vit_b').stage1.model.width == 768
   with pytest.raises(ValueError, match='ablation'):
     load_config('polyphony', 'ablation=no_semantic')

@@ -329,3 +329,27 @@ def test_predict_api_on_arrays_and_folders(tiny_config, tmp_path):
     polyseg.predict(workdir, {'bad': np.zeros(30)})
   with pytest.raises(FileNotFoundError, match='config.json not found'):
     polyseg.predict(str(tmp_path / 'nothing'), arrays)
+
+
+def test_model_init_torch_redraws_the_parameters_as_pytorch_and_bad_values_are_refused(
+  tiny_config, tmp_path
+):
+  """model.init='torch' (the published dataset configs): every decoder / encoder kernel within
+  PyTorch's default bound 1/sqrt(fan_in), with nonzero biases; 'flax' keeps lecun_normal kernels
+  (beyond that bound somewhere) and zero biases."""
+  assert load_config('diffact', 'dataset=gtea').model.init == 'torch'
+  states = {}
+  for kind in ('flax', 'torch'):
+    config = tiny_config.copy_and_resolve_references()
+    config.model.init = kind
+    _, state, _ = _engine(config, str(tmp_path / kind))
+    states[kind] = state['params']['params']
+  encoder = {k: jax.tree.map(np.asarray, v['encoder']) for k, v in states.items()}
+  dense = encoder['torch']['input_proj']
+  assert np.abs(dense['kernel']).max() <= 1 / np.sqrt(dense['kernel'].shape[0])
+  assert np.abs(dense['bias']).max() > 0 and not encoder['flax']['input_proj']['bias'].any()
+  flax_kernel = encoder['flax']['input_proj']['kernel']
+  assert np.abs(flax_kernel).max() > 1 / np.sqrt(flax_kernel.shape[0])
+  tiny_config.model.init = 'xavier'
+  with pytest.raises(ValueError, match="model.init='xavier'"):
+    _engine(tiny_config, str(tmp_path / 'bad'))

@@ -20,6 +20,8 @@ class RngTask:
     del rng
     return {'w': jnp.ones_like(batch['x'])}
 
+  parameter_init = 'flax'
+
   def initial_task_state(self):
     return None
 

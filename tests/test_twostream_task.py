@@ -159,8 +159,13 @@ def test_unlabelled_streams_must_name_the_same_videos(built, tiny, tmp_path):
 def test_config_switches():
   fixed = load_config('twostream', 'masks=boundary')
   assert tuple(fixed.diffusion.condition_types) == ('boundary',)
+  # The paper's importance sampling: full, boundary and random-action masks, uniformly; no zero.
   breakfast = load_config('twostream', 'dataset=breakfast')
-  assert tuple(breakfast.diffusion.condition_types) == (
+  assert tuple(breakfast.diffusion.condition_types) == ('full', 'boundary', 'segment=1')
+  salads = load_config('twostream', 'dataset=50salads')
+  assert tuple(salads.diffusion.condition_types) == ('full', 'boundary', 'segment=2')
+  diffact_list = load_config('twostream', 'dataset=breakfast,masks=diffact')
+  assert tuple(diffact_list.diffusion.condition_types) == (
     'full',
     'zero',
     'boundary',

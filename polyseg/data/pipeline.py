@@ -52,6 +52,14 @@ def boundary_target(labels: np.ndarray, sigma: float | None) -> np.ndarray:
   return target.astype(np.float32)
 
 
+def renormalised(boundary: np.ndarray) -> np.ndarray:
+  """A subsampled or cropped boundary target [T', ...] divided by its max along T' (per column),
+  so its peaks are 1 again, as DiffAct's reference does after picking a temporal offset; all-zero
+  columns stay 0."""
+  peak = boundary.max(axis=0)
+  return np.where(peak > 0, boundary / np.where(peak > 0, peak, 1), boundary).astype(np.float32)
+
+
 def class_counts(videos: Sequence[Video], num_classes: int) -> np.ndarray:
   """Frames per class [C] float64."""
   counts = np.zeros(num_classes, np.float64)
@@ -113,7 +121,7 @@ class TrainLoader:
   `np.random.default_rng([seed, e]).permutation`, `batch_size` at a time (the
   last batch of an epoch is filled up from the start of the same order). Each
   video gets a random offset o in [0, sample_rate) (frames o::sample_rate of
-  its per-frame arrays and of the full-rate boundary target) and, if `max_len` is
+  its per-frame arrays and of the full-rate boundary target, `renormalised`) and, if `max_len` is
   set, a random crop of at most `max_len` subsampled frames. A batch is padded
   to the bucket length of its longest member, or always to `pad_to` when set (several processes
   must build equally long batches).
@@ -228,7 +236,7 @@ class TrainLoader:
       for key, array in video_arrays.items():
         per_video.setdefault(key, []).append(array)
       if self.boundaries is not None:
-        boundary.append(self.boundaries[index][frames])
+        boundary.append(renormalised(self.boundaries[index][frames]))
       lengths.append(len(frames))
     length = self.pad_to or bucket_length(max(lengths))
     batch = {key: pad_stack(arrays, length, arrays[0].dtype) for key, arrays in per_frame.items()}

@@ -7,6 +7,7 @@ padded frames.
 
 import math
 from typing import Any, NamedTuple
+import zlib
 
 import chex
 import flax.linen as nn
@@ -35,6 +36,49 @@ def _check_odd_kernel(kernel_size: int) -> None:
 def count_params(params: Any) -> int:
   """Number of scalars in a parameter pytree (arrays or `jax.ShapeDtypeStruct`s)."""
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
+
+
+INITS = ('flax', 'torch')
+_CONDITION_SUFFIX = '_cond'
+
+
+def torch_default_init(params: Any, rng: jax.Array) -> Any:
+  """`params` re-drawn as PyTorch's default initialisation draws the same layers (DiffAct's and the
+  other reference codes' init; `config.model.init='torch'`): every kernel (Dense [in, out], conv
+  [k, in, out]) and its bias ~ U(-b, b), b = 1 / sqrt(fan_in), fan_in = prod(kernel.shape[:-1]):
+  nn.Linear's and nn.Conv1d's kaiming_uniform(a=sqrt(5)) (the variance is a third of Flax's
+  lecun_normal). A layer `x` with a sibling `x_cond` (a decoder layer's query or key on
+  concat[x, condition], split in two) takes the fan-in of the concatenation, both parts. Other
+  parameters (norm scales and offsets, embeddings, ...) keep their values."""
+
+  def fan_in(layer: dict) -> int:
+    return math.prod(layer['kernel'].shape[:-1])
+
+  def redraw(tree: dict, path: str) -> dict:
+    out = {}
+    for name, value in tree.items():
+      if not isinstance(value, dict):
+        out[name] = value
+        continue
+      if 'kernel' not in value:
+        out[name] = redraw(value, f'{path}/{name}')
+        continue
+      base = name.removesuffix(_CONDITION_SUFFIX)
+      partner = tree.get(name + _CONDITION_SUFFIX) if base == name else tree.get(base)
+      fans = fan_in(value) + (
+        fan_in(partner) if isinstance(partner, dict) and 'kernel' in partner else 0
+      )
+      bound = 1.0 / math.sqrt(fans)
+      layer = dict(value)
+      for field in ('kernel', 'bias'):
+        if field in layer:
+          key = jax.random.fold_in(rng, zlib.crc32(f'{path}/{name}/{field}'.encode()))
+          shape, dtype = layer[field].shape, layer[field].dtype
+          layer[field] = jax.random.uniform(key, shape, dtype, -bound, bound)
+      out[name] = layer
+    return out
+
+  return redraw(params, '')
 
 
 def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:

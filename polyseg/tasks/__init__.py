@@ -30,6 +30,8 @@ rows, or carry state that is not trained by gradients, e.g. Polyphony's adaptive
   .row_metrics(row) -> metrics object           a row's own metrics (default .new_metrics())
   .prediction_file(name, row) -> str            where a row's predictions go under predictions/
   .timeline_rows(video, predictions) -> {name: [T] or [T, C]}   the bars of a timeline plot
+  .parameter_init -> 'flax' | 'torch'           how the engine draws the initial parameters
+                                                (default: `config.model.init`, else 'flax')
   .initial_task_state() -> pytree | None        carried in the train state and its checkpoints;
                                                 when not None, the engine calls
                                                 .loss(params, batch, rng, task_state=...)
@@ -131,6 +133,11 @@ class BaseTask:
     rows = {} if video.labels is None else {'ground truth': video.labels}
     rows.update({row: self.timeline(pred) for row, pred in predictions.items()})
     return rows
+
+  @property
+  def parameter_init(self) -> str:
+    config = getattr(self, 'config', None)
+    return 'flax' if config is None else config.model.get('init', 'flax')
 
   calibrates = False
 

@@ -67,12 +67,19 @@ def load_data(config: ml_collections.ConfigDict) -> tasks.Data:
   return tasks.Data(info, splits['train'], splits['val'], read_test, train_shard=shard)
 
 
+def uses_class_weights(loss: ml_collections.ConfigDict) -> bool:
+  """Whether the CE terms are class-weighted: `loss.class_weighting`, and with soft labels only when
+  `loss.weight_soft_labels` (DiffAct's reference leaves its soft-label CE unweighted)."""
+  return bool(loss.class_weighting and (not loss.soft_label or loss.weight_soft_labels))
+
+
 def classification_loss(logits, labels, mask, soft_label: float | None, class_weights=None):
-  """Soft-label CE (gaussian-smoothed one-hot, sigma = soft_label) or (class-weighted) CE.
-  logits [B, T, C], labels [B, T] int, mask [B, T]; class_weights [C] or None."""
+  """Soft-label CE (gaussian-smoothed one-hot, sigma = soft_label) or CE, class-weighted when
+  class_weights [C] is given. logits [B, T, C], labels [B, T] int, mask [B, T]."""
   if soft_label:
     onehot = jax.nn.one_hot(labels, logits.shape[-1])
-    return losses.soft_cross_entropy(logits, losses.gaussian_smooth(onehot, soft_label, mask), mask)
+    soft_targets = losses.gaussian_smooth(onehot, soft_label, mask)
+    return losses.soft_cross_entropy(logits, soft_targets, mask, class_weights)
   return losses.cross_entropy(logits, labels, mask, class_weights)
 
 
@@ -94,6 +101,11 @@ def decoder_terms(
     'decoder_smooth': losses.smoothing_loss(logits, mask),
     'decoder_boundary': losses.boundary_loss(logits, boundary, mask),
   }
+
+
+def _dropout(key: jax.Array | None) -> dict[str, jax.Array]:
+  """The `rngs` of a model call: dropout with `key`, or none."""
+  return {} if key is None else {'dropout': key}
 
 
 class Task(tasks.SingleLabelTask):
@@ -122,7 +134,7 @@ class Task(tasks.SingleLabelTask):
     self.condition_types = diffusion.parse_condition_types(config.diffusion.condition_types)
     self.train_decoder = any(config.loss[k] > 0 for k in DECODER_TERMS)
     self.class_weights = None
-    if train_videos is not None and config.loss.class_weighting:  # every process's share counts
+    if train_videos is not None and uses_class_weights(config.loss):  # every process's share counts
       counts = parallel.sum_over_processes(pipeline.class_counts(train_videos, self.num_classes))
       self.class_weights = jnp.asarray(pipeline.class_weights(counts))
     self._sample = jax.jit(self._sample_views)
@@ -157,13 +169,9 @@ class Task(tasks.SingleLabelTask):
 
   def loss(self, params, batch, rng):
     """Weighted DiffAct loss; returns (total, {term: value})."""
-    w = self.config.loss
-    k_enc, k_noise, k_cond, k_proj, k_dec = jax.random.split(rng, 5)
-    feats, labels, mask = batch['features'], batch['labels'], batch['mask']
-    enc_logits, cond = self.model.apply(
-      params, feats, mask, train=True, method=asformer.DiffActModel.encode, rngs={'dropout': k_enc}
-    )
-    terms = encoder_terms(enc_logits, labels, mask, w.soft_label, self.class_weights)
+    k_noise, k_cond, k_dropout = jax.random.split(rng, 3)
+    labels, mask = batch['labels'], batch['mask']
+    diffused = None
     if self.train_decoder:
       x01, t = diffusion.noisy_labels(
         k_noise,
@@ -171,7 +179,7 @@ class Task(tasks.SingleLabelTask):
         self.schedule,
         self.config.diffusion.snr_scale,
       )
-      cond = cond * diffusion.condition_mask(
+      cond_mask = diffusion.condition_mask(
         k_cond,
         labels,
         batch['boundary'],
@@ -179,11 +187,30 @@ class Task(tasks.SingleLabelTask):
         self.condition_types,
         self.config.diffusion.boundary_threshold,
       )
+      diffused = (x01, t, cond_mask)
+    return self.loss_terms(params, batch, diffused, k_dropout)
+
+  def loss_terms(self, params, batch, diffused, dropout_rng):
+    """The weighted loss of given decoder inputs; returns (total, {term: value}).
+
+    diffused: (x01 [B, T, C] noisy labels in [0, 1], t [B] int, condition mask [B, T, 1]), or
+    None (encoder terms only). dropout_rng None: no dropout (the deterministic loss).
+    """
+    w = self.config.loss
+    train = dropout_rng is not None
+    k_enc, k_proj, k_dec = jax.random.split(dropout_rng, 3) if train else (None,) * 3
+    feats, labels, mask = batch['features'], batch['labels'], batch['mask']
+    enc_logits, cond = self.model.apply(
+      params, feats, mask, train=train, method=asformer.DiffActModel.encode, rngs=_dropout(k_enc)
+    )
+    terms = encoder_terms(enc_logits, labels, mask, w.soft_label, self.class_weights)
+    if diffused is not None:
+      x01, t, cond_mask = diffused
       cond_proj = self.model.apply(
         params,
-        cond,
-        train=True,
-        rngs={'dropout': k_proj},
+        cond * cond_mask,
+        train=train,
+        rngs=_dropout(k_proj),
         method=asformer.DiffActModel.project_condition,
       )
       dec_logits = self.model.apply(
@@ -192,9 +219,9 @@ class Task(tasks.SingleLabelTask):
         t,
         cond_proj,
         mask,
-        train=True,
+        train=train,
         method=asformer.DiffActModel.denoise,
-        rngs={'dropout': k_dec},
+        rngs=_dropout(k_dec),
       )
       terms.update(
         decoder_terms(dec_logits, labels, batch['boundary'], mask, w.soft_label, self.class_weights)

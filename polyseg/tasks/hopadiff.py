@@ -106,7 +106,9 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> hopadiff
     return asformer.Decoder(num_classes=num_classes, dtype=dtype, **m.decoder.to_dict())
 
   def dft():
-    return hopadiff.DFTCondition(m.dft.channels, m.dft.window, m.dft.parts)
+    return hopadiff.DFTCondition(
+      kind=m.dft.kind, parts=m.dft.parts, channels=m.dft.channels, window=m.dft.window
+    )
 
   x = m.xlstm
   partial = m.partial_branch

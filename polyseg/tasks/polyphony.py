@@ -328,7 +328,7 @@ class Task(tasks.SingleLabelTask):
     self.schedule = diffusion.cosine_schedule(config.diffusion.num_steps)
     self.condition_types = diffusion.parse_condition_types(config.diffusion.condition_types)
     self.class_weights = None  # [2, C]: each hand's own, from its training frames
-    if train_videos is not None and config.loss.class_weighting:
+    if train_videos is not None and diffact.uses_class_weights(config.loss):
       counts = np.stack(
         [
           np.sum([np.bincount(v.labels[:, h], minlength=self.num_classes) for v in train_videos], 0)
