@@ -88,7 +88,8 @@ def test_hopadiff_decoded_fused_row_learns(cache_dir):
 
 
 def test_polyphony_stage3_decoded_hands_learn(cache_dir):
-  config = _tiny(load_config('polyphony', 'runlocal=True'))
+  # lr 5e-3: at 1e-2 the two-hand loss diverges near the end of the 150 steps on jax 0.10 / py3.12.
+  config = _tiny(load_config('polyphony', 'runlocal=True'), learning_rate=5e-3)
   config.stage = '3'
   # The synthetic two-hand dataset (each hand's features: its noisy stage-1 logits), 9 short videos.
   config.data.root = str(
@@ -111,9 +112,9 @@ def test_polyphony_stage3_decoded_hands_learn(cache_dir):
     for v in videos
   }
   baseline = train.score(task, videos, constant)
-  # Observed Acc / F1@10: at initialisation LH 0.3 / 0 [<= 0.3 / 0], RH 3.8 / 6.6 [<= 5.3 / 6.6];
-  # the majority class LH 42.2 / 0, RH 31.2 / 0; after training LH 81.6 / 90.9 [68.4-83.1 /
-  # 51.3-90.9], RH 77.2 / 72.0 [73.1-77.5 / 72.0-83.7]. (80 steps: LH Acc down to 54.7.)
+  # Observed Acc / F1@10: the majority class LH 42.2 / 0, RH 31.2 / 0; after training (lr 5e-3,
+  # deterministic DDIM, per-video losses) LH 81.6 / 83.3 (py3.11), 81.2 / 88.0 (py3.12), RH
+  # 75.6 / 91.4, 77.5 / 88.9.
   for row in polyphony.ROWS:
     assert after[row]['Acc'] > before[row]['Acc'] + 30, (row, before[row], after[row])
     assert after[row]['Acc'] > baseline[row]['Acc'] + 12, (row, baseline[row], after[row])
