@@ -69,8 +69,9 @@ def load_data(config: ml_collections.ConfigDict) -> tasks.Data:
 
 def uses_class_weights(loss: ml_collections.ConfigDict) -> bool:
   """Whether the CE terms are class-weighted: `loss.class_weighting`, and with soft labels only when
-  `loss.weight_soft_labels` (DiffAct's reference leaves its soft-label CE unweighted)."""
-  return bool(loss.class_weighting and (not loss.soft_label or loss.weight_soft_labels))
+  `loss.weight_soft_labels` (DiffAct's reference leaves its soft-label CE unweighted; absent in the
+  configs of runs made before it: off)."""
+  return bool(loss.class_weighting and (not loss.soft_label or loss.get('weight_soft_labels')))
 
 
 def classification_loss(logits, labels, mask, soft_label: float | None, class_weights=None):
