@@ -24,16 +24,17 @@ with dropout off:
 Error = max |polyseg - reference| / max |reference| per quantity, within --tolerance (1e-4) or not.
 Prints every row, then the largest error per quantity and dataset; --json writes every row.
 
-The reference masks attention keys outside the video with log(mask + 1e-6): such a key keeps the
-weight 1e-6 exp(-s), s the valid key's score, which is not small when s is very negative. Where a
-layer's dilated window reaches past both ends of the video for every frame (Breakfast's encoder
-layers 10 and 11 at 600 frames: one valid key per query), this shrinks the attention output of some
-frames, and those layers' gradients differ from polyseg's exact masking by a few percent;
---exact-reference-masking removes the leak from the reference to show that everything else agrees.
+The reference masks attention keys outside the video with log(mask + 1e-6): a window position
+past either end enters the softmax with score log 1e-6 before its weight is dropped; polyseg masks
+exactly. Where windows reach past the ends (deep layers, short videos), the gradients of weights
+whose gradient is small (a key's or query's, largely cancelled in the softmax) then differ by up to
+a few percent of their own size; --exact-reference-masking removes the leak from the reference.
+--float64 also runs the reference in float64, to tell a real difference from float32 rounding.
 """
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import random
@@ -69,15 +70,42 @@ LOSS_TERMS = {  # reference loss_dict key -> polyseg loss term
 }
 
 
-def import_reference(path: str):
-  """The reference's model.py and dataset.py modules (from a checkout at `path`)."""
+class _ExactMasking:
+  """Stands in for the reference module's `torch`: its attention's log(mask + 1e-6) becomes
+  log(mask), so keys outside the video get exactly no weight (the only torch.log it runs after
+  construction). Everything else is torch's."""
+
+  def __getattr__(self, name):
+    return getattr(torch, name)
+
+  @staticmethod
+  def log(x):
+    return torch.log(x - LEAK)
+
+
+def import_reference(path: str, exact_masking: bool = False):
+  """The reference's model.py and dataset.py modules (from a checkout at `path`); `exact_masking`:
+  its attention masked exactly (`_ExactMasking`), as polyseg's is."""
   if not os.path.isfile(os.path.join(path, 'model.py')):
     raise SystemExit(f'--reference={path}: no model.py there; expected a checkout of DiffAct')
   sys.path.insert(0, os.path.abspath(path))
   import dataset as reference_dataset  # the reference's own modules
   import model as reference_model
 
+  if exact_masking:
+    reference_model.torch = _ExactMasking()
   return reference_model, reference_dataset
+
+
+def add_reference_arguments(parser: argparse.ArgumentParser) -> None:
+  """--reference (a checkout of the DiffAct code) and --exact-reference-masking."""
+  parser.add_argument('--reference', required=True, help='a checkout of the DiffAct code')
+  parser.add_argument(
+    '--exact-reference-masking',
+    action='store_true',
+    help="mask the reference's attention exactly (it adds log(mask + 1e-6), so a masked key keeps "
+    'a weight of 1e-6 exp(-score of the valid keys)); polyseg masks exactly',
+  )
 
 
 def reference_params(config, input_dim: int, num_classes: int) -> dict:
@@ -268,21 +296,11 @@ def _channels_last(x: torch.Tensor) -> np.ndarray:
   return x.detach().numpy()[0].T
 
 
-class _ExactMasking:
-  """Stands in for the reference module's `torch`: its attention's log(mask + 1e-6) becomes
-  log(mask), so keys outside the video get exactly no weight (the only torch.log it runs after
-  construction). Everything else is torch's."""
-
-  def __getattr__(self, name):
-    return getattr(torch, name)
-
-  @staticmethod
-  def log(x):
-    return torch.log(x - LEAK)
-
-
-def compare(dataset: str, ref_model, ref_dataset, frames: int, seed: int) -> list[dict]:
-  """Rows {quantity, error} of one dataset size."""
+def compare(
+  dataset: str, ref_model, ref_dataset, frames: int, seed: int, float64: bool = False
+) -> list[dict]:
+  """Rows {quantity, error} of one dataset size; `float64`: also both float32 gradients against
+  the reference's in float64."""
   config = load_config('diffact', f'dataset={dataset}')
   num_classes, input_dim = NUM_CLASSES[dataset], 2048
   torch.manual_seed(seed)
@@ -365,6 +383,8 @@ def compare(dataset: str, ref_model, ref_dataset, frames: int, seed: int) -> lis
     'mask': mask,
   }
   published_soft_label = config.loss.soft_label
+  video, loss_weights = (features, onehot, boundary), reference_loss_weights(config)
+  reference64 = copy.deepcopy(reference).double() if float64 else None
   for kind in ('full', 'zero', 'boundary', 'segment=1'):
     cond_mask = diffusion.condition_mask(
       jax.random.key(seed),
@@ -401,30 +421,19 @@ def compare(dataset: str, ref_model, ref_dataset, frames: int, seed: int) -> lis
         return task.loss_terms(p, batch, diffused, None)
 
       (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      reference.zero_grad()
-      ce = torch.nn.CrossEntropyLoss(weight=torch.from_numpy(ref_weights).float(), reduction='none')
-      mse, bce = torch.nn.MSELoss(reduction='none'), torch.nn.BCELoss(reduction='none')
-      fixed_t = _patched(torch, 'randint', lambda *a, **k: torch.tensor([t]))
-      with fixed_draws(REFERENCE_MASKS[kind], dropped_class, [noise.T[None]]), fixed_t:
-        ref_terms = reference.get_training_loss(
-          _to_torch(features),
-          event_gt=torch.from_numpy(onehot.T[None]),
-          boundary_gt=torch.from_numpy(boundary)[None, None],
-          encoder_ce_criterion=ce,
-          encoder_mse_criterion=mse,
-          encoder_boundary_criterion=bce,
-          decoder_ce_criterion=ce,
-          decoder_mse_criterion=mse,
-          decoder_boundary_criterion=bce,
-          soft_label=soft,
-        )
-      weights = reference_loss_weights(config)
-      ref_total = sum(weights[k] * v for k, v in ref_terms.items())
-      ref_total.backward()
+      draws = (REFERENCE_MASKS[kind], dropped_class, noise, t)
+      ref_terms = reference_loss(reference, video, ref_weights, loss_weights, soft, draws)
+      ref_grads = _flax_grads(reference)
       for ref_key, ours in LOSS_TERMS.items():
         row(f'{ref_key}, mask {kind}, {name}', terms[ours], ref_terms[ref_key].item())
       row(f'gradients (all weights), mask {kind}, {name}', 0.0, 0.0)
-      rows[-1]['error'] = gradient_error(grads, _flax_grads(reference))
+      rows[-1]['error'] = gradient_error(grads, ref_grads)
+      if reference64 is not None:  # both float32 gradients against the reference's in float64
+        reference_loss(reference64, video, ref_weights, loss_weights, soft, draws)
+        exact = _flax_grads(reference64)
+        for who, tree in (('polyseg', grads), ('reference', ref_grads)):
+          row(f'float32 gradients of {who} vs float64, mask {kind}, {name}', 0.0, 0.0)
+          rows[-1]['error'] = gradient_error(tree, exact)
     task.config.loss.soft_label = published_soft_label
     task.class_weights = class_weights if diffact.uses_class_weights(task.config.loss) else None
 
@@ -471,6 +480,36 @@ def compare(dataset: str, ref_model, ref_dataset, frames: int, seed: int) -> lis
   return rows
 
 
+def reference_loss(model, video, class_weights, loss_weights, soft_label, draws):
+  """The reference's loss terms of one video (features [T, D], one-hot labels [T, C], boundary
+  target [T]), backpropagated: the .grad of `model` (float32 or float64). draws: (its condition
+  type, the dropped class, the noise [T, C], t), fixed."""
+  features, onehot, boundary = video
+  kind, dropped_class, noise, t = draws
+  dtype = next(model.parameters()).dtype
+  model.zero_grad()
+  ce = torch.nn.CrossEntropyLoss(weight=torch.from_numpy(class_weights).to(dtype), reduction='none')
+  mse, bce = torch.nn.MSELoss(reduction='none'), torch.nn.BCELoss(reduction='none')
+  fixed_t = _patched(torch, 'randint', lambda *a, **k: torch.tensor([t]))
+  # The reference casts the decoder's input with .float(); in float64 that cast keeps float64.
+  cast = _patched(torch.Tensor, 'float', lambda x: x.to(dtype))
+  with fixed_draws(kind, dropped_class, [noise.T[None]]), fixed_t, cast:
+    terms = model.get_training_loss(
+      _to_torch(features).to(dtype),
+      event_gt=torch.from_numpy(onehot.T[None]).to(dtype),
+      boundary_gt=torch.from_numpy(boundary)[None, None].to(dtype),
+      encoder_ce_criterion=ce,
+      encoder_mse_criterion=mse,
+      encoder_boundary_criterion=bce,
+      decoder_ce_criterion=ce,
+      decoder_mse_criterion=mse,
+      decoder_boundary_criterion=bce,
+      soft_label=soft_label,
+    )
+  sum(loss_weights[k] * v for k, v in terms.items()).backward()
+  return terms
+
+
 def reference_loss_weights(config) -> dict[str, float]:
   w = config.loss
   return {
@@ -507,27 +546,25 @@ def summary(rows: list[dict]) -> str:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--reference', required=True, help='a checkout of the DiffAct code')
+  add_reference_arguments(parser)
   parser.add_argument('--datasets', default='gtea,breakfast')
   parser.add_argument('--frames', type=int, default=600)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--tolerance', type=float, default=1e-4)
   parser.add_argument('--json', help='write every row here')
   parser.add_argument(
-    '--exact-reference-masking',
+    '--float64',
     action='store_true',
-    help="mask the reference's attention exactly (it adds log(mask + 1e-6), so a masked key keeps "
-    'a weight of 1e-6 exp(-score of the valid keys)); polyseg masks exactly',
+    help="also run the reference in float64 and measure both implementations' float32 gradients "
+    'against it (is a gradient difference float32 rounding?)',
   )
   args = parser.parse_args()
   jax.config.update('jax_default_matmul_precision', 'highest')
   torch.set_num_threads(os.cpu_count() or 1)
-  ref_model, ref_dataset = import_reference(args.reference)
-  if args.exact_reference_masking:
-    ref_model.torch = _ExactMasking()
+  ref_model, ref_dataset = import_reference(args.reference, args.exact_reference_masking)
   rows = []
   for dataset in args.datasets.split(','):
-    rows += compare(dataset, ref_model, ref_dataset, args.frames, args.seed)
+    rows += compare(dataset, ref_model, ref_dataset, args.frames, args.seed, args.float64)
   cells = [['', 'relative error', 'within']] + [
     [f'{r["dataset"]}: {r["quantity"]}', f'{r["error"]:.1e}', _verdict(r['error'], args.tolerance)]
     for r in rows

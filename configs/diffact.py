@@ -20,11 +20,9 @@ from ml_collections import config_dict
 from polyseg import configlib
 from polyseg import parallel
 
-# Per-dataset settings from the DiffAct release (METHODS.md §1); the parameters are initialised as
-# PyTorch initialises the reference code's layers.
+# Per-dataset settings from the DiffAct release (METHODS.md §1).
 DATASETS = {
   'gtea': {
-    'init': 'torch',
     'enc_layers': 10,
     'enc_maps': 64,
     'enc_dropouts': (0.5, 0.5, 0.5),
@@ -46,7 +44,6 @@ DATASETS = {
     'eval_every': 700,
   },
   '50salads': {
-    'init': 'torch',
     'enc_layers': 10,
     'enc_maps': 64,
     'enc_dropouts': (0.5, 0.5, 0.5),
@@ -68,7 +65,6 @@ DATASETS = {
     'eval_every': 1000,
   },
   'breakfast': {
-    'init': 'torch',
     'enc_layers': 12,
     'enc_maps': 256,
     'enc_dropouts': (0.5, 0.1, 0.1),
@@ -91,7 +87,6 @@ DATASETS = {
   },
   # The embedded synthetic data: GTEA-shaped model, budget for a few CPU minutes.
   'synthetic': {
-    'init': 'flax',
     'enc_layers': 8,
     'enc_maps': 64,
     'enc_dropouts': (0.3, 0.3, 0.1),
@@ -158,9 +153,10 @@ def get_config(arg=None):
 
   c.model = ml_collections.ConfigDict()
   c.model.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
-  # Parameter initialisation: 'torch' (PyTorch's default, as DiffAct's reference code; the published
-  # settings) or 'flax' (Flax's lecun_normal kernels, zero biases); models/layers.py torch_default_init.
-  c.model.init = s['init']
+  # Parameter initialisation: 'torch' (PyTorch's default, as DiffAct's reference code initialises
+  # its layers; with 'flax' the decoder trained behind the reference's, README: training parity)
+  # or 'flax' (Flax's lecun_normal kernels, zero biases); models/layers.py torch_default_init.
+  c.model.init = 'torch'
   c.model.encoder = ml_collections.ConfigDict(
     {
       'num_layers': s['enc_layers'],

@@ -1,4 +1,4 @@
-"""The benchmarks at tiny sizes, run as a user runs them (subprocesses): their JSON lines, profile.py's
+"""The benchmarks at tiny sizes, run as a user runs them (subprocesses): their JSON lines, op_profile.py's
 costs, roofline, trace and HLO files; the trace/HLO reading of benchmarks/common.py; and
 quality.py's constant HopaDIFF baseline (called directly)."""
 
@@ -44,8 +44,7 @@ def run(script: str, *args: str) -> list[dict]:
 
 
 def load_benchmark(name: str):
-  """benchmarks/<name>.py, imported without putting benchmarks/ on sys.path (its profile.py would
-  shadow the standard library's)."""
+  """benchmarks/<name>.py, imported as a module of its own (benchmarks/ is not a package)."""
   spec = importlib.util.spec_from_file_location(f'benchmarks_{name}', BENCHMARKS / f'{name}.py')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -60,7 +59,7 @@ def common():
 def test_profile_reports_costs_roofline_trace_and_hlo(tmp_path):
   trace_dir, hlo_dir = tmp_path / 'trace', tmp_path / 'hlo'
   header, *rows = run(
-    'profile.py',
+    'op_profile.py',
     '--config=configs/diffact.py:runlocal=True',
     '--config.train.num_steps=1',  # overrides are accepted like polyseg.main's
     '--num_classes=5',

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from polyseg import diffusion
 from polyseg import losses
 from polyseg import tasks
 from polyseg import train
@@ -424,3 +425,37 @@ def test_decoder_terms_reach_the_encoder_only_through_the_condition(kind, encode
   assert norm(grads['decoder'], 0) > 0 and norm(grads['encoder'], 1) > 0
   assert norm(grads['decoder'], 1) == 0
   assert (norm(grads['encoder'], 0) > 0) == encoder_gets_gradient
+
+
+@pytest.mark.parametrize('kind', ['full', 'boundary', 'segment=1'])
+def test_padded_batch_is_the_mean_of_its_videos_in_loss_and_gradient(kind):
+  """DiffAct's reference trains one video at a time and averages the gradients of a batch: the
+  padded batch's loss terms and gradient equal the mean of each video's alone (same noisy labels,
+  t, condition mask), whatever the padded frames hold."""
+  config = _config('dataset=synthetic')
+  task = diffact.Task(config, INFO, TRAIN_VIDEOS)
+  params = task.init(jax.random.PRNGKey(0), task.example_batch())
+  batch = _batch(config)
+  one_hot = jax.nn.one_hot(batch['labels'], NUM_CLASSES)
+  x01, t = diffusion.noisy_labels(jax.random.PRNGKey(1), one_hot, task.schedule, 0.5)
+  cond_mask = diffusion.condition_mask(
+    jax.random.PRNGKey(2), batch['labels'], batch['boundary'], batch['mask'], (kind,), 0.3
+  )
+  padded = batch['mask'] == 0
+  junk = np.random.default_rng(3)
+  batch['features'] = np.where(padded[..., None], 50.0, batch['features']).astype(np.float32)
+  x01 = jnp.where(padded[..., None], junk.uniform(size=x01.shape), x01)
+  loss = jax.jit(jax.value_and_grad(lambda p, b, d: task.loss_terms(p, b, d, None), has_aux=True))
+  (_, terms), grads = loss(params, batch, (x01, t, cond_mask))
+  alone = []
+  for row, n in enumerate(LENGTHS):
+    video = {k: v[row : row + 1, :n] for k, v in batch.items()}
+    alone.append(
+      loss(params, video, (x01[row : row + 1, :n], t[row : row + 1], cond_mask[row : row + 1, :n]))
+    )
+  for name in LOSS_TERMS:
+    np.testing.assert_allclose(terms[name], np.mean([a[0][1][name] for a in alone]), rtol=1e-5)
+  mean_grads = jax.tree.map(lambda *g: np.mean(g, 0), *[a[1] for a in alone])
+  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(mean_grads))
+  for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(mean_grads), strict=True):
+    np.testing.assert_allclose(got, want, atol=1e-5 * scale)

@@ -10,9 +10,12 @@ else sees the videos). The model is `models/pyramid.PyramidTransformer`; its slo
      length model: Poisson (or uniform) over segment lengths in bins, with mean lengths estimated
      from the training transcripts and video lengths alone (`align.estimate_mean_lengths`);
   2. CE of the latent (bins) and of the frame head (each frame takes its bin's label) on that
-     alignment, the smoothing loss on the frames, and on the latent the sparse-transition penalty
-     and the video-level classification loss (`losses.presence_loss`: which actions the
-     transcript names, evidence that does not depend on the alignment).
+     alignment, the smoothing loss on the frames, and on the latent the sparse-transition penalty.
+
+Not in the paper, off by default (`loss.presence` > 0 turns it on; an ablation row of
+benchmarks/quality.py --task=hal): a video-level classification loss on the latent
+(`losses.presence_loss`: which actions the transcript names, evidence that does not depend on the
+alignment).
 
 This pseudo-label objective is the default because it trains every frame towards a segmentation
 that respects the transcript and the length model, the quantity scored. `loss.objective='ctc'`
@@ -338,6 +341,7 @@ class Task(tasks.SingleLabelTask):
     if self.latent:
       log_probs = self.class_log_probs(action_logits)
       terms['sparse'] = losses.transition_penalty(jnp.exp(log_probs), bin_mask)
+    if self.latent and w.presence > 0:
       actions = jnp.arange(batch['transcript'].shape[1]) < batch['num_actions'][:, None]
       present = jnp.max(
         jax.nn.one_hot(batch['transcript'], self.num_classes) * actions[..., None], 1

@@ -1,6 +1,6 @@
 r"""Compiled cost, memory, roofline and an XLA trace of a task's train step and DDIM sampler.
 
-  python benchmarks/profile.py --config=configs/diffact.py:dataset=breakfast --input_dim=2048 \
+  python benchmarks/op_profile.py --config=configs/diffact.py:dataset=breakfast --input_dim=2048 \
       --num_classes=48 --length=2048 --trace_dir=/tmp/polyseg-profile [--hlo_dump=DIR] \
       [--peak_flops=1e11 --peak_bandwidth=2e10] [--config.model.decoder.num_layers=4 ...]
 
