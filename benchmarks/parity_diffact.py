@@ -24,12 +24,13 @@ with dropout off:
 Error = max |polyseg - reference| / max |reference| per quantity, within --tolerance (1e-4) or not.
 Prints every row, then the largest error per quantity and dataset; --json writes every row.
 
-The reference masks attention keys outside the video with log(mask + 1e-6): a window position
-past either end enters the softmax with score log 1e-6 before its weight is dropped; polyseg masks
-exactly. Where windows reach past the ends (deep layers, short videos), the gradients of weights
-whose gradient is small (a key's or query's, largely cancelled in the softmax) then differ by up to
-a few percent of their own size; --exact-reference-masking removes the leak from the reference.
---float64 also runs the reference in float64, to tell a real difference from float32 rounding.
+Weights whose gradient is small (a key's or query's, largely cancelled in the softmax) in layers
+whose dilated windows reach past the ends of the video can differ by a few percent of their own
+size. --float64 also runs the reference in float64, to tell a real difference from float32 rounding
+(at Breakfast's size the reference's own float32 gradients are the ones off). The reference masks
+attention keys outside the video with log(mask + 1e-6): a window position past either end enters
+the softmax with score log 1e-6 before its weight is dropped; polyseg masks exactly, and
+--exact-reference-masking removes the leak from the reference.
 """
 
 import argparse
