@@ -217,8 +217,9 @@ def _polyseg(reference, config, data, workdir, epochs, seed):
 
 
 def _crossed(reference, config, data, workdir, epochs, seed):
-  del epochs
-  return run_crossed(reference, config, data, workdir.replace('crossed_', 'reference_'))
+  del epochs  # the reference run's
+  reference_workdir = os.path.join(os.path.dirname(workdir), f'reference_seed{seed}')
+  return run_crossed(reference, config, data, reference_workdir)
 
 
 RUNS = {'polyseg': _polyseg, 'reference': run_reference, 'crossed': _crossed}
