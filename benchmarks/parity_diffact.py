@@ -30,7 +30,8 @@ size. --float64 also runs the reference in float64, to tell a real difference fr
 (at Breakfast's size the reference's own float32 gradients are the ones off). The reference masks
 attention keys outside the video with log(mask + 1e-6): a window position past either end enters
 the softmax with score log 1e-6 before its weight is dropped; polyseg masks exactly, and
---exact-reference-masking removes the leak from the reference.
+--exact-reference-masking removes the leak from the reference, or --reference-masking gives
+polyseg the same leak (model.encoder/decoder.outside_logit = log 1e-6).
 """
 
 import argparse
@@ -55,6 +56,7 @@ from polyseg.data import formats
 from polyseg.data import pipeline
 from polyseg.tasks import diffact
 
+REFERENCE_OUTSIDE_LOGIT = float(np.log(1e-6))  # the reference's log(mask + 1e-6) at a masked key
 NUM_CLASSES = {'gtea': 11, '50salads': 19, 'breakfast': 48}
 REFERENCE_MASKS = {
   'full': 'full',
@@ -298,11 +300,18 @@ def _channels_last(x: torch.Tensor) -> np.ndarray:
 
 
 def compare(
-  dataset: str, ref_model, ref_dataset, frames: int, seed: int, float64: bool = False
+  dataset: str,
+  ref_model,
+  ref_dataset,
+  frames: int,
+  seed: int,
+  float64: bool = False,
+  outside_logit: float | None = None,
 ) -> list[dict]:
   """Rows {quantity, error} of one dataset size; `float64`: also both float32 gradients against
-  the reference's in float64."""
+  the reference's in float64; `outside_logit`: polyseg's attention masking (None: exact)."""
   config = load_config('diffact', f'dataset={dataset}')
+  config.model.encoder.outside_logit = config.model.decoder.outside_logit = outside_logit
   num_classes, input_dim = NUM_CLASSES[dataset], 2048
   torch.manual_seed(seed)
   args = reference_params(config, input_dim, num_classes)
@@ -559,13 +568,22 @@ def main():
     help="also run the reference in float64 and measure both implementations' float32 gradients "
     'against it (is a gradient difference float32 rounding?)',
   )
+  parser.add_argument(
+    '--reference-masking',
+    action='store_true',
+    help="polyseg masks attention as the reference does (model.encoder/decoder.outside_logit = "
+    'log(1e-6)) instead of exactly',
+  )
   args = parser.parse_args()
   jax.config.update('jax_default_matmul_precision', 'highest')
   torch.set_num_threads(os.cpu_count() or 1)
   ref_model, ref_dataset = import_reference(args.reference, args.exact_reference_masking)
   rows = []
   for dataset in args.datasets.split(','):
-    rows += compare(dataset, ref_model, ref_dataset, args.frames, args.seed, args.float64)
+    outside_logit = REFERENCE_OUTSIDE_LOGIT if args.reference_masking else None
+    rows += compare(
+      dataset, ref_model, ref_dataset, args.frames, args.seed, args.float64, outside_logit
+    )
   cells = [['', 'relative error', 'within']] + [
     [f'{r["dataset"]}: {r["quantity"]}', f'{r["error"]:.1e}', _verdict(r['error'], args.tolerance)]
     for r in rows

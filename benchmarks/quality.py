@@ -10,16 +10,17 @@ r"""Does each method's idea pay off? Same synthetic split and training budget pe
 All three get the same post-processing.
 
 --task=hopadiff: the paper's Table 5 on the synthetic referring data — full HopaDIFF (the paper's
-global DFT condition), full HopaDIFF with the windowed DFT condition instead, w/o the partial
-branch, w/o HP-xLSTM, w/o the cross-attention gates (BCAF), w/o the DFT condition, and w/o all
-(= DiffAct with sigmoid outputs on the holistic features alone), the last also with DiffAct's own
-decoder (attention values from the noisy labels only; the paper's decoder); val and test (the best checkpoint is picked
-on val). `--ablations=none,no_all` runs a subset. Each table also has the untrained constant
+global DFT condition and DiffAct's decoder), full HopaDIFF with polyseg's conditioned-values
+decoder instead, full HopaDIFF with the windowed DFT condition instead, w/o the partial branch, w/o
+HP-xLSTM, w/o the cross-attention gates (BCAF), w/o the DFT condition, and w/o all (= DiffAct with
+sigmoid outputs on the holistic features alone), the last also with the conditioned-values
+decoder; val and test (the best checkpoint is picked on val). `--ablations=none,no_all` runs a subset. Each table also has the untrained constant
 baseline (`constant_baseline`: every frame gets the training class frequencies).
 
 --task=polyphony: the paper's ablation on the synthetic two-hand data — stage 2 once, then stage 3
-with the MAS parts MF, MF+AF, MF+AF+SF (full), and the full model w/o cross-hand fusion, w/o adaptive
-loss weighting, w/o both; per hand Acc, the gap RH - LH and the hands' mean F1@50, on val and test.
+with the MAS parts MF, MF+AF, MF+AF+SF (full), the full model with polyseg's conditioned-values
+decoder instead of the paper's, and the full model w/o cross-hand fusion, w/o adaptive loss
+weighting, w/o both; per hand Acc, the gap RH - LH and the hands' mean F1@50, on val and test.
 
 --task=twostream: 2s-DAS on the synthetic two-stream data — RGB alone, flow alone and the fused
 output (fusion weights searched on val), with the paper's random condition-mask selection (full,
@@ -102,15 +103,19 @@ def linear_baseline(config, steps: int) -> dict[str, float]:
 
 HOPADIFF_ROWS = {  # --ablations name -> (configs/hopadiff.py arg, table row)
   'none': ('ablation=none', 'HopaDIFF'),
+  'conditioned_values': (
+    'decoder=conditioned_values',
+    'HopaDIFF, conditioned values (not the paper)',
+  ),
   'windowed': ('dft=windowed', 'HopaDIFF, windowed DFT (not the paper)'),
   'no_partial': ('ablation=no_partial', 'w/o partial branch'),
   'no_xlstm': ('ablation=no_xlstm', 'w/o HP-xLSTM'),
   'no_bcaf': ('ablation=no_bcaf', 'w/o BCAF'),
   'no_dft': ('ablation=no_dft', 'w/o DFT-cond'),
   'no_all': ('ablation=no_all', 'w/o all (DiffAct, holistic)'),
-  'no_all_diffact_decoder': (
-    'ablation=no_all,decoder=diffact',
-    "w/o all, DiffAct's decoder (the paper's)",
+  'no_all_conditioned_values': (
+    'ablation=no_all,decoder=conditioned_values',
+    'w/o all, conditioned values (not the paper)',
   ),
 }
 
@@ -230,13 +235,17 @@ def hopadiff_table(args) -> None:
       )
 
 
-POLYPHONY_ROWS = {  # --ablations name (configs/polyphony.py ablation=) -> table row
-  'mf': 'MF',
-  'mf_af': 'MF+AF',
-  'full': 'MF+AF+SF (full)',
-  'no_fusion': 'full w/o fusion',
-  'no_weighting': 'full w/o weighting',
-  'no_fusion_weighting': 'full w/o fusion & weighting',
+POLYPHONY_ROWS = {  # --ablations name -> (configs/polyphony.py arg, table row)
+  'mf': ('ablation=mf', 'MF'),
+  'mf_af': ('ablation=mf_af', 'MF+AF'),
+  'full': ('ablation=full', 'MF+AF+SF (full)'),
+  'full_conditioned_values': (
+    'ablation=full,decoder=conditioned_values',
+    'full, conditioned values (not the paper)',
+  ),
+  'no_fusion': ('ablation=no_fusion', 'full w/o fusion'),
+  'no_weighting': ('ablation=no_weighting', 'full w/o weighting'),
+  'no_fusion_weighting': ('ablation=no_fusion_weighting', 'full w/o fusion & weighting'),
 }
 
 
@@ -260,7 +269,8 @@ def polyphony_table(args) -> None:
   train.train_and_evaluate(config, stages_dir)  # writes (or finds) the MAS features
   rows = {}
   for ablation in args.ablations.split(','):
-    config = load_config('polyphony', f'ablation={ablation}')
+    arg, row = POLYPHONY_ROWS[ablation]
+    config = load_config('polyphony', arg)
     steps = args.steps or config.train.num_steps
     config.update(stage='3')
     config.data.root = str(polyphony.stage_output(stages_dir, 2))
@@ -269,7 +279,7 @@ def polyphony_table(args) -> None:
     for split, folder in (('val', 'eval_val'), ('test', 'eval')):
       with open(os.path.join(workdir, folder, 'results.json')) as f:
         results = json.load(f)['results']
-      rows.setdefault(split, {})[POLYPHONY_ROWS[ablation]] = polyphony_columns(results)
+      rows.setdefault(split, {})[row] = polyphony_columns(results)
   for split, results in majority_baseline(config).items():
     rows[split][MAJORITY_ROW] = polyphony_columns(results)
   for split, table in rows.items():

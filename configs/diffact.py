@@ -166,6 +166,9 @@ def get_config(arg=None):
       'channel_dropout': s['enc_dropouts'][1],
       'temporal_dropout': s['enc_dropouts'][2],
       'feature_layer_indices': s['feature_layers'],
+      # None: attention keys outside the video are masked exactly; log(1e-6) = -13.8 is the
+      # reference code's masking (they keep a logit there; models/layers.py window_attention)
+      'outside_logit': config_dict.placeholder(float),
     }
   )
   c.model.decoder = ml_collections.ConfigDict(
@@ -176,6 +179,7 @@ def get_config(arg=None):
       'dropout': 0.1,
       'time_emb_dim': 512,
       'condition_in_value': False,  # True: V also sees the condition (not in DiffAct; models/layers.py)
+      'outside_logit': config_dict.placeholder(float),  # as the encoder's
     }
   )
 
@@ -184,6 +188,9 @@ def get_config(arg=None):
       'num_steps': 1000,
       'sampling_steps': 25,
       'eta': 1.0,
+      # The temporal views of a video share their DDIM noise, as the reference's seeding gives
+      # them (False: independent draws per view; README: training parity)
+      'shared_view_noise': True,
       'snr_scale': s['snr_scale'],
       'condition_types': s['condition_types'],
       'boundary_threshold': s['boundary_threshold'],

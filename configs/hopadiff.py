@@ -16,9 +16,10 @@ The paper's settings on your own RHAS-style features (METHODS.md §2, layout in 
   protocol=random|cross_video     random partition of the samples, or whole videos per split
   ablation=none|no_partial|no_xlstm|no_bcaf|no_dft|no_all   the paper's Table 5 rows
                                   (no_all = DiffAct with sigmoid outputs on the holistic features)
-  decoder=conditioned_values|diffact   the decoders' attention values see the condition too (our
-                                  default: models/layers.py ConvAttentionLayer), or only the noisy
-                                  labels, as in DiffAct's decoder (README: HopaDIFF results)
+  decoder=diffact|conditioned_values   DiffAct's decoder, the paper's (attention values from the noisy
+                                  labels only), or polyseg's switch whose attention values see the
+                                  condition too (not in the paper: models/layers.py
+                                  ConvAttentionLayer; README: HopaDIFF results)
   dft=global|windowed             the DFT condition of the decoders: 'global', the paper's (Eq. 6): per
                                   channel of the HP-xLSTM output, the DFT along time of the whole
                                   video, bin k on frame k (real and imaginary parts); or 'windowed':
@@ -74,9 +75,7 @@ def get_config(arg=None):
   frames = int(configlib.choice(args, 'frames', ('3000', '2000'), '3000'))
   protocol = configlib.choice(args, 'protocol', ('random', 'cross_video'), 'random')
   ablation = configlib.choice(args, 'ablation', ABLATIONS, 'none')
-  decoder = configlib.choice(
-    args, 'decoder', ('conditioned_values', 'diffact'), 'conditioned_values'
-  )
+  decoder = configlib.choice(args, 'decoder', ('diffact', 'conditioned_values'), 'diffact')
   dft = configlib.choice(args, 'dft', ('global', 'windowed'), 'global')
   text = configlib.choice(args, 'text', ('none', 'film', 'cross_attention'), 'none')
   runlocal = configlib.flag(args, 'runlocal')
@@ -185,6 +184,9 @@ def get_config(arg=None):
       'num_steps': 1000,
       'sampling_steps': 25,
       'eta': 1.0,
+      # The temporal views of a video share their DDIM noise, as the reference's seeding gives
+      # them (False: independent draws per view; README: training parity)
+      'shared_view_noise': True,
       'snr_scale': 0.5,
       'condition_types': ('full', 'zero', 'boundary', 'segment=1', 'segment=1'),
       'boundary_threshold': 0.3,

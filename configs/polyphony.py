@@ -25,9 +25,10 @@ output in the workdir (`<workdir>/stage<k>/dataset`) when there is one, else `--
                                   the MAS parts kept (MF = motion features, AF = action logits,
                                   SF = semantic features; full = all three), w/o cross-hand fusion,
                                   w/o adaptive loss weighting, w/o both
-  decoder=conditioned_values|diffact   the decoders' attention values see the condition too (our
-                                  default, as for HopaDIFF: models/layers.py ConvAttentionLayer), or
-                                  only the noisy labels, as in DiffAct's and the paper's decoder
+  decoder=diffact|conditioned_values   DiffAct's decoder, the paper's (attention values from the noisy
+                                  labels only), or polyseg's switch whose attention values see the
+                                  condition too (not in the paper; as for HopaDIFF:
+                                  models/layers.py ConvAttentionLayer)
   vit=tiny|vit_b                  stage-1 ViT size (vit_b: the paper's ViT-B/16, 16 frames, 224 px)
   runlocal=True                   tiny models and data for a smoke run
 """
@@ -60,9 +61,7 @@ def get_config(arg=None):
   args = configlib.parse_arg(arg, known={'dataset', 'ablation', 'decoder', 'vit', 'runlocal'})
   dataset = configlib.choice(args, 'dataset', DATASETS, 'synthetic')
   ablation = configlib.choice(args, 'ablation', ABLATIONS, 'full')
-  decoder = configlib.choice(
-    args, 'decoder', ('conditioned_values', 'diffact'), 'conditioned_values'
-  )
+  decoder = configlib.choice(args, 'decoder', ('diffact', 'conditioned_values'), 'diffact')
   vit = configlib.choice(args, 'vit', ('tiny', 'vit_b'), 'tiny')
   runlocal = configlib.flag(args, 'runlocal')
   base, layout, budget = DATASETS[dataset]

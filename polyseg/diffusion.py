@@ -130,6 +130,15 @@ def ddim_sample(
   return signal_to_unit(x0, snr_scale)
 
 
+def view_keys(rng: jax.Array, num_views: int, shared: bool) -> jax.Array:
+  """DDIM keys [R] of a video's R temporal views: the same key for every view (`shared`: view o's
+  frame i gets the same noise as view o''s frame i, as the DiffAct reference's seeding by the video's
+  index gives its views of equal length) or independent ones."""
+  if shared:
+    return jnp.broadcast_to(rng, (num_views, *rng.shape))
+  return jax.random.split(rng, num_views)
+
+
 def sample_chains(
   model,
   params,
@@ -143,6 +152,7 @@ def sample_chains(
   snr_scale: float,
   sampling_steps: int,
   eta: float,
+  shared_view_noise: bool,
   activation: str = 'softmax',
 ) -> jax.Array:
   """DDIM sampling of a model with several denoising chains (HopaDIFF's branches, Polyphony's
@@ -153,6 +163,7 @@ def sample_chains(
   `project_condition({chain: condition}, train)` and
   `denoise({chain: x01 [1, T, C]}, {chain: t [1]}, projections, mask, train) -> {chain: logits}`.
   inputs {key: [R, ...]}, mask [R, T] -> probabilities [R, len(chains), T, C], 0 on padding.
+  shared_view_noise: see `view_keys`.
   """
 
   def sample_one(view_inputs, view_mask, key):
@@ -185,7 +196,7 @@ def sample_chains(
     )
     return probs * view_mask[0, None, :, None]
 
-  keys = jax.random.split(rng, mask.shape[0])
+  keys = view_keys(rng, mask.shape[0], shared_view_noise)
   return jax.vmap(sample_one)(inputs, mask, keys)
 
 

@@ -8,6 +8,11 @@ import numpy as np
 import pytest
 
 from polyseg import diffusion
+from polyseg import tasks
+from polyseg.configlib import load_config
+from polyseg.data import formats
+from polyseg.data import pipeline
+from polyseg.tasks import diffact
 import itertools
 
 SCHEDULE = diffusion.cosine_schedule()
@@ -381,3 +386,27 @@ def test_segment_mask_of_multi_hot_labels_zeroes_frames_of_n_present_classes(n):
   if n == 1:  # each present class of video 0 is drawn about 1/3 of the time; class 3 never
     np.testing.assert_allclose(chosen_counts[:3], 100, atol=30)
   assert chosen_counts[3] == 0
+
+
+def test_view_keys_shared_or_independent():
+  rng = jax.random.PRNGKey(3)
+  shared = diffusion.view_keys(rng, 3, shared=True)
+  np.testing.assert_array_equal(shared, np.stack([rng] * 3))
+  independent = diffusion.view_keys(rng, 3, shared=False)
+  np.testing.assert_array_equal(independent, jax.random.split(rng, 3))
+
+
+@pytest.mark.parametrize('shared', [True, False])
+def test_diffact_views_share_their_ddim_noise_when_asked(shared):
+  """A video whose frames come in equal pairs has two equal views at sample rate 2: with shared
+  noise their DDIM outputs are equal, with independent noise they are not."""
+  config = load_config('diffact', 'runlocal=True')
+  config.data.sample_rate = 2
+  config.diffusion.shared_view_noise = shared
+  features = np.repeat(np.random.default_rng(0).normal(size=(20, 16)), 2, axis=0)
+  video = formats.Video('v', features.astype(np.float32), np.zeros(40, np.int64))
+  task = diffact.Task(config, tasks.DataInfo(('a', 'b', 'c'), 16, ()))
+  views = pipeline.temporal_views(video, 2)
+  params = task.init(jax.random.PRNGKey(0), task.example_batch())
+  probs = np.asarray(task._sample(params, views['features'], views['mask'], jax.random.PRNGKey(1)))
+  assert np.allclose(probs[0], probs[1], atol=1e-6) == shared

@@ -119,6 +119,38 @@ def test_window_attention_equals_dense_band_attention(kernel_size, dilation):
     np.testing.assert_array_equal(got[b, length:], 0.0)
 
 
+def np_reference_window_attention(q, k, v, kernel_size, dilation):
+  """The DiffAct reference code's masking on one unpadded video [T, F]: zero-padded keys and values,
+  log(valid + 1e-6) added to the scores, softmax over the k positions, weights times valid."""
+  num_frames, reach = q.shape[0], (kernel_size // 2) * dilation
+  out = np.zeros_like(v, dtype=np.float64)
+  for t in range(num_frames):
+    positions = t - reach + dilation * np.arange(kernel_size)
+    valid = (positions >= 0) & (positions < num_frames)
+    keys = np.where(valid[:, None], k[np.clip(positions, 0, num_frames - 1)], 0.0)
+    values = np.where(valid[:, None], v[np.clip(positions, 0, num_frames - 1)], 0.0)
+    scores = keys @ q[t] / math.sqrt(q.shape[1]) + np.log(valid + 1e-6)
+    weights = np.exp(scores - scores.max())
+    out[t] = (weights / weights.sum() * valid) @ values
+  return out
+
+
+def test_window_attention_outside_logit_is_the_reference_masking():
+  rng = np.random.default_rng(3)
+  (q, mask), (k, _), (v, _) = [padded_batch(rng, 6) for _ in range(3)]
+  # Valid scores about -3 sum(k) / sqrt(F), far below log(1e-6): near the video's ends a query
+  # gives most of its weight to the keys outside.
+  q, k = -3.0 * np.ones_like(q) * mask[..., None], (k + 2.0) * mask[..., None]
+  args = [jnp.asarray(a) for a in (q, k, v, mask)]
+  got = np.asarray(layers.window_attention(*args, 5, 2, outside_logit=math.log(1e-6)))
+  exact = np.asarray(layers.window_attention(*args, 5, 2))
+  for b, length in enumerate(LENGTHS):
+    want = np_reference_window_attention(q[b, :length], k[b, :length], v[b, :length], 5, 2)
+    np.testing.assert_allclose(got[b, :length], want, atol=1e-5)
+    np.testing.assert_array_equal(got[b, length:], 0.0)
+  assert np.abs(got - exact).max() > 1e-2  # the logit outside the video changes the output
+
+
 def test_window_attention_all_keys_masked_gives_zero():
   ones = jnp.ones((1, 5, 2))
   got = layers.window_attention(ones, ones, ones, jnp.zeros((1, 5)), 3, 1)

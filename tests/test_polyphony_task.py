@@ -520,8 +520,8 @@ def test_config_variants_carry_the_paper_settings():
     'max_boost': 2.0,
   }
   assert (full.data.features, full.model.fusion, full.stage) == ('mf+af+sf', True, '2,3')
-  assert full.model.decoder.condition_in_value
-  assert not load_config('polyphony', 'decoder=diffact').model.decoder.condition_in_value
+  assert not full.model.decoder.condition_in_value  # the paper's (DiffAct's) decoder
+  assert load_config('polyphony', 'decoder=conditioned_values').model.decoder.condition_in_value
   rows = {
     'mf': ('mf', True, True),
     'mf_af': ('mf+af', True, True),

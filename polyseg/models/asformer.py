@@ -34,6 +34,7 @@ class Encoder(nn.Module):
   channel_dropout: float
   temporal_dropout: float
   feature_layer_indices: tuple[int, ...]
+  outside_logit: float | None = None  # see layers.window_attention; DiffAct's reference: log(1e-6)
   dtype: layers.Dtype = jnp.float32
 
   def _check_feature_layers(self) -> None:
@@ -57,7 +58,13 @@ class Encoder(nn.Module):
     features = [raw] if RAW_INPUT in self.feature_layer_indices else []
     for i in range(self.num_layers):
       h = layers.ConvAttentionLayer(
-        self.num_f_maps, self.kernel_size, 2**i, self.dropout, dtype=self.dtype, name=f"layers_{i}"
+        self.num_f_maps,
+        self.kernel_size,
+        2**i,
+        self.dropout,
+        outside_logit=self.outside_logit,
+        dtype=self.dtype,
+        name=f"layers_{i}",
       )(h, mask, train)
       if i in self.feature_layer_indices:
         features.append(h)
@@ -83,6 +90,7 @@ class Decoder(nn.Module):
   dropout: float
   time_emb_dim: int
   condition_in_value: bool = False  # see layers.ConvAttentionLayer; DiffAct: False
+  outside_logit: float | None = None  # see layers.window_attention; DiffAct's reference: log(1e-6)
   dtype: layers.Dtype = jnp.float32
 
   def setup(self):
@@ -97,6 +105,7 @@ class Decoder(nn.Module):
         2**i,
         self.dropout,
         condition_in_value=self.condition_in_value,
+        outside_logit=self.outside_logit,
         dtype=self.dtype,
       )
       for i in range(self.num_layers)

@@ -152,14 +152,23 @@ def dilated_windows(x: jax.Array, kernel_size: int, dilation: int) -> jax.Array:
 
 
 def window_attention(
-  q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, kernel_size: int, dilation: int
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  mask: jax.Array,
+  kernel_size: int,
+  dilation: int,
+  outside_logit: float | None = None,
 ) -> jax.Array:
   """Single-head dilated window attention: q, k, v [B, T, F] -> [B, T, F].
 
-  Query t attends to the k keys t + j * dilation, j in -(k//2)..k//2, with scale 1/sqrt(F); keys
-  outside the video's valid frames are masked out of the softmax. Queries whose keys are all masked
-  and padded queries give 0. Memory O(T * k): each of the k key / value offsets is a shifted slice
-  of a zero-padded copy, used directly (no [B, T, k, F] window array, no T x T matrix).
+  Query t attends to the k keys t + j * dilation, j in -(k//2)..k//2, with scale 1/sqrt(F). Keys
+  outside the video's valid frames are masked out of the softmax (`outside_logit` None), or enter
+  it with the fixed logit `outside_logit` and a zero value, so that near the video's ends a query
+  can give weight to nothing (the DiffAct reference's masking, `log(mask + 1e-6)`, is
+  `outside_logit=log(1e-6)`). Queries whose keys are all masked and padded queries give 0. Memory
+  O(T * k): each of the k key / value offsets is a shifted slice of a zero-padded copy, used
+  directly (no [B, T, k, F] window array, no T x T matrix).
   """
   chex.assert_rank(q, 3)
   chex.assert_equal_shape([q, k, v])
@@ -177,7 +186,8 @@ def window_attention(
     [jnp.sum((q * offset(padded_k, j)).astype(jnp.float32), -1) for j in offsets], -1
   ) / math.sqrt(q.shape[-1])  # [B, T, k]
   key_valid = jnp.stack([offset(padded_mask, j) for j in offsets], -1) > 0  # [B, T, k]
-  scores = jnp.where(key_valid, scores, jnp.finfo(jnp.float32).min)
+  fill = jnp.finfo(jnp.float32).min if outside_logit is None else outside_logit
+  scores = jnp.where(key_valid, scores, fill)
   weights = (jax.nn.softmax(scores, axis=-1) * key_valid).astype(v.dtype)
   out = sum(weights[..., j, None] * offset(padded_v, j) for j in offsets)
   return out * mask[..., None].astype(out.dtype)
@@ -245,7 +255,8 @@ class ConvAttentionLayer(nn.Module):
   computed once and reused for every denoising step.
 
   `condition_in_value=True` (not in DiffAct) lets V see the condition too: with V of x' alone the
-  condition reaches the output only through the attention weights.
+  condition reaches the output only through the attention weights. `outside_logit`: see
+  `window_attention`.
   """
 
   features: int
@@ -253,6 +264,7 @@ class ConvAttentionLayer(nn.Module):
   dilation: int
   dropout: float
   condition_in_value: bool = False
+  outside_logit: float | None = None
   dtype: Dtype = jnp.float32
 
   def setup(self):
@@ -286,7 +298,7 @@ class ConvAttentionLayer(nn.Module):
       q, k = q + cond_proj.query, k + cond_proj.key
       if cond_proj.value is not None:
         v = v + cond_proj.value
-    attn = window_attention(q, k, v, mask, self.kernel_size, self.dilation)
+    attn = window_attention(q, k, v, mask, self.kernel_size, self.dilation, self.outside_logit)
     h = instance_norm(self.conv(x_drop, mask) + attn, mask)
     out = self.ffn_out(nn.relu(self.ffn_hidden(h)))
     return fusion_fence((x + out) * mask[..., None].astype(out.dtype))

@@ -265,7 +265,8 @@ class Task(tasks.SingleLabelTask):
       )
       return probs[0] * view_mask[0, :, None]
 
-    keys = jax.random.split(rng, features.shape[0])
+    shared = d.get('shared_view_noise', False)  # False in runs saved before it
+    keys = diffusion.view_keys(rng, features.shape[0], shared)
     return jax.vmap(sample_one)(features, mask, keys)
 
   def predict_probs(self, params, video: formats.Video, rng: jax.Array) -> np.ndarray:

@@ -317,6 +317,7 @@ class Task(tasks.BaseTask):
       snr_scale=d.snr_scale,
       sampling_steps=d.sampling_steps,
       eta=d.eta,
+      shared_view_noise=d.get('shared_view_noise', False),  # False in runs saved before it
       activation='sigmoid',
     )
 

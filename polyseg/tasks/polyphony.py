@@ -482,6 +482,7 @@ class Task(tasks.SingleLabelTask):
       snr_scale=d.snr_scale,
       sampling_steps=d.sampling_steps,
       eta=d.eta,
+      shared_view_noise=d.get('shared_view_noise', False),  # False in runs saved before it
     )
 
   def predict_probs(self, params, video, rng: jax.Array) -> dict[str, np.ndarray]:
