@@ -4,7 +4,7 @@ r"""polyseg's DiffAct and the public reference code trained side by side on the 
   git clone https://github.com/Finspire13/DiffAct /tmp/DiffAct
   python benchmarks/parity_training.py --reference=/tmp/DiffAct [--seeds=0,1,2] [--epochs=67] \
       [--config=dataset=synthetic] [--set=key=value] [--implementations=polyseg,reference,crossed] \
-      [--exact-reference-masking] [--workdir=/tmp/polyseg-parity-training] [--json=FILE]
+      [--exact-reference-masking] [--draws=3] [--workdir=/tmp/polyseg-parity-training] [--json=FILE]
 
 Both train on the training split of configs/diffact.py's data (the embedded synthetic dataset by
 default, or `--set=data.root=DIR` for your own MS-TCN folders) with the same settings: the model
@@ -17,7 +17,9 @@ with its own DDIM and post-processing.
 
 Protocol: nothing is selected; each run's last parameters are scored on the test split, once, with
 the encoder alone (argmax of its class probabilities averaged over the temporal views) and with the
-decoder (DDIM on each view, averaged), post-processed as the config says. Both implementations'
+decoder (DDIM on each view, averaged), post-processed as the config says. One DDIM draw of the same
+weights spreads by 1-2 points of Edit, so the decoder row is the mean over --draws draws (polyseg:
+eval seeds 0, 1, ...; the reference: its own seeding by the video's index i, then i + 1000 k). Both implementations'
 predictions are scored with polyseg's metrics (background left out of Edit and F1); the reference's
 own scorer (`func_eval`) is recorded beside them. `crossed` samples and scores the reference's
 trained weights (of the same seed) with polyseg: it separates training from inference. Prints one
@@ -104,9 +106,12 @@ def reference_model(reference, config, data):
   return reference[0].ASDiffusionModel(**args)
 
 
-def run_reference(reference, config, data, workdir: str, epochs: int, seed: int) -> dict:
-  """Trains the reference for `epochs` (its last weights go to `workdir`/final.model) and scores
-  them on test: {output: {metric}}."""
+def run_reference(
+  reference, config, data, workdir: str, epochs: int, seed: int, draws: int
+) -> dict:
+  """Trains the reference for `epochs` (its last weights go to `workdir`/final.model; with that file
+  present it is not trained again) and scores them on test: {output: {metric}}, the decoder's
+  the mean over `draws` DDIM draws (`_over_draws`)."""
   _, dataset, main, utils = reference
   root = diffact.dataset_root(config)
   classes = list(data.info.classes)
@@ -137,40 +142,59 @@ def run_reference(reference, config, data, workdir: str, epochs: int, seed: int)
     {'type': config.eval.postprocess, 'value': config.eval.postprocess_value},
     device=torch.device('cpu'),
   )
-  t = training_params(config)
-  # The reference scores its test argument at every log_freq-th epoch (and epoch 0): it gets the
-  # val split here, and log_freq past the last epoch, so test is read once, below.
-  trainer.train(
-    make(train_dict, 'train'),
-    make(train_dict, 'test'),
-    make(val_dict, 'test'),
-    t['loss_weights'],
-    t['class_weighting'],
-    t['soft_label'],
-    epochs,
-    t['batch_size'],
-    t['learning_rate'],
-    t['weight_decay'],
-    label_dir=label_dir,
-    result_dir=workdir,
-    log_freq=epochs + 1,
-    log_train_results=False,
-  )
-  torch.save(trainer.model.state_dict(), os.path.join(workdir, 'final.model'))
+  final = os.path.join(workdir, 'final.model')
+  if os.path.exists(final):  # trained before (its own resume would restart from epoch 0)
+    trainer.model.load_state_dict(torch.load(final))
+  else:
+    t = training_params(config)
+    # The reference scores its test argument at every log_freq-th epoch (and epoch 0): it gets the
+    # val split here, and log_freq past the last epoch, so test is read once, below.
+    trainer.train(
+      make(train_dict, 'train'),
+      make(train_dict, 'test'),
+      make(val_dict, 'test'),
+      t['loss_weights'],
+      t['class_weighting'],
+      t['soft_label'],
+      epochs,
+      t['batch_size'],
+      t['learning_rate'],
+      t['weight_decay'],
+      label_dir=label_dir,
+      result_dir=workdir,
+      log_freq=epochs + 1,
+      log_train_results=False,
+    )
+    torch.save(trainer.model.state_dict(), final)
   test = make(test_dict, 'test')
-  results = {}
-  for ours, mode in OUTPUTS.items():
-    outdir = os.path.join(workdir, ours)
+  sample = trainer.model.ddim_sample  # seeded with the video's index by the Trainer
+
+  def scored(mode, outdir):
     own = trainer.test(test, mode, torch.device('cpu'), label_dir, result_dir=outdir)
     predictions = {}
     for video in data.read_test():
       with open(os.path.join(outdir, 'prediction', f'{video.name}.txt')) as f:
         names = f.read().split('\n')[1].split()
       predictions[video.name] = {'DiffAct': np.array([classes.index(n) for n in names])}
-    results[ours] = _scored(config, data, predictions) | {
+    return _scored(config, data, predictions) | {
       f'reference scorer {k}': float(v) for k, v in own.items()
     }
-  return results
+
+  results = {'encoder': scored(OUTPUTS['encoder'], os.path.join(workdir, 'encoder'))}
+  runs = []
+  for draw in range(draws):  # draw k seeds video i with i + 1000 k (k = 0: the reference's own)
+    trainer.model.ddim_sample = lambda feats, seed, k=draw: sample(feats, seed + 1000 * k)
+    runs.append(scored(OUTPUTS['decoder'], os.path.join(workdir, f'decoder_draw{draw}')))
+  trainer.model.ddim_sample = sample
+  return results | _over_draws(runs)
+
+
+def _over_draws(runs: list[dict]) -> dict:
+  """{'decoder': the mean of each metric over the DDIM draws, 'decoder draws': every draw's}."""
+  return {
+    'decoder': {k: float(np.mean([r[k] for r in runs])) for k in runs[0]},
+    'decoder draws': runs,
+  }
 
 
 def _scored(config, data, predictions) -> dict[str, float]:
@@ -178,48 +202,52 @@ def _scored(config, data, predictions) -> dict[str, float]:
   return train.score(task, data.read_test(), predictions)['DiffAct']
 
 
-def score_params(config, data, params) -> dict:
-  """polyseg's encoder and decoder outputs of `params` on the test split: {output: {metric}}."""
-  results = {}
-  for output in OUTPUTS:
+def score_params(config, data, params, draws: int) -> dict:
+  """polyseg's encoder and decoder outputs of `params` on the test split: {output: {metric}}, the
+  decoder's the mean over `draws` DDIM draws (eval seeds 0, 1, ...; `_over_draws`)."""
+  videos = data.read_test()
+
+  def scored(use_decoder: bool, eval_seed: int) -> dict[str, float]:
     c = config.copy_and_resolve_references()
-    c.eval.use_decoder = output == 'decoder'
+    c.eval.update(use_decoder=use_decoder, seed=eval_seed)
     task = diffact.Task(c, data.info)
-    videos = data.read_test()
-    predictions = train.run_predictions(
-      task, params, videos, jax.random.PRNGKey(c.eval.seed), output
-    )
-    results[output] = train.score(task, videos, predictions)['DiffAct']
-  return results
+    name = 'decoder' if use_decoder else 'encoder'
+    rng = jax.random.PRNGKey(eval_seed)
+    return train.score(task, videos, train.run_predictions(task, params, videos, rng, name))[
+      'DiffAct'
+    ]
+
+  runs = [scored(True, draw) for draw in range(draws)]
+  return {'encoder': scored(False, 0)} | _over_draws(runs)
 
 
-def run_polyseg(config, data, workdir: str) -> dict:
+def run_polyseg(config, data, workdir: str, draws: int) -> dict:
   """Trains polyseg's DiffAct (resuming in `workdir`) and scores its last parameters on test."""
   train.train_and_evaluate(config, workdir)
   task = diffact.Task(config, data.info)
   _, params = train.restore_params(task, config, workdir, 'latest')
-  return score_params(config, data, params)
+  return score_params(config, data, params, draws)
 
 
-def run_crossed(reference, config, data, reference_workdir: str) -> dict:
+def run_crossed(reference, config, data, reference_workdir: str, draws: int) -> dict:
   """polyseg's sampling and scoring of the reference's trained weights (from run_reference)."""
   path = os.path.join(reference_workdir, 'final.model')
   if not os.path.exists(path):
     raise SystemExit(f'{path}: train the reference first (--implementations=reference)')
   model = reference_model(reference, config, data)
   model.load_state_dict(torch.load(path))
-  return score_params(config, data, parity_diffact.to_flax(model))
+  return score_params(config, data, parity_diffact.to_flax(model), draws)
 
 
-def _polyseg(reference, config, data, workdir, epochs, seed):
+def _polyseg(reference, config, data, workdir, epochs, seed, draws):
   del reference, epochs, seed  # in the config
-  return run_polyseg(config, data, workdir)
+  return run_polyseg(config, data, workdir, draws)
 
 
-def _crossed(reference, config, data, workdir, epochs, seed):
+def _crossed(reference, config, data, workdir, epochs, seed, draws):
   del epochs  # the reference run's
   reference_workdir = os.path.join(os.path.dirname(workdir), f'reference_seed{seed}')
-  return run_crossed(reference, config, data, reference_workdir)
+  return run_crossed(reference, config, data, reference_workdir, draws)
 
 
 RUNS = {'polyseg': _polyseg, 'reference': run_reference, 'crossed': _crossed}
@@ -268,6 +296,12 @@ def main():
     help="any of polyseg, reference, crossed (the reference's trained weights sampled and scored "
     'by polyseg: separates training from inference)',
   )
+  parser.add_argument(
+    '--draws',
+    type=int,
+    default=3,
+    help='DDIM draws per decoder score (the mean is reported; one draw spreads by 1-2 Edit)',
+  )
   parser.add_argument('--workdir', default='/tmp/polyseg-parity-training')
   parser.add_argument('--json', help='write every row here')
   args = parser.parse_args()
@@ -282,12 +316,14 @@ def main():
       if implementation != 'polyseg':
         reference = reference or import_trainer(args.reference, args.exact_reference_masking)
       compute = functools.partial(
-        RUNS[implementation], reference, config, data, workdir, args.epochs, seed
+        RUNS[implementation], reference, config, data, workdir, args.epochs, seed, args.draws
       )
       with contextlib.redirect_stdout(sys.stderr):  # progress of both; the tables go to stdout
-        results = cached(os.path.join(workdir, 'results.json'), compute)
+        results = cached(os.path.join(workdir, f'results_draws{args.draws}.json'), compute)
+      draws = {'draws': results.pop('decoder draws')}
       for output, metrics in results.items():
-        rows.append({'implementation': implementation, 'output': output, 'seed': seed} | metrics)
+        row = {'implementation': implementation, 'output': output, 'seed': seed} | metrics
+        rows.append(row | (draws if output == 'decoder' else {}))
       print(table(rows), flush=True)
   if args.json:
     with open(args.json, 'w') as f:

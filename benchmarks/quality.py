@@ -1,6 +1,6 @@
 r"""Does each method's idea pay off? Same synthetic split and training budget per table.
 
-  python benchmarks/quality.py [--task=diffact|hopadiff|polyphony|twostream|hal] [--steps=N] \
+  python benchmarks/quality.py [--task=diffact|hopadiff|polyphony|stage1|twostream|hal] [--steps=N] \
       [--workdir=/tmp/polyseg-quality]
 
 --task=diffact (default):
@@ -21,6 +21,10 @@ baseline (`constant_baseline`: every frame gets the training class frequencies).
 with the MAS parts MF, MF+AF, MF+AF+SF (full), the full model with polyseg's conditioned-values
 decoder instead of the paper's, and the full model w/o cross-hand fusion, w/o adaptive loss
 weighting, w/o both; per hand Acc, the gap RH - LH and the hands' mean F1@50, on val and test.
+
+--task=stage1: Polyphony's stage 1 (the tiny ADH-ViT on the synthetic two-hand frames, the config's
+600 steps) with the paper's alternating hands (Delta = 50) against joint training (both hands in
+every batch, `alternate_every=0`): each hand head's frame accuracy on val and test, and the gap.
 
 --task=twostream: 2s-DAS on the synthetic two-stream data — RGB alone, flow alone and the fused
 output (fusion weights searched on val), with the paper's random condition-mask selection (full,
@@ -58,6 +62,8 @@ from polyseg import report
 from polyseg import tasks
 from polyseg import train
 from polyseg.configlib import load_config
+from polyseg.data import formats
+from polyseg.pretrain import adh_vit
 from polyseg.tasks import diffact
 from polyseg.tasks import hal
 from polyseg.tasks import hopadiff
@@ -290,6 +296,48 @@ def polyphony_table(args) -> None:
       print(json.dumps({**record, 'steps': steps, **result}))
 
 
+STAGE1_ROWS = {  # --ablations name -> (stage-1 alternate_every, table row)
+  'alternating': (50, 'alternating hands, Delta = 50 (the paper)'),
+  'joint': (0, 'joint training (both hands in every batch)'),
+}
+
+
+def stage1_table(args) -> None:
+  """Polyphony's stage 1 (the tiny ADH-ViT on the synthetic two-hand frames) trained with
+  alternating hands and jointly; per-hand frame accuracy of its hand heads (argmax of the logits
+  it writes for every frame) on val and test, with each hand's most frequent training class."""
+  config = load_config('polyphony')
+  steps = args.steps or config.stage1.num_steps
+  root = polyphony.input_root(config, frames=True)
+  rows = {}
+  for ablation in args.ablations.split(','):
+    every, row = STAGE1_ROWS[ablation]
+    stage1 = config.stage1.copy_and_resolve_references()
+    stage1.update(alternate_every=every, num_steps=steps)
+    out = adh_vit.run(stage1, os.path.join(args.workdir, f'stage1_{ablation}'), str(root))
+    train_videos = formats.read_hand_streams(out, 'train', stage1.split).videos
+    for split in ('val', 'test'):
+      videos = formats.read_hand_streams(out, split, stage1.split).videos
+      accuracy = {}
+      for h, hand in enumerate(formats.HANDS):
+        labels = np.concatenate([v.labels[:, h] for v in videos])
+        predicted = np.concatenate([v.features[hand].argmax(-1) for v in videos])
+        majority = np.bincount(np.concatenate([v.labels[:, h] for v in train_videos])).argmax()
+        accuracy[f'{hand} Acc'] = 100 * float(np.mean(predicted == labels))
+        rows.setdefault(split, {}).setdefault(MAJORITY_ROW, {})[f'{hand} Acc'] = 100 * float(
+          np.mean(labels == majority)
+        )
+      accuracy['gap'] = accuracy['rh Acc'] - accuracy['lh Acc']
+      rows[split][row] = accuracy
+  for split, table in rows.items():
+    table[MAJORITY_ROW]['gap'] = table[MAJORITY_ROW]['rh Acc'] - table[MAJORITY_ROW]['lh Acc']
+    table[MAJORITY_ROW] = table.pop(MAJORITY_ROW)  # last
+    print(f'{split} ({steps} steps):\n{report.format_table(table, ["lh Acc", "rh Acc", "gap"])}\n')
+    for name, result in table.items():
+      record = {'benchmark': 'quality', 'task': 'stage1', 'split': split, 'model': name}
+      print(json.dumps({**record, 'steps': steps, **result}))
+
+
 TWOSTREAM_ROWS = {  # --ablations name -> condition masks of configs/twostream.py (the masks= arg)
   'random': "paper: random of full / boundary / segment",
   'diffact': "DiffAct's list (adds zero)",
@@ -406,6 +454,7 @@ ABLATIONS = {
   'twostream': TWOSTREAM_ROWS,
   'hal': HAL_ROWS,
   'hal_defaults': HAL_DEFAULTS,
+  'stage1': STAGE1_ROWS,
 }
 TABLES = {
   'hopadiff': hopadiff_table,
@@ -413,6 +462,7 @@ TABLES = {
   'twostream': twostream_table,
   'hal': hal_table,
   'hal_defaults': hal_defaults_table,
+  'stage1': stage1_table,
 }
 
 

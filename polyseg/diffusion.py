@@ -131,9 +131,9 @@ def ddim_sample(
 
 
 def view_keys(rng: jax.Array, num_views: int, shared: bool) -> jax.Array:
-  """DDIM keys [R] of a video's R temporal views: the same key for every view (`shared`: view o's
-  frame i gets the same noise as view o''s frame i, as the DiffAct reference's seeding by the video's
-  index gives its views of equal length) or independent ones."""
+  """DDIM keys [R] of a video's R temporal views: the same key for every view (`shared`: frame i of
+  every view gets the same noise, as the DiffAct reference's seeding by the video's index gives its
+  views of equal length) or independent ones."""
   if shared:
     return jnp.broadcast_to(rng, (num_views, *rng.shape))
   return jax.random.split(rng, num_views)

@@ -337,10 +337,12 @@ def fit(
   elif config.pretrained:
     state['params'] = vit.load_pretrained(state['params'], os.path.expanduser(config.pretrained))
     print(f'Stage 1: initialised from {config.pretrained}', flush=True)
+  every = config.alternate_every
+  hands = f'hands alternating every {every} steps' if every else 'both hands in every batch'
   print(
     f'Stage 1: ADH-ViT ({config.size}) with {tasks.count_params(state["params"]):,} parameters, '
     f'{len(train_videos)} training and {len(val_videos)} validation videos, {config.num_steps} '
-    f'steps, hands alternating every {config.alternate_every or "(joint training)"} steps',
+    f'steps, {hands}',
     flush=True,
   )
   sampler = video.ClipSampler(
