@@ -302,6 +302,16 @@ STAGE1_ROWS = {  # --ablations name -> (stage-1 alternate_every, table row)
 }
 
 
+def _hand_columns(videos, predict) -> dict[str, float]:
+  """{'lh Acc', 'rh Acc', 'gap' (rh - lh)} in % of `predict(video, h) -> [T]` hand-h class ids."""
+  columns = {}
+  for h, hand in enumerate(formats.HANDS):
+    hits = np.concatenate([predict(v, h) == v.labels[:, h] for v in videos])
+    columns[f'{hand} Acc'] = 100 * float(np.mean(hits))
+  columns['gap'] = columns['rh Acc'] - columns['lh Acc']
+  return columns
+
+
 def stage1_table(args) -> None:
   """Polyphony's stage 1 (the tiny ADH-ViT on the synthetic two-hand frames) trained with
   alternating hands and jointly; per-hand frame accuracy of its hand heads (argmax of the logits
@@ -309,29 +319,28 @@ def stage1_table(args) -> None:
   config = load_config('polyphony')
   steps = args.steps or config.stage1.num_steps
   root = polyphony.input_root(config, frames=True)
-  rows = {}
+  outputs = {}
   for ablation in args.ablations.split(','):
     every, row = STAGE1_ROWS[ablation]
     stage1 = config.stage1.copy_and_resolve_references()
     stage1.update(alternate_every=every, num_steps=steps)
-    out = adh_vit.run(stage1, os.path.join(args.workdir, f'stage1_{ablation}'), str(root))
-    train_videos = formats.read_hand_streams(out, 'train', stage1.split).videos
-    for split in ('val', 'test'):
-      videos = formats.read_hand_streams(out, split, stage1.split).videos
-      accuracy = {}
-      for h, hand in enumerate(formats.HANDS):
-        labels = np.concatenate([v.labels[:, h] for v in videos])
-        predicted = np.concatenate([v.features[hand].argmax(-1) for v in videos])
-        majority = np.bincount(np.concatenate([v.labels[:, h] for v in train_videos])).argmax()
-        accuracy[f'{hand} Acc'] = 100 * float(np.mean(predicted == labels))
-        rows.setdefault(split, {}).setdefault(MAJORITY_ROW, {})[f'{hand} Acc'] = 100 * float(
-          np.mean(labels == majority)
-        )
-      accuracy['gap'] = accuracy['rh Acc'] - accuracy['lh Acc']
-      rows[split][row] = accuracy
-  for split, table in rows.items():
-    table[MAJORITY_ROW]['gap'] = table[MAJORITY_ROW]['rh Acc'] - table[MAJORITY_ROW]['lh Acc']
-    table[MAJORITY_ROW] = table.pop(MAJORITY_ROW)  # last
+    outputs[row] = adh_vit.run(stage1, os.path.join(args.workdir, f'stage1_{ablation}'), str(root))
+  # Every run splits the same videos (the split is seeded by the config), so any output will do.
+  read = lambda out, split: formats.read_hand_streams(out, split, config.stage1.split).videos
+  first = next(iter(outputs.values()))
+  train_videos = read(first, 'train')
+  majority = [
+    np.bincount(np.concatenate([v.labels[:, h] for v in train_videos])).argmax()
+    for h in range(len(formats.HANDS))
+  ]
+  for split in ('val', 'test'):
+    table = {
+      row: _hand_columns(read(out, split), lambda v, h: v.features[formats.HANDS[h]].argmax(-1))
+      for row, out in outputs.items()
+    }
+    table[MAJORITY_ROW] = _hand_columns(
+      read(first, split), lambda v, h: np.full(len(v.labels), majority[h])
+    )
     print(f'{split} ({steps} steps):\n{report.format_table(table, ["lh Acc", "rh Acc", "gap"])}\n')
     for name, result in table.items():
       record = {'benchmark': 'quality', 'task': 'stage1', 'split': split, 'model': name}
