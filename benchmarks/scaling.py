@@ -5,7 +5,7 @@ r"""Multi-device scaling of the train step: the engine's sharded step on N devic
 
 For each N, a fresh process with N devices (on CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N)
 builds the task at the model's published size (benchmarks/common.py SIZES), a mesh over its N devices
-(polyseg/parallel.py), params replicated (or FSDP over `--fsdp`), and a batch of N x per_device_batch
+(polyseg/engine/parallel.py), params replicated (or FSDP over `--fsdp`), and a batch of N x per_device_batch
 random videos split over the devices (weak scaling: the work per device is fixed). Prints one JSON line
 per N: step time, frames/s, and efficiency = (frames/s per device at N) / (the same at the first
 N of --devices); 1.0 is perfect scaling.
@@ -29,8 +29,8 @@ def worker(args: argparse.Namespace) -> dict:
   """Runs in the child process: times the sharded step on every device of this process."""
   import jax
 
-  from polyseg import parallel
-  from polyseg import train
+  from polyseg.engine import parallel
+  from polyseg.engine import train
 
   size = common.SIZES[args.model]
   config = common.size_config(args.model)

@@ -16,10 +16,10 @@ the end, as the engine's loop runs between log intervals. Prints one JSON line p
 import argparse
 import time
 
+import common
 import jax
 
-import common
-from polyseg import tasks
+from polyseg.nn import layers
 
 
 def benchmark(name: str, args: argparse.Namespace) -> dict:
@@ -39,7 +39,7 @@ def benchmark(name: str, args: argparse.Namespace) -> dict:
   return {
     'model': name,
     'task': task.config.task,
-    'params': tasks.count_params(program.args[0]['params']),
+    'params': layers.count_params(program.args[0]['params']),
     'batch_shape': program.shape,
     'frames_per_batch': program.frames,
     'compile_s': lower_s + compile_s,

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from polyseg.models import xlstm
+from polyseg.methods.hopadiff import xlstm
 
 
 def cell_inputs(batch: int, heads: int, num_frames: int, head_dim: int, seed: int = 0):

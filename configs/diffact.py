@@ -5,7 +5,7 @@ minutes on 2 CPU cores:
 
   python -m polyseg.main --config=configs/diffact.py --workdir=runs/diffact
 
-Published settings on your own features in the MS-TCN layout (METHODS.md §1):
+Published settings on your own features in the MS-TCN layout (docs/methods/diffact.md):
 
   python -m polyseg.main --config=configs/diffact.py:dataset=gtea --workdir=runs/gtea1 \
       --config.data.root=/data/gtea --config.data.split=1
@@ -18,9 +18,9 @@ import ml_collections
 from ml_collections import config_dict
 
 from polyseg import configlib
-from polyseg import parallel
+from polyseg.engine import parallel
 
-# Per-dataset settings from the DiffAct release (METHODS.md §1).
+# Per-dataset settings from the DiffAct release (docs/methods/diffact.md).
 DATASETS = {
   'gtea': {
     'enc_layers': 10,
@@ -120,7 +120,7 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.task = 'diffact'
   c.seed = 0
-  c.parallel = parallel.default_config()  # mesh, FSDP, multi-host (README: Scale)
+  c.parallel = parallel.default_config()  # mesh, FSDP, multi-host (docs/usage.md: Scale)
 
   c.data = ml_collections.ConfigDict()
   c.data.root = config_dict.placeholder(str)  # unset -> the synthetic dataset
@@ -134,7 +134,7 @@ def get_config(arg=None):
   c.data.max_train_len = config_dict.placeholder(int)  # random crop of longer training videos
   c.data.length_grouping = 0  # > 1: batches of similar lengths (less padding); see pipeline
   c.data.cache_dir = '~/.cache/polyseg'
-  c.data.format = 'folder'  # 'folder': read the files; 'tfds': the TFDS conversion (README)
+  c.data.format = 'folder'  # 'folder': read the files; 'tfds': the TFDS conversion (docs/data.md)
   c.data.tfds_dir = config_dict.placeholder(str)  # unset -> <dataset root>/tfds
   # Validation (checkpoint selection): splits/val.split<k>.bundle, else this seeded share of train.
   c.data.val_fraction = 0.15
@@ -154,8 +154,8 @@ def get_config(arg=None):
   c.model = ml_collections.ConfigDict()
   c.model.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
   # Parameter initialisation: 'torch' (PyTorch's default, as DiffAct's reference code initialises
-  # its layers; with 'flax' the decoder trained behind the reference's, README: training parity)
-  # or 'flax' (Flax's lecun_normal kernels, zero biases); models/layers.py torch_default_init.
+  # its layers; with 'flax' the decoder trained behind the reference's, docs/methods/diffact.md: trained side by side)
+  # or 'flax' (Flax's lecun_normal kernels, zero biases); nn/layers.py torch_default_init.
   c.model.init = 'torch'
   c.model.encoder = ml_collections.ConfigDict(
     {
@@ -167,7 +167,7 @@ def get_config(arg=None):
       'temporal_dropout': s['enc_dropouts'][2],
       'feature_layer_indices': s['feature_layers'],
       # None: attention keys outside the video are masked exactly; log(1e-6) = -13.8 is the
-      # reference code's masking (they keep a logit there; models/layers.py window_attention)
+      # reference code's masking (they keep a logit there; nn/layers.py window_attention)
       'outside_logit': config_dict.placeholder(float),
     }
   )
@@ -178,7 +178,7 @@ def get_config(arg=None):
       'kernel_size': s['dec_kernel'],
       'dropout': 0.1,
       'time_emb_dim': 512,
-      'condition_in_value': False,  # True: V also sees the condition (not in DiffAct; models/layers.py)
+      'condition_in_value': False,  # True: V also sees the condition (not in DiffAct; nn/layers.py)
       'outside_logit': config_dict.placeholder(float),  # as the encoder's
     }
   )
@@ -189,7 +189,7 @@ def get_config(arg=None):
       'sampling_steps': 25,
       'eta': 1.0,
       # The temporal views of a video share their DDIM noise, as the reference's seeding gives
-      # them (False: independent draws per view; README: training parity)
+      # them (False: independent draws per view; docs/methods/diffact.md: trained side by side)
       'shared_view_noise': True,
       'snr_scale': s['snr_scale'],
       'condition_types': s['condition_types'],

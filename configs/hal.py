@@ -1,4 +1,4 @@
-r"""HAL (METHODS.md §5): weakly supervised action segmentation from ordered transcripts.
+r"""HAL (docs/methods/hal.md): weakly supervised action segmentation from ordered transcripts.
 
 Default: the embedded synthetic dataset with transcripts (generated on first use); training sees
 the transcripts of the training videos only, never their frame labels:
@@ -24,7 +24,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from polyseg import configlib
-from polyseg import parallel
+from polyseg.engine import parallel
 
 
 def get_config(arg=None):
@@ -51,7 +51,7 @@ def get_config(arg=None):
   c.data.max_train_len = config_dict.placeholder(int)  # must stay unset: crops break transcripts
   c.data.length_grouping = 0  # > 1: batches of similar lengths (less padding); see pipeline
   c.data.cache_dir = '~/.cache/polyseg'
-  c.data.format = 'folder'  # 'folder' or 'tfds' (the transcripts layout; README)
+  c.data.format = 'folder'  # 'folder' or 'tfds' (the transcripts layout; docs/data.md)
   c.data.tfds_dir = config_dict.placeholder(str)
   # The synthetic data of configs/diffact.py, with transcripts/ (so the DiffAct upper bound trains
   # on the very same videos).
@@ -110,7 +110,7 @@ def get_config(arg=None):
     {
       'batch_size': 4,
       # Self-training drifts: on the synthetic data the val F1@50 of the segmentation peaks at
-      # 1000 steps and falls after (benchmarks/quality.py --task=hal_defaults; README); the
+      # 1000 steps and falls after (benchmarks/quality.py --task=hal_defaults; docs/methods/hal.md); the
       # best checkpoint on val is the one tested.
       'num_steps': 1000,
       'log_every': 50,

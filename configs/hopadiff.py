@@ -5,7 +5,7 @@ in minutes on 2 CPU cores:
 
   python -m polyseg.main --config=configs/hopadiff.py --workdir=runs/hopadiff
 
-The paper's settings on your own RHAS-style features (METHODS.md §2, layout in the README):
+The paper's settings on your own RHAS-style features (docs/methods/hopadiff.md, with the layout):
 
   python -m polyseg.main --config=configs/hopadiff.py:features=blip2 --workdir=runs/rhas_blip2 \
       --config.data.root=/data/rhas133
@@ -18,13 +18,13 @@ The paper's settings on your own RHAS-style features (METHODS.md §2, layout in 
                                   (no_all = DiffAct with sigmoid outputs on the holistic features)
   decoder=diffact|conditioned_values   DiffAct's decoder, the paper's (attention values from the noisy
                                   labels only), or polyseg's switch whose attention values see the
-                                  condition too (not in the paper: models/layers.py
-                                  ConvAttentionLayer; README: HopaDIFF results)
+                                  condition too (not in the paper: nn/layers.py
+                                  ConvAttentionLayer; docs/methods/hopadiff.md)
   dft=global|windowed             the DFT condition of the decoders: 'global', the paper's (Eq. 6): per
                                   channel of the HP-xLSTM output, the DFT along time of the whole
                                   video, bin k on frame k (real and imaginary parts); or 'windowed':
                                   the log-magnitude spectrum of the 33 frames around every frame, of 8
-                                  learned projections (polyseg's earlier default; README: HopaDIFF).
+                                  learned projections (polyseg's earlier default; docs/methods/hopadiff.md).
                                   ablation=no_dft|no_all drop either kind
   text=none|film|cross_attention  condition the holistic branch on the MiniLM-L6 embedding of the
                                   reference (for features that are not cross-modal; needs the 'text'
@@ -36,11 +36,11 @@ import ml_collections
 from ml_collections import config_dict
 
 from polyseg import configlib
-from polyseg import parallel
+from polyseg.engine import parallel
 
 ABLATIONS = ('none', 'no_partial', 'no_xlstm', 'no_bcaf', 'no_dft', 'no_all')
 FEATURES = {
-  # The paper's RHAS133 settings (METHODS.md §2): encoders 64 maps, k 5, dropouts .5; decoders 24
+  # The paper's RHAS133 settings (docs/methods/hopadiff.md): encoders 64 maps, k 5, dropouts .5; decoders 24
   # maps, k 5, time embedding 512, dropout .1; Adam 1e-4, batch 4; 1000 steps, 25 sampling steps.
   'blip2': {
     'input_dim': 768,
@@ -85,7 +85,7 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.task = 'hopadiff'
   c.seed = 0
-  c.parallel = parallel.default_config()  # mesh, FSDP, multi-host (README: Scale)
+  c.parallel = parallel.default_config()  # mesh, FSDP, multi-host (docs/usage.md: Scale)
 
   c.data = ml_collections.ConfigDict()
   c.data.root = config_dict.placeholder(str)  # unset -> the synthetic referring dataset
@@ -107,7 +107,7 @@ def get_config(arg=None):
   if synthetic:  # crops of <= 384 frames: one bucket, one compilation of the train step
     c.data.max_train_len = 384
   c.data.cache_dir = '~/.cache/polyseg'
-  c.data.format = 'folder'  # 'folder': read the files; 'tfds': the TFDS conversion (README)
+  c.data.format = 'folder'  # 'folder': read the files; 'tfds': the TFDS conversion (docs/data.md)
   c.data.tfds_dir = config_dict.placeholder(str)  # unset -> <dataset root>/tfds
   c.data.synthetic = ml_collections.ConfigDict(
     {
@@ -185,7 +185,7 @@ def get_config(arg=None):
       'sampling_steps': 25,
       'eta': 1.0,
       # The temporal views of a video share their DDIM noise, as the reference's seeding gives
-      # them (False: independent draws per view; README: training parity)
+      # them (False: independent draws per view; docs/methods/diffact.md: trained side by side)
       'shared_view_noise': True,
       'snr_scale': 0.5,
       'condition_types': ('full', 'zero', 'boundary', 'segment=1', 'segment=1'),

@@ -1,4 +1,4 @@
-r"""Polyphony (METHODS.md §3): both hands segmented at once, in three stages.
+r"""Polyphony (docs/methods/polyphony.md): both hands segmented at once, in three stages.
 
 Default: the embedded synthetic two-hand dataset (generated on first use: stage-1 features, i.e. a
 shared feature and each hand's logits per frame); runs stage 2 (semantic conditioning with MiniLM-L6,
@@ -28,14 +28,14 @@ output in the workdir (`<workdir>/stage<k>/dataset`) when there is one, else `--
   decoder=diffact|conditioned_values   DiffAct's decoder, the paper's (attention values from the noisy
                                   labels only), or polyseg's switch whose attention values see the
                                   condition too (not in the paper; as for HopaDIFF:
-                                  models/layers.py ConvAttentionLayer)
+                                  nn/layers.py ConvAttentionLayer)
   vit=tiny|vit_b                  stage-1 ViT size (vit_b: the paper's ViT-B/16, 16 frames, 224 px)
   runlocal=True                   tiny models and data for a smoke run
 """
 
 from polyseg import configlib
-from polyseg.pretrain import adh_vit
-from polyseg.pretrain import semantic
+from polyseg.methods.polyphony import stage1 as adh_vit
+from polyseg.methods.polyphony import stage2 as semantic
 
 # dataset -> (DiffAct config it starts from, data layout, stage-3 training budget). HA-ViD / ATTACH:
 # the model sizes of the reference code's HA-ViD config, which are DiffAct's Breakfast settings
@@ -79,7 +79,7 @@ def get_config(arg=None):
   c.model.fusion = with_fusion  # cross-hand fusion of the decoder conditions
   c.model.decoder.condition_in_value = decoder == 'conditioned_values'
 
-  # Paper (METHODS.md §3): Adam 1e-3, lambda_smooth 0.05, lambda_boundary 0.2, 5-step DDIM.
+  # Paper (docs/methods/polyphony.md): Adam 1e-3, lambda_smooth 0.05, lambda_boundary 0.2, 5-step DDIM.
   c.optim.learning_rate = 1e-3
   c.loss.update(encoder_ce=1.0, decoder_ce=1.0, encoder_smooth=0.05, decoder_smooth=0.05)
   c.loss.decoder_boundary = 0.2

@@ -1,4 +1,4 @@
-r"""2s-DAS (METHODS.md §4): RGB and flow DiffAct models trained together, late fusion on val.
+r"""2s-DAS (docs/methods/twostream.md): RGB and flow DiffAct models trained together, late fusion on val.
 
 Default: the embedded synthetic two-stream dataset (generated on first use; RGB carries class
 identity, flow motion and boundaries, different dimensions and noise):
@@ -69,7 +69,7 @@ def get_config(arg=None):
     {**videos, 'noise_std': 1.6, 'flow_noise_std': 1.1, 'num_motions': 4}
   )
 
-  # Post-processing as a chain (polyseg/postprocess.py), e.g. --config.eval.postprocess=median=15,purge=3;
+  # Post-processing as a chain (polyseg/core/postprocess.py), e.g. --config.eval.postprocess=median=15,purge=3;
   # it starts as the dataset's DiffAct step.
   c.eval.postprocess = f'{c.eval.postprocess}={c.eval.postprocess_value}'
   c.eval.postprocess_value = None

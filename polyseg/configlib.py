@@ -8,7 +8,8 @@ import importlib.util
 import pathlib
 import re
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
+from collections.abc import Sequence
 
 from absl import app
 

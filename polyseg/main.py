@@ -21,10 +21,11 @@ from absl import logging
 from ml_collections import config_flags
 
 from polyseg import configlib
-from polyseg import parallel
-from polyseg import train
-from polyseg.data import check
+from polyseg import methods
 from polyseg.data import formats
+from polyseg.engine import data_check
+from polyseg.engine import parallel
+from polyseg.engine import train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -66,17 +67,18 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   config = FLAGS.config
   try:
+    method = methods.get(config.task)
     if config.data.check_only:  # validate the data, print its statistics; no device, no step
-      check.run(config, FLAGS.workdir)
+      data_check.run(method, config, FLAGS.workdir)
       return
     use_compilation_cache(FLAGS.compilation_cache)
     parallel.initialize(config)  # before anything touches a device
     if FLAGS.mode == 'train':
-      train.train_and_evaluate(config, FLAGS.workdir)
+      train.train_and_evaluate(method, config, FLAGS.workdir)
     elif FLAGS.mode == 'eval':
-      train.evaluate(config, FLAGS.workdir, FLAGS.checkpoint)
+      train.evaluate(method, config, FLAGS.workdir, FLAGS.checkpoint)
     else:
-      train.predict(config, FLAGS.workdir, FLAGS.checkpoint)
+      train.predict(method, config, FLAGS.workdir, FLAGS.checkpoint)
   except (formats.DataError, train.NonFiniteError, OSError) as e:  # the user's input, not a bug
     sys.exit(f'polyseg: {type(e).__name__}: {e}')
   except train.Interrupted as e:  # SIGTERM / Ctrl-C: checkpoint saved; the shell's exit status

@@ -20,9 +20,10 @@ import jax
 import numpy as np
 import optax
 
-from polyseg import parallel
-from polyseg import train
+from polyseg import methods
 from polyseg.configlib import load_config
+from polyseg.engine import parallel
+from polyseg.engine import train
 
 STEPS = 3
 
@@ -51,7 +52,9 @@ def flat(tree) -> np.ndarray:
 def sharded(task_name: str, cache: str, out: str, fsdp_sizes: list[int]) -> None:
   config = tiny_config(task_name, cache)
   config.parallel.fsdp_min_size = 0  # shard every divisible parameter, however small
-  _, data, task = train.setup(config, os.path.join(os.path.dirname(out), 'work'))
+  _, data, task = train.setup(
+    methods.get(config.task), config, os.path.join(os.path.dirname(out), 'work')
+  )
   tx = optimizer()
   batch = task.train_loader(data.train).batch(0)
   rng, step_rng = jax.random.PRNGKey(0), jax.random.PRNGKey(1)
@@ -79,7 +82,9 @@ def sharded(task_name: str, cache: str, out: str, fsdp_sizes: list[int]) -> None
 def multiprocess(task_name: str, cache: str, out: str) -> None:
   config = tiny_config(task_name, cache)
   assert parallel.initialize(config), 'expected the JAX_* environment of a multi-process run'
-  _, data, task = train.setup(config, os.path.join(os.path.dirname(out), 'work'))
+  _, data, task = train.setup(
+    methods.get(config.task), config, os.path.join(os.path.dirname(out), 'work')
+  )
   mesh = parallel.make_mesh(config)
   loader = train.make_train_loader(task, data.train, config, mesh)
   tx = optimizer()

@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from polyseg import train as train_lib
 from polyseg.data import formats
 from polyseg.data import synthetic
 from polyseg.data import video
-from polyseg.models import vit
-from polyseg.pretrain import adh_vit
+from polyseg.engine import train as train_lib
+from polyseg.methods.polyphony import stage1
+from polyseg.methods.polyphony import vit
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -31,7 +31,7 @@ MODEL = {
 
 
 def tiny_config(**overrides):
-  c = adh_vit.default_config('tiny')
+  c = stage1.default_config('tiny')
   c.model.update(MODEL)
   c.update(
     num_steps=12,
@@ -48,7 +48,7 @@ def tiny_config(**overrides):
 
 
 def test_default_config():
-  tiny, big = adh_vit.default_config('tiny'), adh_vit.default_config('vit_b')
+  tiny, big = stage1.default_config('tiny'), stage1.default_config('vit_b')
   assert big.model.width == 768 and big.model.image_size == 224 and big.model.num_frames == 16
   assert tiny.model.image_size == 32 and tiny.model.width == 64
   assert big.alternate_every == tiny.alternate_every == 50
@@ -56,15 +56,15 @@ def test_default_config():
   model = vit.build(big.model, 10)
   assert model.num_tokens == 1568 and model.drop_path == 0.1
   with pytest.raises(ValueError, match="ViT size 'huge'"):
-    adh_vit.default_config('huge')
+    stage1.default_config('huge')
 
 
 def test_alternating_schedule():
-  hands = [int(adh_vit.active_hand(step, 50)) for step in (0, 49, 50, 99, 100, 149, 150)]
+  hands = [int(stage1.active_hand(step, 50)) for step in (0, 49, 50, 99, 100, 149, 150)]
   assert hands == [0, 0, 1, 1, 0, 0, 1]
-  np.testing.assert_array_equal(adh_vit.active_hand(jnp.arange(6), 2), [0, 0, 1, 1, 0, 0])
-  np.testing.assert_array_equal(adh_vit.batch_hands(51, 4, 50), [1, 1, 1, 1])
-  np.testing.assert_array_equal(adh_vit.batch_hands(7, 5, 0), [0, 1, 0, 1, 0])  # joint
+  np.testing.assert_array_equal(stage1.active_hand(jnp.arange(6), 2), [0, 0, 1, 1, 0, 0])
+  np.testing.assert_array_equal(stage1.batch_hands(51, 4, 50), [1, 1, 1, 1])
+  np.testing.assert_array_equal(stage1.batch_hands(7, 5, 0), [0, 1, 0, 1, 0])  # joint
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ def test_alternating_schedule():
 
 
 def _small_task(num_classes=3):
-  return adh_vit.ClipClassification(vit.VideoViT(num_classes, **MODEL))
+  return stage1.ClipClassification(vit.VideoViT(num_classes, **MODEL))
 
 
 def _batch(rng, task, hands):
@@ -90,7 +90,7 @@ def test_clip_loss_uses_each_clips_hand_head():
   batch = _batch(np.random.default_rng(0), task, [0, 1, 1])
   loss_and_grads = jax.jit(jax.value_and_grad(task.loss, has_aux=True))
   (loss, terms), grads = loss_and_grads(params, batch, jax.random.PRNGKey(1))
-  out = adh_vit.make_apply(task.model)(params, batch['frames'])
+  out = stage1.make_apply(task.model)(params, batch['frames'])
   logits = np.stack([out['lh'][0], out['rh'][1], out['rh'][2]])
   log_probs = jax.nn.log_softmax(logits)
   np.testing.assert_allclose(loss, -np.mean(log_probs[np.arange(3), batch['labels']]), rtol=1e-5)
@@ -119,13 +119,13 @@ def test_alternate_heads_updates_only_the_active_head():
   task = _small_task()
   config = tiny_config(alternate_every=2, num_steps=20)
   config.optim.warmup_fraction = 0.0
-  tx = adh_vit.make_optimizer(config)
+  tx = stage1.make_optimizer(config)
   state = train_lib.init_state(task, tx, jax.random.PRNGKey(0))
   step_fn = train_lib.make_train_step(task, tx, jax.random.PRNGKey(1))
   rng = np.random.default_rng(0)
   history = [jax.device_get(state)]
   for step in range(4):
-    batch = _batch(rng, task, adh_vit.batch_hands(step, 4, config.alternate_every))
+    batch = _batch(rng, task, stage1.batch_hands(step, 4, config.alternate_every))
     state, metrics = step_fn(state, batch)
     assert metrics['finite']
     history.append(jax.device_get(state))
@@ -140,7 +140,7 @@ def test_alternate_heads_updates_only_the_active_head():
   # Without the wrapper, AdamW's momentum from steps 0, 1 would move the LH head at step 2 even
   # with a zero gradient.
   config.alternate_every = 0
-  plain = adh_vit.make_optimizer(config)
+  plain = stage1.make_optimizer(config)
   params = history[2]['params']
   zero = jax.tree.map(np.zeros_like, params)
   updates, _ = plain.update(zero, history[2]['opt_state'].inner, params)
@@ -150,7 +150,7 @@ def test_alternate_heads_updates_only_the_active_head():
 def test_make_optimizer_warmup_cosine_and_decay_mask():
   config = tiny_config(num_steps=10, alternate_every=0)
   config.optim.update(learning_rate=0.1, weight_decay=0.5, warmup_fraction=0.2)
-  tx = adh_vit.make_optimizer(config)
+  tx = stage1.make_optimizer(config)
   params = {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}
   state = tx.init(params)
   zero = jax.tree.map(jnp.zeros_like, params)
@@ -172,8 +172,8 @@ def test_extract_equals_the_model_on_each_frames_window():
   task = _small_task(num_classes=4)
   params = jax.jit(task.init)(jax.random.PRNGKey(2), task.example_batch())
   frames = np.random.default_rng(3).integers(0, 256, (11, 16, 16, 3), dtype=np.uint8)
-  apply = adh_vit.make_apply(task.model)
-  out = adh_vit.extract(apply, params, frames, num_frames=4, batch=4)  # 11 = 4 + 4 + 3 (+1 pad)
+  apply = stage1.make_apply(task.model)
+  out = stage1.extract(apply, params, frames, num_frames=4, batch=4)  # 11 = 4 + 4 + 3 (+1 pad)
   assert {k: v.shape for k, v in out.items()} == {'shared': (11, 16), 'lh': (11, 4), 'rh': (11, 4)}
   single = jax.jit(lambda p, clip: task.model.apply({'params': p}, vit.normalize(clip[None])))
   for t in range(11):  # the slow reference: one frame at a time
@@ -181,7 +181,7 @@ def test_extract_equals_the_model_on_each_frames_window():
     expected = single(params, frames[window])
     for name in out:
       np.testing.assert_allclose(out[name][t], expected[name][0], rtol=1e-4, atol=1e-5)
-  strided = adh_vit.extract(apply, params, frames, num_frames=4, batch=4, stride=3)
+  strided = stage1.extract(apply, params, frames, num_frames=4, batch=4, stride=3)
   for name in out:
     np.testing.assert_allclose(strided[name], out[name][::3], rtol=1e-5, atol=1e-6)
 
@@ -216,7 +216,7 @@ def test_run_end_to_end_resume_and_video_file(tmp_path, capsys):
   _encode_mkv(raw / 'videos' / 'video001.mkv', big)
   workdir = tmp_path / 'work'
   config = tiny_config()
-  out = adh_vit.run(config, str(workdir), str(raw))
+  out = stage1.run(config, str(workdir), str(raw))
   assert out == workdir / 'stage1' / 'dataset'
   classes = formats.read_mapping(raw / 'mapping.txt')
   for subset in ('train', 'val', 'test'):
@@ -236,7 +236,7 @@ def test_run_end_to_end_resume_and_video_file(tmp_path, capsys):
   fresh = jax.jit(model.init)(jax.random.PRNGKey(5), jnp.zeros((1, *model.clip_shape)))['params']
   params = vit.load_pretrained(fresh, workdir / 'stage1' / 'adh_vit.npz')
   frames = np.load(raw / 'videos' / 'video000.npy')
-  expected = adh_vit.extract(adh_vit.make_apply(model), params, frames, 4, 32)
+  expected = stage1.extract(stage1.make_apply(model), params, frames, 4, 32)
   split_of = {n: s for s in ('train', 'val', 'test') for n in formats.read_split(raw, s, 1)}
   got = formats.read_hand_streams(out, split_of['video000'], 1).videos
   got = next(v for v in got if v.name == 'video000')
@@ -246,13 +246,13 @@ def test_run_end_to_end_resume_and_video_file(tmp_path, capsys):
 
   # Complete: returned as is.
   stamp = os.stat(out / 'mapping.txt').st_mtime_ns
-  assert adh_vit.run(config, str(workdir), str(raw)) == out
+  assert stage1.run(config, str(workdir), str(raw)) == out
   assert os.stat(out / 'mapping.txt').st_mtime_ns == stamp
 
   # Resume: a longer run continues from the checkpoint of step 12.
   capsys.readouterr()
   os.rename(out, tmp_path / 'old_dataset')
-  adh_vit.run(tiny_config(num_steps=18), str(workdir), str(raw))
+  stage1.run(tiny_config(num_steps=18), str(workdir), str(raw))
   assert 'resumed from' in capsys.readouterr().out
   assert _metric_steps(workdir, 'train/loss') == [3, 6, 9, 12, 15, 18]
   assert _metric_steps(workdir, 'val/acc') == [6, 12, 18]
@@ -265,10 +265,10 @@ def test_run_errors(tmp_path):
   frames = np.load(raw / 'videos' / 'video002.npy')
   np.save(raw / 'videos' / 'video002.npy', frames[:-2])
   with pytest.raises(formats.DataError, match=r'video002\.npy: 28 frames but .*has 30 labels'):
-    adh_vit.run(tiny_config(), str(tmp_path / 'work'), str(raw))
+    stage1.run(tiny_config(), str(tmp_path / 'work'), str(raw))
   (raw / 'videos' / 'video002.npy').unlink()
   with pytest.raises(formats.DataError, match="no video file for video 'video002'"):
-    adh_vit.run(tiny_config(), str(tmp_path / 'work'), str(raw))
+    stage1.run(tiny_config(), str(tmp_path / 'work'), str(raw))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,7 +314,7 @@ def test_tiny_vit_learns_both_hands(tmp_path):
     num_steps=120, batch_size=16, alternate_every=10, eval_every=60, eval_stride=1
   )
   config.optim.learning_rate = 3e-3
-  out = adh_vit.run(config, str(tmp_path / 'work'), str(root))
+  out = stage1.run(config, str(tmp_path / 'work'), str(root))
   test = formats.read_hand_streams(out, 'test', 1)
   for h, hand in enumerate(formats.HANDS):
     labels = np.concatenate([v.labels[:, h] for v in test.videos])
@@ -343,11 +343,11 @@ def test_held_out_validation_videos_become_the_outputs_val_bundle(tmp_path, monk
     seen['written'] = {k: [v.name for v in videos] for k, videos in subsets.items()}
     return out
 
-  monkeypatch.setattr(adh_vit, 'fit', fit)
-  monkeypatch.setattr(adh_vit, 'write_features', write_features)
-  monkeypatch.setattr(adh_vit.vit, 'to_state_dict', lambda params: {})
+  monkeypatch.setattr(stage1, 'fit', fit)
+  monkeypatch.setattr(stage1, 'write_features', write_features)
+  monkeypatch.setattr(stage1.vit, 'to_state_dict', lambda params: {})
   config = tiny_config()
-  adh_vit.run(config, str(tmp_path / 'work'), str(raw))
+  stage1.run(config, str(tmp_path / 'work'), str(raw))
   held = formats.hold_out(names, config.val_fraction, config.seed)
   assert seen['val'] == seen['written']['val'] == held
   assert seen['train'] == seen['written']['train'] == [n for n in names if n not in held]

@@ -1,4 +1,4 @@
-"""Tests for polyseg.align: brute-force enumeration, padding / vmap, infeasible cases, grammar
+"""Tests for polyseg.methods.hal.align: brute-force enumeration, padding / vmap, infeasible cases, grammar
 decoding, length priors, mean-length estimation, a long video and the O(T * N) memory bound."""
 
 import itertools
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from polyseg import align
+from polyseg.methods.hal import align
 
 _align = jax.jit(align.align)
 _decode = jax.jit(align.decode, static_argnames='batch_size')

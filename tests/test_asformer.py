@@ -1,4 +1,4 @@
-"""Tests for polyseg.models.asformer: parameter counts, masks, hoisting, dropout, memory."""
+"""Tests for polyseg.nn.asformer: parameter counts, masks, hoisting, dropout, memory."""
 
 import functools
 import math
@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from polyseg.models import asformer, layers
+from polyseg.nn import asformer
+from polyseg.nn import layers
 
 D, C = 6, 4
 LENGTHS = (11, 17)

@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-
 from conftest import REPO
-from polyseg import train
+
+import polyseg
 from polyseg.configlib import load_config
 from polyseg.data import formats
 from polyseg.data.formats import DataError
@@ -477,7 +477,7 @@ def test_train_fails_before_any_step_and_writes_nothing(tmp_path, case):
     config.data.format = 'tfds'  # converts root into root/tfds first: that fails, leaving nothing
   before = tree(tmp_path)
   with pytest.raises(DataError) as error:
-    train.train_and_evaluate(config, str(workdir))
+    polyseg.train_and_evaluate(config, str(workdir))
   check_message(error.value, where, message)
   assert tree(tmp_path) == before
 

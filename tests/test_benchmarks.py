@@ -14,12 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import REPO
-from polyseg import metrics
+
 from polyseg.configlib import load_config
-from polyseg.tasks import hopadiff
-from polyseg.tasks import twostream
+from polyseg.core import metrics
+from polyseg.methods.hopadiff import task as hopadiff
+from polyseg.methods.twostream import task as twostream
 
 BENCHMARKS = REPO / 'benchmarks'
 # The tiny programs compile faster without XLA's optimisation passes; the persistent compilation cache

@@ -8,15 +8,23 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO
 from matplotlib import image
 
-from conftest import REPO
+from polyseg import methods
 from polyseg.configlib import load_config
-from polyseg.data import check
 from polyseg.data import formats
+from polyseg.engine import data_check
 
 CLASSES = ['background', 'cut', 'pour', 'stir', 'wipe']
-OUTPUTS = {check.JSON_FILE, check.PNG_FILE}
+
+
+def run_check(config, workdir: str) -> dict:
+  """The dataset check of `config`'s method, as `--config.data.check_only` runs it."""
+  return data_check.run(methods.get(config.task), config, workdir)
+
+
+OUTPUTS = {data_check.JSON_FILE, data_check.PNG_FILE}
 
 
 def features(length: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -55,7 +63,7 @@ def assert_png_has_content(path):
 
 def test_single_stream_statistics_are_hand_counted(tmp_path, capsys):
   workdir = tmp_path / 'run'
-  stats = check.run(config_for('diffact', single_stream_root(tmp_path / 'data')), str(workdir))
+  stats = run_check(config_for('diffact', single_stream_root(tmp_path / 'data')), str(workdir))
   assert stats['classes'] == CLASSES and stats['background'] == ['background']
   assert stats['feature_dims'] == 3
   train, val, test = (stats['splits'][s] for s in ('train', 'val', 'test'))
@@ -95,10 +103,10 @@ def test_single_stream_statistics_are_hand_counted(tmp_path, capsys):
   printed = capsys.readouterr().out
   assert '  1 cut' in printed and '3/1' in printed and '49/1' in printed
   assert all(warning in printed for warning in stats['warnings'])
-  assert f'Wrote {workdir / check.JSON_FILE} and {workdir / check.PNG_FILE}' in printed
-  assert json.loads((workdir / check.JSON_FILE).read_text()) == stats
+  assert f'Wrote {workdir / data_check.JSON_FILE} and {workdir / data_check.PNG_FILE}' in printed
+  assert json.loads((workdir / data_check.JSON_FILE).read_text()) == stats
   assert set(os.listdir(workdir)) == OUTPUTS  # no checkpoints, metrics, config or data.json
-  assert_png_has_content(workdir / check.PNG_FILE)
+  assert_png_has_content(workdir / data_check.PNG_FILE)
 
 
 HAND_CLASSES = ['background', 'hold box', 'take nut']
@@ -132,7 +140,7 @@ def test_two_hands_per_hand_counts_at_every_stage(tmp_path, stage, dims):
   config = config_for('polyphony', two_hands_root(tmp_path / 'data'))
   config.stage, config.data.features = stage, 'all'
   workdir = tmp_path / 'run'
-  stats = check.run(config, str(workdir))
+  stats = run_check(config, str(workdir))
   assert stats['feature_dims'] == dims and stats['warnings'] == []
   train = stats['splits']['train']
   assert train['labels'] == 'hands' and train['frames']['total'] == 6
@@ -148,7 +156,7 @@ def test_two_hands_per_hand_counts_at_every_stage(tmp_path, stage, dims):
   assert stats['splits']['val']['active_share'] == {'lh': 1.0, 'rh': 0.25}
   assert stats['splits']['test']['active_share'] == {'lh': 0.0, 'rh': 1.0}
   assert set(os.listdir(workdir)) == OUTPUTS  # stages 1 and 2 did not run
-  assert_png_has_content(workdir / check.PNG_FILE)
+  assert_png_has_content(workdir / data_check.PNG_FILE)
 
 
 def test_multi_label_counts_active_classes(tmp_path):
@@ -174,7 +182,7 @@ def test_multi_label_counts_active_classes(tmp_path):
   root = formats.write_referring(
     tmp_path / 'data', formats.ReferringDataset(classes, samples), splits
   )
-  stats = check.run(config_for('hopadiff', root), str(tmp_path / 'run'))
+  stats = run_check(config_for('hopadiff', root), str(tmp_path / 'run'))
   assert stats['feature_dims'] == {'holistic': 4, 'partial': 2}
   train = stats['splits']['train']
   assert train['labels'] == 'multi-hot' and train['frames']['total'] == 5
@@ -197,7 +205,7 @@ def test_weak_supervision_counts_the_transcripts(tmp_path):
   subsets = {'train': train, 'val': val, 'test': test}
   datasets = {k: formats.Dataset(classes, v) for k, v in subsets.items()}
   root = formats.write_single_stream(tmp_path / 'data', datasets, transcripts=True)
-  stats = check.run(config_for('hal', root), str(tmp_path / 'run'))
+  stats = run_check(config_for('hal', root), str(tmp_path / 'run'))
   train, test = stats['splits']['train'], stats['splits']['test']
   assert train['labels'] == 'transcripts' and 'frames_per_class' not in train  # never read
   assert train['frames'] == {'min': 8, 'median': 10.0, 'mean': 10.0, 'max': 12, 'total': 20}
@@ -219,7 +227,7 @@ def test_two_streams_report_both_dimensions(tmp_path):
   subsets['test'] = [two_streams('c', [0, 0, 1, 0])]
   datasets = {k: formats.MultiStreamDataset(CLASSES[:2], v) for k, v in subsets.items()}
   root = formats.write_two_streams(tmp_path / 'data', datasets)
-  stats = check.run(config_for('twostream', root), str(tmp_path / 'run'))
+  stats = run_check(config_for('twostream', root), str(tmp_path / 'run'))
   assert stats['feature_dims'] == {'rgb': 3, 'flow': 2}
   assert stats['splits']['test']['frames_per_class'] == {'background': 3, 'cut': 1}
   assert stats['splits']['test']['segments_per_class'] == {'background': 2, 'cut': 1}
@@ -231,13 +239,13 @@ def test_broken_data_raises_the_loaders_error_and_writes_nothing(tmp_path):
   label_file.write_text('pour\n' * 7)  # 7 labels for 8 frames
   workdir = tmp_path / 'run'
   with pytest.raises(formats.DataError, match='b.txt'):
-    check.run(config_for('diffact', root), str(workdir))
+    run_check(config_for('diffact', root), str(workdir))
   hands = two_hands_root(tmp_path / 'hands')
   (hands / 'videos' / 'v1.npy').unlink()
   config = config_for('polyphony', hands)
   config.stage = '1,2,3'
   with pytest.raises(formats.DataError, match="no video file for video 'v1'"):
-    check.run(config, str(workdir))
+    run_check(config, str(workdir))
   assert not OUTPUTS & set(os.listdir(workdir))
 
 
@@ -264,5 +272,5 @@ def test_command_line_checks_and_exits_without_training(tmp_path):
   )
   assert done.returncode == 0, done.stderr[-3000:]
   assert 'Data check: diffact' in done.stdout and 'classes never in train' in done.stdout
-  assert f'Wrote {workdir / check.JSON_FILE}' in done.stdout
+  assert f'Wrote {workdir / data_check.JSON_FILE}' in done.stdout
   assert set(os.listdir(workdir)) == OUTPUTS

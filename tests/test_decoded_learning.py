@@ -22,12 +22,12 @@ import jax
 import numpy as np
 import pytest
 
-from polyseg import train
 from polyseg.configlib import load_config
 from polyseg.data import synthetic
-from polyseg.tasks import hopadiff
-from polyseg.tasks import polyphony
-from polyseg.tasks import twostream
+from polyseg.engine import train
+from polyseg.methods.hopadiff import task as hopadiff
+from polyseg.methods.polyphony import task as polyphony
+from polyseg.methods.twostream import task as twostream
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 

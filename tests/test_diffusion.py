@@ -1,19 +1,19 @@
-"""Tests for polyseg.diffusion: schedule, noising, DDIM sampler, condition masks."""
+"""Tests for polyseg.core.diffusion: schedule, noising, DDIM sampler, condition masks."""
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from polyseg import diffusion
-from polyseg import tasks
 from polyseg.configlib import load_config
+from polyseg.core import diffusion
+from polyseg.data import dataset as dataset_lib
 from polyseg.data import formats
 from polyseg.data import pipeline
-from polyseg.tasks import diffact
-import itertools
+from polyseg.methods.diffact import task as diffact
 
 SCHEDULE = diffusion.cosine_schedule()
 
@@ -405,7 +405,7 @@ def test_diffact_views_share_their_ddim_noise_when_asked(shared):
   config.diffusion.shared_view_noise = shared
   features = np.repeat(np.random.default_rng(0).normal(size=(20, 16)), 2, axis=0)
   video = formats.Video('v', features.astype(np.float32), np.zeros(40, np.int64))
-  task = diffact.Task(config, tasks.DataInfo(('a', 'b', 'c'), 16, ()))
+  task = diffact.Task(config, dataset_lib.DataInfo(('a', 'b', 'c'), 16, ()))
   views = pipeline.temporal_views(video, 2)
   params = task.init(jax.random.PRNGKey(0), task.example_batch())
   probs = np.asarray(task._sample(params, views['features'], views['mask'], jax.random.PRNGKey(1)))

@@ -12,12 +12,13 @@ import jax
 import numpy as np
 import pytest
 import tqdm
-
 from conftest import REPO
-from polyseg import report
-from polyseg import tasks
-from polyseg import train
+
+import polyseg
+from polyseg import methods
 from polyseg.data import pipeline
+from polyseg.engine import metric_writer
+from polyseg.engine import train
 
 STEPS = 10
 
@@ -72,7 +73,7 @@ def _metrics_without_timing(workdir) -> list[dict]:
 def test_killed_and_stopped_run_resumes_bitwise(tiny_config, cache_dir, tmp_path):
   """SIGKILL mid-training, SIGKILL mid-checkpoint-write, SIGTERM, Ctrl-C, then a resume to the end:
   bitwise the params, metrics and results of the same run done in one go."""
-  tasks.get('diffact').load_data(tiny_config)  # the synthetic data, before two processes read it
+  methods.get('diffact').load_data(tiny_config)  # the synthetic data, before two processes read it
   straight, chained = tmp_path / 'straight', tmp_path / 'chained'
   uninterrupted = _driver('none', straight, cache_dir, wait=False)
 
@@ -99,7 +100,7 @@ def test_killed_and_stopped_run_resumes_bitwise(tiny_config, cache_dir, tmp_path
 
   code, stderr = _finish(uninterrupted)
   assert code == 0, stderr[-3000:]
-  _, _, task = train.setup(tiny_config, str(straight))
+  _, _, task = train.setup(methods.get(tiny_config.task), tiny_config, str(straight))
   step_a, params_a = train.restore_params(task, tiny_config, str(straight))
   step_b, params_b = train.restore_params(task, tiny_config, str(chained))
   assert step_a == step_b == STEPS
@@ -140,7 +141,7 @@ def test_nan_stops_before_a_later_checkpoint(tiny_config, tmp_path, monkeypatch)
   _nan_at(monkeypatch, 2)
   workdir = str(tmp_path / 'run')
   with pytest.raises(train.NonFiniteError, match=r'at step 3: .*loss'):
-    train.train_and_evaluate(_nan_config(tiny_config, 'stop'), workdir)
+    polyseg.train_and_evaluate(_nan_config(tiny_config, 'stop'), workdir)
   assert _checkpoints(workdir) == ([2], [])
 
 
@@ -148,7 +149,7 @@ def test_nan_skip_mode_counts_and_goes_on(tiny_config, tmp_path, monkeypatch, ca
   """NaNs at steps 3 and 5 are skipped, counted per log interval, and the run goes on."""
   _nan_at(monkeypatch, 2, 4)
   workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(_nan_config(tiny_config, 'skip'), workdir)
+  polyseg.train_and_evaluate(_nan_config(tiny_config, 'skip'), workdir)
   assert _checkpoints(workdir)[0] == [2, 4, 6]
   logged = {m['step']: m for m in _metrics_without_timing(workdir) if 'train/loss' in m}
   assert [logged[s]['train/nonfinite_steps'] for s in (2, 4, 5, 6)] == [0, 1, 1, 0]
@@ -159,7 +160,7 @@ def test_nan_skip_mode_counts_and_goes_on(tiny_config, tmp_path, monkeypatch, ca
 
 
 def test_skip_mode_stops_after_too_many_skipped_steps(tmp_path):
-  writer = report.MetricWriter(str(tmp_path), enabled=False)
+  writer = metric_writer.MetricWriter(str(tmp_path), enabled=False)
   log = train.StepLog(writer, tqdm.tqdm(disable=True), 0, 'skip', max_nonfinite_steps=1)
   good = {'loss': np.float32(1.0), 'finite': np.bool_(True)}
   bad = {'loss': np.float32(np.inf), 'finite': np.bool_(False)}
@@ -175,7 +176,7 @@ def test_skip_mode_stops_after_too_many_skipped_steps(tmp_path):
 
 
 def test_unknown_nonfinite_mode_is_an_error(tmp_path):
-  writer = report.MetricWriter(str(tmp_path), enabled=False)
+  writer = metric_writer.MetricWriter(str(tmp_path), enabled=False)
   with pytest.raises(ValueError, match="train.nonfinite='ignore'"):
     train.StepLog(writer, tqdm.tqdm(disable=True), 0, 'ignore')
 
@@ -186,5 +187,5 @@ def test_resume_rewinds_metrics_past_the_checkpoint(tmp_path):
   path.write_text(
     '{"step": 1, "a": 1.0}\n{"step": 2, "a": 2.0}\n{"step": 3, "a": 3.0}\n{"step": 4, "a'
   )
-  report.MetricWriter(str(tmp_path), resume_step=2).close()
+  metric_writer.MetricWriter(str(tmp_path), resume_step=2).close()
   assert path.read_text() == '{"step": 1, "a": 1.0}\n{"step": 2, "a": 2.0}\n'

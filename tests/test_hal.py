@@ -10,17 +10,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from polyseg import align
-from polyseg import losses
-from polyseg import metrics
-from polyseg import report
-from polyseg import train
+import polyseg
+from polyseg import methods
 from polyseg.configlib import load_config
+from polyseg.core import losses
+from polyseg.core import metrics
 from polyseg.data import formats
 from polyseg.data import pipeline
-from polyseg.models import pyramid
-from polyseg.tasks import hal
-
+from polyseg.engine import train
+from polyseg.methods.hal import align
+from polyseg.methods.hal import pyramid
+from polyseg.methods.hal import task as hal
+from polyseg.report import tables
 
 LEARN_STEPS = 60
 LEARN_MARGIN = 20.0  # points of MoF (measured: 79.7 against 39.0)
@@ -76,7 +77,7 @@ def test_shuffled_training_labels_change_nothing(tiny, tmp_path):
   params = {}
   for run, root in (('original', original), ('shuffled', shuffled)):
     tiny.data.root = str(root)
-    train.train_and_evaluate(tiny, str(tmp_path / run))
+    polyseg.train_and_evaluate(tiny, str(tmp_path / run))
     params[run] = train.restore_params(
       hal.Task(tiny, hal.load_data(tiny).info), tiny, str(tmp_path / run)
     )[1]
@@ -307,7 +308,7 @@ def test_segment_overlaps_and_alignment_metrics_hand_worked():
 
 
 def test_results_table_with_rows_of_different_metrics():
-  table = report.format_table({'Seg': {'Acc': 50.0}, 'Align': {'MoF': 60.0, 'IoU': 1.25}})
+  table = tables.format_table({'Seg': {'Acc': 50.0}, 'Align': {'MoF': 60.0, 'IoU': 1.25}})
   assert table == '        Acc   MoF  IoU\nSeg    50.0     -    -\nAlign     -  60.0  1.2'
 
 
@@ -325,7 +326,7 @@ def test_loader_without_labels_or_boundary(built):
 
 def test_train_eval_and_predict_end_to_end(tiny, tmp_path):
   workdir = str(tmp_path / 'run')
-  results = train.train_and_evaluate(tiny, workdir)
+  results = polyseg.train_and_evaluate(tiny, workdir)
   assert set(results) == {'Segmentation', 'Alignment'}
   assert set(results['Alignment']) == {'MoF', 'IoU', 'IoD'}
   text = (tmp_path / 'run' / 'eval' / 'results.txt').read_text()
@@ -338,7 +339,7 @@ def test_train_eval_and_predict_end_to_end(tiny, tmp_path):
   long = np.concatenate([np.load(root / 'features' / f'{name}.npy')] * 3, axis=1)  # longer than any
   np.save(features / 'long.npy', long)
   tiny.predict.features = str(features)
-  outdir = pathlib.Path(train.predict(tiny, workdir))
+  outdir = pathlib.Path(train.predict(methods.get(tiny.task), tiny, workdir))
   lines = (outdir / 'predictions' / 'long.Segmentation.txt').read_text().splitlines()
   assert len(lines) == long.shape[1]
 
@@ -364,7 +365,7 @@ def test_hal_learns_from_transcripts_alone(tiny, tmp_path):
   """A few dozen steps on the tiny data: aligning the trained model's scores to the test
   transcripts places clearly more frames right than the length prior alone (zero scores)."""
   tiny.train.update(num_steps=LEARN_STEPS, eval_every=LEARN_STEPS, checkpoint_every=LEARN_STEPS)
-  results = train.train_and_evaluate(tiny, str(tmp_path / 'run'))
+  results = polyseg.train_and_evaluate(tiny, str(tmp_path / 'run'))
   data = hal.load_data(tiny)
   task = hal.Task(tiny, data.info)
   prior_only = metrics.AlignmentMetrics(task.background)

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from polyseg.models import asformer
-from polyseg.models import hopadiff
-from polyseg.models import xlstm
+from polyseg.methods.hopadiff import model as hopadiff
+from polyseg.methods.hopadiff import xlstm
+from polyseg.nn import asformer
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 

@@ -10,11 +10,13 @@ import jax
 import numpy as np
 import pytest
 
-from polyseg import train
+import polyseg
+from polyseg import methods
+from polyseg.configlib import load_config
 from polyseg.data import formats
 from polyseg.data import synthetic
-from polyseg.configlib import load_config
-from polyseg.tasks import hopadiff as hopadiff_task
+from polyseg.engine import train
+from polyseg.methods.hopadiff import task as hopadiff_task
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -28,7 +30,7 @@ def _config(cache_dir, arg=''):
 def test_train_evaluates_val_and_test_and_writes_every_output(cache_dir, tmp_path):
   config = _config(cache_dir)
   workdir = str(tmp_path / 'run')
-  results = train.train_and_evaluate(config, workdir)
+  results = polyseg.train_and_evaluate(config, workdir)
   assert set(results) == {'HopaDIFF', 'holistic', 'partial'}
   assert list(results['HopaDIFF']) == ['Acc', 'Jaccard', 'Edit', 'F1@10', 'F1@25', 'F1@50', 'mAP']
   tested = json.loads(pathlib.Path(workdir, 'eval', 'results.json').read_text())
@@ -47,7 +49,7 @@ def test_train_evaluates_val_and_test_and_writes_every_output(cache_dir, tmp_pat
   assert not any(key.startswith('eval/') for line in lines for key in line)  # test: not logged
   assert any('train/partial/decoder_boundary' in line for line in lines)
 
-  _, data, task = train.setup(config, workdir)
+  _, data, task = train.setup(methods.get(config.task), config, workdir)
   assert data.val and data.read_test() and data.info.input_dim == {'holistic': 12, 'partial': 10}
   for sample in data.read_test():
     for row in task.rows:
@@ -75,7 +77,7 @@ def test_train_evaluates_val_and_test_and_writes_every_output(cache_dir, tmp_pat
   if holistic.exists():
     shutil.copy(holistic, new / 'features_holistic' / f'{video}__p9.npy')
   config.predict.features = str(new)
-  outdir = pathlib.Path(train.predict(config, workdir))
+  outdir = pathlib.Path(train.predict(methods.get(config.task), config, workdir))
   frames = (outdir / 'predictions' / f'{video}__p9.HopaDIFF.txt').read_text().split('\n')[:-1]
   assert len(frames) == len(data.read_test()[0].holistic)  # runlocal samples are whole videos
   assert (outdir / 'timelines' / f'{video}__p9.png').exists()
@@ -92,8 +94,8 @@ def test_text_path_conditions_the_holistic_branch(cache_dir, tmp_path):
   config.train.update(num_steps=2, eval_every=2, checkpoint_every=2)
   config.eval.use_decoder = False  # the text path is in the encoders; DDIM is tested elsewhere
   workdir = str(tmp_path / 'text')
-  train.train_and_evaluate(config, workdir)
-  _, data, task = train.setup(config, workdir)
+  polyseg.train_and_evaluate(config, workdir)
+  _, data, task = train.setup(methods.get(config.task), config, workdir)
   batch = task.train_loader(data.train).batch(0)
   assert batch['text'].shape == (4, 384) and batch['text_tokens'].shape == (4, 16, 384)
   np.testing.assert_allclose(np.linalg.norm(batch['text'], axis=-1), 1.0, atol=1e-5)
@@ -140,7 +142,7 @@ def test_bad_referring_data_fails_before_training(cache_dir, tmp_path):
   config.data.root = str(root)
   workdir = tmp_path / 'run'
   with pytest.raises(formats.DataError, match=label.name):
-    train.train_and_evaluate(config, str(workdir))
+    polyseg.train_and_evaluate(config, str(workdir))
   assert not (workdir / 'checkpoints').exists()
 
 
@@ -152,8 +154,8 @@ def test_hopadiff_learns_a_tiny_dataset(cache_dir, tmp_path):
   config.optim.learning_rate = 3e-3
   config.eval.use_decoder = False
   workdir = str(tmp_path / 'learn')
-  after = train.train_and_evaluate(config, workdir)['HopaDIFF']
-  _, data, task = train.setup(config, workdir)
+  after = polyseg.train_and_evaluate(config, workdir)['HopaDIFF']
+  _, data, task = train.setup(methods.get(config.task), config, workdir)
   tx = train.make_optimizer(config)
   initial = train.init_state(task, tx, jax.random.split(jax.random.PRNGKey(config.seed))[0])
   videos = data.read_test()

@@ -1,11 +1,11 @@
-"""Tests for polyseg.late_fusion: fusion arithmetic, the weight grid, the weight search by hand."""
+"""Tests for polyseg.methods.twostream.late_fusion: fusion arithmetic, the weight grid, the weight search by hand."""
 
 import numpy as np
 import pytest
 
-from polyseg import late_fusion
-from polyseg import metrics
-from polyseg import postprocess
+from polyseg.core import metrics
+from polyseg.core import postprocess
+from polyseg.methods.twostream import late_fusion
 
 
 def test_fuse_hand_worked():

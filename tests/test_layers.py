@@ -1,4 +1,4 @@
-"""Tests for polyseg.models.layers against plain numpy / scipy references."""
+"""Tests for polyseg.nn.layers against plain numpy / scipy references."""
 
 import math
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from polyseg.models import layers
+from polyseg.nn import layers
 
 LENGTHS = (11, 17)  # two videos of a padded batch
 PADDED_T = 24

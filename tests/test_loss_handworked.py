@@ -4,7 +4,7 @@ the condition mask acting on the decoder only.
 
 The model's logits are read off the calls the loss makes (`_Recorder` stands in for `task.model`),
 so every reference below starts from exactly the logits the loss saw; everything after them is
-numpy (float64) written from the definitions, not from `polyseg.losses`.
+numpy (float64) written from the definitions, not from `polyseg.core.losses`.
 """
 
 import jax
@@ -13,19 +13,19 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from polyseg import diffusion
-from polyseg import losses
-from polyseg import tasks
-from polyseg import train
 from polyseg.configlib import load_config
+from polyseg.core import diffusion
+from polyseg.core import losses
+from polyseg.data import dataset as dataset_lib
 from polyseg.data import formats
 from polyseg.data import pipeline
-from polyseg.tasks import diffact
+from polyseg.engine import train
+from polyseg.methods.diffact import task as diffact
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
 NUM_CLASSES, INPUT_DIM = 4, 6
-INFO = tasks.DataInfo(('a', 'b', 'c', 'd'), INPUT_DIM, ())
+INFO = dataset_lib.DataInfo(('a', 'b', 'c', 'd'), INPUT_DIM, ())
 # Training frames per class n = (30, 10, 0, 50): N = 90, C = 4, so DiffAct's class weights
 # w_c = N / ((n_c + 10) C) = 90 / (160, 80, 40, 240) = (0.5625, 1.125, 2.25, 0.375).
 TRAIN_VIDEOS = [

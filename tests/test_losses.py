@@ -1,12 +1,13 @@
-"""Tests for polyseg.losses: hand-worked values, numpy / scipy references, gradients, padding."""
+"""Tests for polyseg.core.losses: hand-worked values, numpy / scipy references, gradients, padding."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import ndimage, special
+from scipy import ndimage
+from scipy import special
 
-from polyseg import losses
+from polyseg.core import losses
 
 LN = np.log
 

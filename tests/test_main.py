@@ -7,13 +7,14 @@ import sys
 import jax
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 from polyseg.configlib import load_config
-from polyseg import tasks
+from polyseg.data import dataset as dataset_lib
 from polyseg.data import formats
 from polyseg.data import synthetic
-from polyseg.tasks import diffact
+from polyseg.methods.diffact import task as diffact
+from polyseg.nn import layers
 
 
 def run_main(*args, cwd=REPO, env=None):
@@ -108,10 +109,10 @@ def test_real_layout_reads_dims_and_classes_and_checks_config(tmp_path):
 )
 def test_published_configs_have_published_sizes(dataset, num_classes, expected):
   config = load_config('diffact', f'dataset={dataset}')
-  info = tasks.DataInfo(tuple(f'c{i}' for i in range(num_classes)), 2048, ())
+  info = dataset_lib.DataInfo(tuple(f'c{i}' for i in range(num_classes)), 2048, ())
   task = diffact.Task(config, info)
   params = jax.eval_shape(lambda: task.init(jax.random.PRNGKey(0), task.example_batch()))
-  assert tasks.count_params(params) == expected
+  assert layers.count_params(params) == expected
 
 
 def test_config_variants_carry_the_published_settings():

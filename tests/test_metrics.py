@@ -1,9 +1,9 @@
-"""Tests for polyseg.metrics: hand-worked cases and a brute-force reference."""
+"""Tests for polyseg.core.metrics: hand-worked cases and a brute-force reference."""
 
 import numpy as np
 import pytest
 
-from polyseg import metrics
+from polyseg.core import metrics
 
 # One ground-truth segment of class 1 (frames [2, 14)) predicted as three pieces separated by
 # background: A = [2, 5) (IoU 3/12 = .25), B = [7, 11) (IoU 4/12), C = [12, 14) (IoU 2/12).

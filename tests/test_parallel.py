@@ -1,4 +1,4 @@
-"""Mesh, shardings and multi-host start-up (polyseg/parallel.py) and the engine under them.
+"""Mesh, shardings and multi-host start-up (polyseg/engine/parallel.py) and the engine under them.
 
 The multi-device cases run in subprocesses (tests/parallel_driver.py) with
 XLA_FLAGS=--xla_force_host_platform_device_count=N, or as two local processes joined by
@@ -13,13 +13,13 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import REPO
 from jax.sharding import PartitionSpec as P
 
-from polyseg import parallel
-from polyseg import train
+from polyseg import methods
 from polyseg.configlib import load_config
-
-from conftest import REPO
+from polyseg.engine import parallel
+from polyseg.engine import train
 
 DRIVER = str(REPO / 'tests' / 'parallel_driver.py')
 
@@ -108,7 +108,7 @@ def test_bad_parallel_settings_are_clear_errors(monkeypatch):
 
 def test_single_device_mesh_step_equals_the_plain_step(tiny_config, tmp_path):
   """The engine's path on a laptop: a 1-device mesh gives exactly the un-sharded step."""
-  _, data, task = train.setup(tiny_config, str(tmp_path / 'run'))
+  _, data, task = train.setup(methods.get(tiny_config.task), tiny_config, str(tmp_path / 'run'))
   tx = train.make_optimizer(tiny_config)
   batch = task.train_loader(data.train).batch(0)
   mesh = parallel.make_mesh(tiny_config)
@@ -184,7 +184,7 @@ def test_two_processes_train_together_and_agree(cache_dir, tmp_path):
   import parallel_driver
 
   config = parallel_driver.tiny_config('diffact', cache_dir)
-  _, _, task = train.setup(config, str(tmp_path / 'reference'))
+  _, _, task = train.setup(methods.get(config.task), config, str(tmp_path / 'reference'))
   tx = parallel_driver.optimizer()
   state = train.init_state(task, tx, jax.random.PRNGKey(0))
   step = train.make_train_step(task, tx, jax.random.PRNGKey(1))

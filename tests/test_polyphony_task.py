@@ -11,17 +11,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from polyseg import checkpoint
-from polyseg import tasks
-from polyseg import train
+import polyseg
+from polyseg import methods
 from polyseg.configlib import load_config
 from polyseg.data import formats
 from polyseg.data import pipeline
 from polyseg.data import synthetic
-from polyseg.models import asformer
-from polyseg.models import fusion
-from polyseg.models import polyphony as polyphony_model
-from polyseg.tasks import polyphony
+from polyseg.engine import checkpoint
+from polyseg.engine import train
+from polyseg.methods.polyphony import fusion
+from polyseg.methods.polyphony import model as polyphony_model
+from polyseg.methods.polyphony import task as polyphony
+from polyseg.nn import asformer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CLASSES = ['background', 'take cup', 'pour water into cup', 'screw lid onto box using wrench']
@@ -362,7 +363,7 @@ def trained_run(mas_root, tmp_path_factory):
   config.train.update(num_steps=4, eval_every=2, checkpoint_every=2, log_every=2)
   config.eval.test_checkpoint = 'latest'  # eval_val/ then holds the last validation
   workdir = tmp_path_factory.mktemp('polyphony') / 'run'
-  return config, workdir, train.train_and_evaluate(config, str(workdir))
+  return config, workdir, polyseg.train_and_evaluate(config, str(workdir))
 
 
 def _restored_task_state(config, workdir):
@@ -401,7 +402,7 @@ def test_validation_accuracies_are_checkpointed_and_resumed(trained_run):
   # Resuming continues from the checkpointed state: one more evaluation is added to it.
   config = config.copy_and_resolve_references()
   config.train.num_steps = 6
-  train.train_and_evaluate(config, str(workdir))
+  polyseg.train_and_evaluate(config, str(workdir))
   resumed = _restored_task_state(config, workdir)
   assert int(resumed['num_evals']) == 3
   np.testing.assert_allclose(resumed['val_acc'][:, -2], task_state['val_acc'][:, -1])
@@ -411,18 +412,18 @@ def test_predict_mode_reads_two_hand_features(trained_run, mas_root):
   config, workdir, _ = trained_run
   config = config.copy_and_resolve_references()
   config.predict.features = str(mas_root)
-  outdir = train.predict(config, str(workdir))
+  outdir = train.predict(methods.get(config.task), config, str(workdir))
   for hand in polyphony.HANDS:
     assert len(os.listdir(os.path.join(outdir, 'predictions', hand))) == 10
 
 
 def test_registered():
-  assert tasks.get('polyphony') is polyphony
+  assert methods.get('polyphony') is polyphony
 
 
 def test_prepare_chains_the_stages_through_the_workdir(tmp_path, monkeypatch):
-  from polyseg.pretrain import adh_vit
-  from polyseg.pretrain import semantic
+  from polyseg.methods.polyphony import stage1
+  from polyseg.methods.polyphony import stage2
 
   calls = []
 
@@ -435,8 +436,8 @@ def test_prepare_chains_the_stages_through_the_workdir(tmp_path, monkeypatch):
 
     return run
 
-  monkeypatch.setattr(adh_vit, 'run', fake_stage(1))
-  monkeypatch.setattr(semantic, 'run', fake_stage(2))
+  monkeypatch.setattr(stage1, 'run', fake_stage(1))
+  monkeypatch.setattr(stage2, 'run', fake_stage(2))
   config = load_config('polyphony', 'runlocal=True')
   config.data.root = str(tmp_path / 'videos')
   workdir = tmp_path / 'run'
@@ -498,7 +499,7 @@ def test_single_stream_mode_trains_and_scores_both_hands(single_stream_root, tmp
   config = tiny_config(single_stream_root, **{'data.layout': 'single_stream'})
   config.train.update(num_steps=2, eval_every=2, checkpoint_every=2, log_every=2)
   config.eval.use_decoder = False  # the sampler is compiled and tested in the two-hand runs
-  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  results = polyseg.train_and_evaluate(config, str(tmp_path / 'run'))
   np.testing.assert_allclose(
     results['mean']['Acc'], (results['LH']['Acc'] + results['RH']['Acc']) / 2
   )

@@ -1,4 +1,4 @@
-"""Tests for polyseg.postprocess against hand-worked cases and scipy references (DiffAct's code)."""
+"""Tests for polyseg.core.postprocess against hand-worked cases and scipy references (DiffAct's code)."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import scipy.interpolate
 import scipy.ndimage
 import scipy.stats
 
-from polyseg import postprocess
+from polyseg.core import postprocess
 
 
 def random_probs(rng, length, num_classes):

@@ -10,11 +10,13 @@ import jax
 import numpy as np
 import pytest
 
-from polyseg import train
+import polyseg
+from polyseg import methods
 from polyseg.configlib import load_config
 from polyseg.data import formats
-from polyseg.tasks import diffact
-from polyseg.tasks import hal
+from polyseg.engine import train
+from polyseg.methods.diffact import task as diffact
+from polyseg.methods.hal import task as hal
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -59,7 +61,7 @@ def test_test_split_is_not_opened_before_the_final_evaluation(
   _OPENED.clear()
   _listening[0] = True
   try:
-    train.train_and_evaluate(config, str(tmp_path / 'run'))
+    polyseg.train_and_evaluate(config, str(tmp_path / 'run'))
   finally:
     _listening[0] = False
   marker = _OPENED.index(('final evaluation', None))
@@ -92,7 +94,7 @@ def test_best_checkpoint_is_chosen_on_val_and_tested_once(tiny_config, tmp_path,
   --mode=eval --checkpoint=best (the command line) evaluates step 3, --checkpoint=latest step 6."""
   workdir = tmp_path / 'run'
   _fake_val_scores(monkeypatch, {3: 90.0, 6: 10.0})
-  trained = train.train_and_evaluate(tiny_config, str(workdir))
+  trained = polyseg.train_and_evaluate(tiny_config, str(workdir))
   monkeypatch.undo()
   saved = json.loads((workdir / 'eval' / 'results.json').read_text())
   assert saved['step'] == 3 and saved['results'] == trained
@@ -118,11 +120,11 @@ def test_best_checkpoint_is_chosen_on_val_and_tested_once(tiny_config, tmp_path,
   ]
   subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True)
   assert json.loads((workdir / 'eval_best' / 'results.json').read_text())['step'] == 3
-  train.evaluate(tiny_config, str(workdir), 'latest')
+  polyseg.evaluate(tiny_config, str(workdir), 'latest')
   assert json.loads((workdir / 'eval_latest' / 'results.json').read_text())['step'] == 6
   best = json.loads((workdir / 'eval_best' / 'results.json').read_text())['results']
   assert best == trained  # the same checkpoint and sampling seeds as the run's own test
-  _, _, task = train.setup(tiny_config, str(workdir))
+  _, _, task = train.setup(methods.get(tiny_config.task), tiny_config, str(workdir))
   best, latest = (
     jax.tree.leaves(train.restore_params(task, tiny_config, str(workdir), which)[1])
     for which in ('best', 'latest')
@@ -134,7 +136,7 @@ def test_latest_checkpoint_when_asked(tiny_config, tmp_path, monkeypatch):
   config = tiny_config.copy_and_resolve_references()
   config.eval.test_checkpoint = 'latest'
   _fake_val_scores(monkeypatch, {3: 90.0, 6: 10.0})
-  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  polyseg.train_and_evaluate(config, str(tmp_path / 'run'))
   saved = json.loads((tmp_path / 'run' / 'eval' / 'results.json').read_text())
   assert saved['step'] == 6 and saved['selection']['checkpoint'] == 'latest'
   config.eval.test_checkpoint = 'last'
@@ -187,11 +189,11 @@ def test_a_broken_test_file_stops_the_final_evaluation_and_a_rerun_finishes(tiny
   config.data.root = str(root)
   workdir = tmp_path / 'run'
   with pytest.raises(formats.DataError, match='test001.txt'):
-    train.train_and_evaluate(config, str(workdir))
+    polyseg.train_and_evaluate(config, str(workdir))
   assert (workdir / 'checkpoints' / '6').is_dir() and not (workdir / 'eval').exists()
   victim.write_text(good)
   lines = (workdir / 'metrics.jsonl').read_text()
-  results = train.train_and_evaluate(config, str(workdir))
+  results = polyseg.train_and_evaluate(config, str(workdir))
   assert (workdir / 'metrics.jsonl').read_text() == lines  # nothing trained again
   saved = json.loads((workdir / 'eval' / 'results.json').read_text())
   assert saved['results'] == results and saved['split'] == 'test'

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from polyseg.data import formats, synthetic
-from polyseg.data.formats import DataError, ReferringDataset, ReferringSample
+from polyseg.data import formats
+from polyseg.data import synthetic
+from polyseg.data.formats import DataError
+from polyseg.data.formats import ReferringDataset
+from polyseg.data.formats import ReferringSample
 
 CLASSES = ['walk', 'run', 'wave']
 DH, DP = 3, 2

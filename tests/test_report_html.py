@@ -1,5 +1,5 @@
-"""Tests for segments.json (report.write_segments / read_segments), frame-level per-class F1 and
-confusion, the HTML report (polyseg.report_html) and `python -m polyseg.report`, rendered in headless
+"""Tests for segments.json (segment_files.write_segments / read_segments), frame-level per-class F1 and
+confusion, the HTML report (polyseg.report.html) and `python -m polyseg.report`, rendered in headless
 Chromium (Debian's `chromium`, installed by .ci/run)."""
 
 import json
@@ -15,12 +15,13 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from polyseg import metrics
-from polyseg import report
-from polyseg import report_html
-from polyseg import tasks
-from polyseg import train
+from polyseg.core import metrics
 from polyseg.data import formats
+from polyseg.engine import task as task_lib
+from polyseg.engine import train
+from polyseg.report import html as report_html
+from polyseg.report import plots
+from polyseg.report import segment_files
 
 CLASSES = ['bg', '<b>&', 'stir', 'cut']
 CHROMIUM_FLAGS = (
@@ -46,7 +47,7 @@ def test_write_segments_round_trip_class_ids(tmp_path):
   path = str(tmp_path / 'segments.json')
   gt = np.array([1, 1, 0, 0, 0, 2, 1])
   pred = np.array([1, 1, 1, 1, 1, 1, 1])
-  report.write_segments(path, [('v1', {'ground truth': gt, 'DiffAct': pred})], CLASSES, [0])
+  segment_files.write_segments(path, [('v1', {'ground truth': gt, 'DiffAct': pred})], CLASSES, [0])
   with open(path) as f:
     assert json.load(f) == {
       'version': 1,
@@ -64,9 +65,9 @@ def test_write_segments_round_trip_class_ids(tmp_path):
         }
       ],
     }
-  video = report.read_segments(path)['videos'][0]
+  video = segment_files.read_segments(path)['videos'][0]
   for row, labels in (('ground truth', gt), ('DiffAct', pred)):
-    decoded = report.decode_segments(video['rows'][row], 'class ids', 7, len(CLASSES))
+    decoded = segment_files.decode_segments(video['rows'][row], 'class ids', 7, len(CLASSES))
     np.testing.assert_array_equal(decoded, labels)
 
 
@@ -76,24 +77,24 @@ def test_write_segments_round_trip_multi_hot(tmp_path):
   active[0:3, 0] = True
   active[0:2, 2] = True  # starts with class 0: sorted by (start, class)
   active[5:7, 2] = True  # a second run of class 2; class 1 is never active
-  report.write_segments(
+  segment_files.write_segments(
     path, [('p', {'ground truth': active, 'Fused': np.zeros((7, 3), bool)})], 'abc'
   )
-  data = report.read_segments(path)
+  data = segment_files.read_segments(path)
   assert data['videos'][0]['kind'] == 'multi-hot'
   rows = data['videos'][0]['rows']
   assert rows['ground truth'].tolist() == [[0, 3, 0], [0, 2, 2], [5, 7, 2]]
   assert rows['Fused'].shape == (0, 3)
-  decoded = report.decode_segments(rows['ground truth'], 'multi-hot', 7, 3)
+  decoded = segment_files.decode_segments(rows['ground truth'], 'multi-hot', 7, 3)
   np.testing.assert_array_equal(decoded, active)
 
 
 def test_segments_files_checked(tmp_path):
   path = str(tmp_path / 'segments.json')
   with pytest.raises(ValueError, match=r"'v': class ids outside \[0, 4\)"):
-    report.write_segments(path, [('v', {'ground truth': np.array([0, 4])})], CLASSES)
+    segment_files.write_segments(path, [('v', {'ground truth': np.array([0, 4])})], CLASSES)
   assert not os.path.exists(path)
-  report.write_segments(path, [('v', {'ground truth': np.array([0, 1, 1])})], CLASSES)
+  segment_files.write_segments(path, [('v', {'ground truth': np.array([0, 1, 1])})], CLASSES)
   with open(path) as f:
     data = json.load(f)
   broken = [
@@ -109,18 +110,18 @@ def test_segments_files_checked(tmp_path):
     with open(path, 'w') as f:
       json.dump(copy, f)
     with pytest.raises(formats.DataError, match=f'{re.escape(path)}.*{message}'):
-      report.read_segments(path)
+      segment_files.read_segments(path)
 
 
 def test_ground_truth_of_pairs_rows_of_every_task():
   polyphony = ['LH ground truth', 'LH', 'RH ground truth', 'RH']
-  assert report.ground_truth_of('LH', polyphony) == 'LH ground truth'
-  assert report.ground_truth_of('RH', polyphony) == 'RH ground truth'
-  assert report.ground_truth_of('LH ground truth', polyphony) is None
+  assert segment_files.ground_truth_of('LH', polyphony) == 'LH ground truth'
+  assert segment_files.ground_truth_of('RH', polyphony) == 'RH ground truth'
+  assert segment_files.ground_truth_of('LH ground truth', polyphony) is None
   hal = ['ground truth', 'Segmentation', 'Alignment']
-  assert report.ground_truth_of('Alignment', hal) == 'ground truth'
-  assert report.ground_truth_of('ground truth', hal) is None
-  assert report.ground_truth_of('DiffAct', ['DiffAct']) is None  # predict: no labels
+  assert segment_files.ground_truth_of('Alignment', hal) == 'ground truth'
+  assert segment_files.ground_truth_of('ground truth', hal) is None
+  assert segment_files.ground_truth_of('DiffAct', ['DiffAct']) is None  # predict: no labels
 
 
 def counts_of(videos, kind, num_classes):
@@ -131,12 +132,15 @@ def counts_of(videos, kind, num_classes):
       {
         'length': len(gt),
         'kind': kind,
-        'rows': {'ground truth': report.encode_segments(gt), 'X': report.encode_segments(pred)},
+        'rows': {
+          'ground truth': segment_files.encode_segments(gt),
+          'X': segment_files.encode_segments(pred),
+        },
       }
       for gt, pred in videos
     ],
   }
-  return report.frame_counts(data)['X']
+  return segment_files.frame_counts(data)['X']
 
 
 def test_frame_counts_and_f1_class_ids():
@@ -155,7 +159,9 @@ def test_frame_counts_and_f1_class_ids():
   np.testing.assert_array_equal(counts['gt'], [2, 3, 3, 2, 0])
   np.testing.assert_array_equal(counts['pred'], [3, 3, 3, 1, 0])
   # 2 TP / (gt + pred): 2/5, 4/6, 4/6, 2/3
-  np.testing.assert_allclose(report.class_f1(counts), [40.0, 200 / 3, 200 / 3, 200 / 3, np.nan])
+  np.testing.assert_allclose(
+    segment_files.class_f1(counts), [40.0, 200 / 3, 200 / 3, 200 / 3, np.nan]
+  )
 
 
 def test_frame_counts_and_f1_multi_hot():
@@ -169,10 +175,10 @@ def test_frame_counts_and_f1_multi_hot():
   np.testing.assert_array_equal(counts['confusion'], [[2, 0, 1], [1, 0, 2], [0, 0, 0]])
   np.testing.assert_array_equal(counts['gt'], [4, 4, 0])
   np.testing.assert_array_equal(counts['pred'], [2, 0, 2])
-  np.testing.assert_allclose(report.class_f1(counts), [200 / 3, 0.0, 0.0])
+  np.testing.assert_allclose(segment_files.class_f1(counts), [200 / 3, 0.0, 0.0])
 
 
-class FakeTask(tasks.SingleLabelTask):
+class FakeTask(task_lib.SingleLabelTask):
   """What write_outputs needs of a single-label task."""
 
   rows = ('DiffAct',)
@@ -200,7 +206,7 @@ def make_workdir(root) -> None:
   active[5:20, 0] = active[10:40, 1] = True
   predicted = np.zeros((50, 3), bool)
   predicted[8:20, 0] = predicted[30:45, 2] = True
-  report.write_segments(
+  segment_files.write_segments(
     os.path.join(root, 'runs', 'hopadiff', 'eval', 'segments.json'),
     [('m1__p1', {'ground truth': active, 'Fused': predicted})],
     ['walk', 'sit', 'wave'],
@@ -217,8 +223,8 @@ def test_html_report_contents(tmp_path):
       '<td>81.3</td><td>70.0</td><td>12.0</td><td>11.0</td><td>9.0</td></tr>'
     ) in page
   # timelines: 1 of 2 videos of each diffact folder; one rect per segment with its label, frame
-  # range and row, class colours from report.class_colors
-  colors = report.class_colors(len(CLASSES), [0])
+  # range and row, class colours from plots.class_colors
+  colors = plots.class_colors(len(CLASSES), [0])
   rects = [(int(x), int(w), fill, title) for x, w, fill, title in RECT.findall(page)]
   gt_v1 = [(0, 20, 0), (20, 30, 1), (50, 40, 2), (90, 10, 0)]
   pred_v1 = [(0, 25, 0), (25, 20, 1), (45, 45, 2), (90, 10, 3)]
@@ -325,7 +331,7 @@ def test_cli_report_renders_in_chromium(tmp_path):
   # bars, class colours in the order and proportions of their segments
   screenshot = tmp_path / 'page.png'
   run_chromium(tmp_path, f'--screenshot={screenshot}', '--window-size=1400,2000', f'file://{page}')
-  bars = colour_runs(matplotlib.image.imread(screenshot)[..., :3], report.class_colors(4, [0]))
+  bars = colour_runs(matplotlib.image.imread(screenshot)[..., :3], plots.class_colors(4, [0]))
   assert ((0, 20), (1, 30), (2, 40), (0, 10)) in bars  # ground truth
   assert ((0, 25), (1, 20), (2, 45), (3, 10)) in bars  # prediction
 

@@ -13,7 +13,8 @@ import sys
 import numpy as np
 import pytest
 
-from polyseg.data import formats, rhas133
+from polyseg.data import formats
+from polyseg.data import rhas133
 from polyseg.data.formats import DataError
 
 BLIP2_FOLDERS = {  # split -> BLIP-2 holistic folder, as the reference code names them

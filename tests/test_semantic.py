@@ -11,8 +11,8 @@ import pytest
 
 from polyseg.data import formats
 from polyseg.data import synthetic
-from polyseg.models import text
-from polyseg.pretrain import semantic
+from polyseg.methods.polyphony import stage2
+from polyseg.nn import text
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -43,31 +43,31 @@ CLASSES = ['background', 'take cup', 'screw nut onto bolt', 'screw nut onto shaf
   ],
 )
 def test_parse_label(name, parts):
-  assert tuple(semantic.parse_label(name)) == parts
+  assert tuple(stage2.parse_label(name)) == parts
 
 
 @pytest.mark.parametrize('name', ['', '   ', '__'])
 def test_parse_label_rejects_empty_names(name):
   with pytest.raises(ValueError, match='no words'):
-    semantic.parse_label(name)
+    stage2.parse_label(name)
 
 
 def test_label_sentence():
-  assert semantic.label_sentence('screw_nut_onto_bolt_using_wrench') == (
+  assert stage2.label_sentence('screw_nut_onto_bolt_using_wrench') == (
     'The action is to screw. The manipulated object is nut. The target object is bolt. '
     'The tool used is wrench.'
   )
-  assert semantic.label_sentence('take') == (
+  assert stage2.label_sentence('take') == (
     'The action is to take. The manipulated object is none. The target object is none. '
     'The tool used is none.'
   )
 
 
 def test_label_vectors_are_minilm_means_of_the_sentences():
-  vectors = semantic.label_vectors(CLASSES)
+  vectors = stage2.label_vectors(CLASSES)
   assert vectors.shape == (4, 384) and vectors.dtype == np.float32
   encoder = text.load_sentence_encoder()
-  sentences = [semantic.label_sentence(name) for name in CLASSES]
+  sentences = [stage2.label_sentence(name) for name in CLASSES]
   np.testing.assert_allclose(vectors, encoder.mean_last_hidden(sentences, 64), atol=1e-6)
   unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
   cos = unit @ unit.T
@@ -87,26 +87,26 @@ def test_alignment_loss_by_hand():
   pred = jnp.array([[[[1.0, 0.0]] * 2, [[2.0, 0.0]] * 2, [[1e6, -1e6]] * 2]])
   target = jnp.array([[[[0.0, 1.0]] * 2, [[1.0, 0.0]] * 2, [[1.0, 1.0]] * 2]])
   mask = jnp.array([[1.0, 1.0, 0.0]])
-  loss, terms = semantic.alignment_loss(pred, target, mask)
+  loss, terms = stage2.alignment_loss(pred, target, mask)
   np.testing.assert_allclose(terms['cos'], 0.5, rtol=1e-6)
   np.testing.assert_allclose(terms['mse'], 0.75, rtol=1e-6)
   np.testing.assert_allclose(loss, (1.0 + 0.15) / 2, rtol=1e-6)
   # alpha = 1: cosine only; opposite vectors give 1 - (-1) = 2.
-  loss, _ = semantic.alignment_loss(-target[:, :1], target[:, :1], mask[:, :1], alpha=1.0)
+  loss, _ = stage2.alignment_loss(-target[:, :1], target[:, :1], mask[:, :1], alpha=1.0)
   np.testing.assert_allclose(loss, 2.0, rtol=1e-6)
 
 
 def test_alignment_loss_hands_and_frames_weigh_equally():
   pred = jnp.array([[[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]]]])  # [1, 2, 2, 2]
   target = jnp.array([[[[1.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [1.0, 0.0]]]])
-  _, terms = semantic.alignment_loss(pred, target, jnp.ones((1, 2)))
+  _, terms = stage2.alignment_loss(pred, target, jnp.ones((1, 2)))
   np.testing.assert_allclose(terms['cos'], 3 / 4, rtol=1e-6)  # one pair of four is orthogonal
 
 
 def test_alignment_loss_has_finite_gradients_at_zero_predictions():
   target = jnp.ones((1, 3, 2, 4))
   mask = jnp.array([[1.0, 1.0, 0.0]])
-  grad = jax.grad(lambda p: semantic.alignment_loss(p, target, mask)[0])(jnp.zeros((1, 3, 2, 4)))
+  grad = jax.grad(lambda p: stage2.alignment_loss(p, target, mask)[0])(jnp.zeros((1, 3, 2, 4)))
   assert np.isfinite(grad).all()
   assert not np.asarray(grad[0, 2]).any()  # padding gets no gradient
 
@@ -149,7 +149,7 @@ def _write_root(path, splits, seed=0):
 
 
 def _tiny_config(**train):
-  config = semantic.default_config()
+  config = stage2.default_config()
   config.model.update(num_layers=2, channels=16, dropout=0.0)
   config.optim.learning_rate = 1e-2
   config.train.update(batch_size=2, log_every=2, **train)
@@ -173,18 +173,18 @@ def _steps_trained(stage_dir):
 def test_training_data_uses_the_val_bundle_else_part_of_train_never_test(tmp_path):
   splits = {'train': ['a', 'b', 'c', 'd'], 'val': ['e'], 'test': ['f', 'g']}
   root = _write_root(tmp_path / 'with_val', splits)
-  train, val = semantic.training_data(root, 1, 0.5, seed=0)
+  train, val = stage2.training_data(root, 1, 0.5, seed=0)
   assert [v.name for v in train.videos] == splits['train'] and [v.name for v in val] == ['e']
   assert train.classes == CLASSES and set(val[0].features) == {'shared', 'lh', 'rh'}
   del splits['val']
   root = _write_root(tmp_path / 'without_val', splits)
-  train, val = semantic.training_data(root, 1, 0.5, seed=0)
+  train, val = stage2.training_data(root, 1, 0.5, seed=0)
   held = formats.hold_out(splits['train'], 0.5, seed=0)
   assert [v.name for v in val] == held
   assert sorted(v.name for v in train.videos + val) == splits['train']
   root = _write_root(tmp_path / 'one_train', {'train': ['a'], 'test': ['b']})
   with pytest.raises(formats.DataError, match=r'train\.split1\.bundle: no .*val\.split1\.bundle'):
-    semantic.training_data(root, 1, 0.1, seed=0)
+    stage2.training_data(root, 1, 0.1, seed=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def test_tiny_tcn_learns_and_resume_continues_the_run(tmp_path):
   train, val = _videos(0, 6, 't'), _videos(1, 2, 'v')
   vectors = 2.0 * np.eye(4, 8, dtype=np.float32)
   config = _tiny_config(num_epochs=16, patience=100)
-  _, best_step = semantic.fit(config, tmp_path, train, val, vectors)
+  _, best_step = stage2.fit(config, tmp_path, train, val, vectors)
   log = _val_log(tmp_path)
   assert [step for step, _, _ in log] == list(range(3, 49, 3))  # 3 steps per epoch
   # It starts at the mean label vector (cos 0.5 with each of these vectors) and learns the rest.
@@ -206,7 +206,7 @@ def test_tiny_tcn_learns_and_resume_continues_the_run(tmp_path):
   assert best_step == min(log, key=lambda row: row[1])[0]
   # More epochs in the same workdir: training resumes at step 48 and goes on to 60.
   config.train.num_epochs = 20
-  semantic.fit(config, tmp_path, train, val, vectors)
+  stage2.fit(config, tmp_path, train, val, vectors)
   assert [step for step, _, _ in _val_log(tmp_path)] == list(range(3, 61, 3))
 
 
@@ -217,25 +217,25 @@ def test_early_stopping_keeps_the_best_validation_step(tmp_path):
   val = _videos(1, 1, 'v') + _videos(2, 1, 'w', swap=True)
   vectors = 2.0 * np.eye(4, 8, dtype=np.float32)
   config = _tiny_config(num_epochs=40, patience=4)
-  params, best_step = semantic.fit(config, tmp_path, train, val, vectors)
+  params, best_step = stage2.fit(config, tmp_path, train, val, vectors)
   log = _val_log(tmp_path)
   best = min(log, key=lambda row: row[1])
   assert best_step == best[0] and log[0][0] < best_step < log[-1][0]
   assert log[-1][0] == best_step + 4 * 2 < 40 * 2  # stopped 4 validations after the best
   assert _steps_trained(tmp_path) == log[-1][0]
-  objective = semantic.Alignment(
-    semantic.make_model(config, vectors.shape[1]), vectors, 6, config.loss_alpha
+  objective = stage2.Alignment(
+    stage2.make_model(config, vectors.shape[1]), vectors, 6, config.loss_alpha
   )
-  np.testing.assert_allclose(semantic.validate(objective, params, val)['loss'], best[1], rtol=1e-5)
+  np.testing.assert_allclose(stage2.validate(objective, params, val)['loss'], best[1], rtol=1e-5)
   # Resuming a stopped run trains no further and returns the same best params.
-  again, again_step = semantic.fit(config, tmp_path, train, val, vectors)
+  again, again_step = stage2.fit(config, tmp_path, train, val, vectors)
   assert again_step == best_step and _steps_trained(tmp_path) == log[-1][0]
   jax.tree.map(np.testing.assert_array_equal, again, params)
 
 
 def test_fit_needs_validation_videos(tmp_path):
   with pytest.raises(formats.DataError, match='validation videos'):
-    semantic.fit(_tiny_config(), tmp_path, _videos(0, 2, 't'), [], np.eye(4, 8, dtype=np.float32))
+    stage2.fit(_tiny_config(), tmp_path, _videos(0, 2, 't'), [], np.eye(4, 8, dtype=np.float32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +246,7 @@ def test_run_writes_mas_features_and_resumes(tmp_path, monkeypatch):
   splits = {'train': ['a', 'b', 'c', 'd', 'e'], 'test': ['f', 'g']}
   root = _write_root(tmp_path / 'stage1', splits)
   config = _tiny_config(num_epochs=3)
-  out = semantic.run(config, tmp_path / 'work', root)
+  out = stage2.run(config, tmp_path / 'work', root)
   stage_dir = tmp_path / 'work' / 'stage2'
   assert out == stage_dir / 'dataset'
   assert json.loads((out / 'mas.json').read_text()) == {'shared': 6, 'logits': 4, 'semantic': 384}
@@ -260,12 +260,12 @@ def test_run_writes_mas_features_and_resumes(tmp_path, monkeypatch):
   }
   assert held and all(formats.read_split(out, k, 1) == v for k, v in expected.items())
   cached = np.load(stage_dir / 'label_vectors.npy')
-  np.testing.assert_array_equal(cached, semantic.label_vectors(CLASSES))
+  np.testing.assert_array_equal(cached, stage2.label_vectors(CLASSES))
 
   # Resuming the finished run restores the best params without training or encoding again.
-  monkeypatch.setattr(semantic, 'label_vectors', lambda *a, **k: pytest.fail('recomputed'))
-  train_set, val = semantic.training_data(root, 1, config.val_fraction, config.seed)
-  params, _ = semantic.fit(config, stage_dir, train_set.videos, val, cached)
+  monkeypatch.setattr(stage2, 'label_vectors', lambda *a, **k: pytest.fail('recomputed'))
+  train_set, val = stage2.training_data(root, 1, config.val_fraction, config.seed)
+  params, _ = stage2.fit(config, stage_dir, train_set.videos, val, cached)
   source = {
     v.name: v for subset in splits for v in formats.read_hand_streams(root, subset, 1).videos
   }
@@ -274,7 +274,7 @@ def test_run_writes_mas_features_and_resumes(tmp_path, monkeypatch):
     assert [v.name for v in mas.videos] == names
     for video, mas_video in zip([source[n] for n in names], mas.videos, strict=True):
       np.testing.assert_array_equal(mas_video.labels, video.labels)
-      semantic_vectors = semantic.semantic_features(params, video.features['shared'])
+      semantic_vectors = stage2.semantic_features(params, video.features['shared'])
       for h, hand in enumerate(formats.HANDS):
         features = mas_video.features[hand]
         np.testing.assert_array_equal(features[:, :6], video.features['shared'])
@@ -282,14 +282,14 @@ def test_run_writes_mas_features_and_resumes(tmp_path, monkeypatch):
         np.testing.assert_allclose(features[:, 10:], semantic_vectors[:, h], rtol=1e-5, atol=1e-6)
 
   # A complete output is returned as is; a lost output is rewritten from the checkpoints, equal.
-  monkeypatch.setattr(semantic, 'fit', lambda *a, **k: pytest.fail('trained again'))
-  assert semantic.run(config, tmp_path / 'work', root) == out
+  monkeypatch.setattr(stage2, 'fit', lambda *a, **k: pytest.fail('trained again'))
+  assert stage2.run(config, tmp_path / 'work', root) == out
   first = np.load(out / 'features' / 'rh' / 'g.npy')
   (out.parent / 'old').mkdir()
   out.rename(out.parent / 'old' / 'dataset')
   monkeypatch.undo()
-  monkeypatch.setattr(semantic, 'label_vectors', lambda *a, **k: pytest.fail('recomputed'))
-  assert semantic.run(config, tmp_path / 'work', root) == out
+  monkeypatch.setattr(stage2, 'label_vectors', lambda *a, **k: pytest.fail('recomputed'))
+  assert stage2.run(config, tmp_path / 'work', root) == out
   np.testing.assert_array_equal(np.load(out / 'features' / 'rh' / 'g.npy'), first)
 
 
@@ -297,7 +297,7 @@ def test_run_on_synthetic_two_hands_uses_and_copies_the_val_bundle(tmp_path):
   root = synthetic.make_two_hands(
     tmp_path / 'stage1', num_videos=6, min_len=40, max_len=60, shared_dim=8, rank=4
   )
-  out = semantic.run(_tiny_config(num_epochs=2), tmp_path / 'work', root)
+  out = stage2.run(_tiny_config(num_epochs=2), tmp_path / 'work', root)
   assert json.loads((out / 'mas.json').read_text()) == {'shared': 8, 'logits': 24, 'semantic': 384}
   rows = (tmp_path / 'work' / 'stage2' / 'metrics.jsonl').read_text().splitlines()
   assert sum('val/loss' in row for row in rows) == 2  # one validation per epoch, on the val bundle
@@ -310,24 +310,24 @@ def test_run_on_synthetic_two_hands_uses_and_copies_the_val_bundle(tmp_path):
 
 def test_semantic_features_are_causal_and_independent_of_padding(tmp_path):
   train, val = _videos(0, 2, 't'), _videos(1, 1, 'v')
-  params, _ = semantic.fit(
+  params, _ = stage2.fit(
     _tiny_config(num_epochs=1), tmp_path, train, val, np.eye(4, 8, dtype=np.float32)
   )
   shared = train[0].features['shared']
-  full = semantic.semantic_features(params, shared)
+  full = stage2.semantic_features(params, shared)
   assert full.shape == (len(shared), 2, 8) and full.dtype == np.float32
   for length in (1, 7, 20):  # other bucket lengths and padding amounts
     np.testing.assert_allclose(
-      semantic.semantic_features(params, shared[:length]), full[:length], rtol=1e-5, atol=1e-6
+      stage2.semantic_features(params, shared[:length]), full[:length], rtol=1e-5, atol=1e-6
     )
 
 
 def test_workdir_of_other_classes_is_an_error(tmp_path):
-  semantic.cached_label_vectors(tmp_path, CLASSES[:2], 64, None)
+  stage2.cached_label_vectors(tmp_path, CLASSES[:2], 64, None)
   assert np.load(tmp_path / 'label_vectors.npy').shape == (2, 384)
   with pytest.raises(formats.DataError, match='other classes'):
-    semantic.cached_label_vectors(tmp_path, CLASSES, 64, None)
+    stage2.cached_label_vectors(tmp_path, CLASSES, 64, None)
   with pytest.raises(formats.DataError, match='other classes'):
-    semantic.cached_label_vectors(tmp_path, CLASSES[:2], 32, None)
+    stage2.cached_label_vectors(tmp_path, CLASSES[:2], 32, None)
   with pytest.raises(formats.DataError, match='other classes'):
-    semantic.cached_label_vectors(tmp_path, CLASSES[:2], 64, str(text.find_model_dir()))
+    stage2.cached_label_vectors(tmp_path, CLASSES[:2], 64, str(text.find_model_dir()))

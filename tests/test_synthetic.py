@@ -6,7 +6,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from polyseg.data import formats, synthetic
+from polyseg.data import formats
+from polyseg.data import synthetic
 
 SMALL = {'num_train': 4, 'num_test': 2, 'min_len': 150, 'max_len': 300, 'input_dim': 16}
 

@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from polyseg.data import formats, synthetic
+from polyseg.data import formats
+from polyseg.data import synthetic
 from polyseg.data.formats import DataError
 
 CLASSES = ['background', 'take cup', 'place lid onto box']
@@ -280,7 +281,7 @@ def test_default_sizes_and_layout(default_data):
 
 
 def parse(name: str) -> tuple[str, str, str, str]:
-  """METHODS.md §3: verb = first word; object up to ' into '/' onto ' (or ' using ' when
+  """stage2.parse_label: verb = first word; object up to ' into '/' onto ' (or ' using ' when
   neither); target after that up to ' using '; tool after ' using '; missing -> 'none'."""
   verb, _, rest = name.replace('_', ' ').partition(' ')
   rest, _, tool = rest.partition(' using ')

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from polyseg.models import tcn
+from polyseg.methods.polyphony import tcn
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 

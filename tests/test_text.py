@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from polyseg.models import text
+from polyseg.nn import text
 
 FIXTURE = json.loads(
   (pathlib.Path(__file__).parent / 'data' / 'minilm_embeddings.json').read_text()
@@ -137,7 +137,7 @@ def test_missing_packages_say_what_to_install(monkeypatch):
 
 def test_import_and_model_lookup_need_neither_torch_nor_tokenizers():
   code = (
-    'import sys; from polyseg.models import text; text.find_model_dir(); '
+    'import sys; from polyseg.nn import text; text.find_model_dir(); '
     "print(sorted(m for m in ('torch', 'tokenizers', 'safetensors', text.MODEL_PACKAGE) "
     'if m in sys.modules))'
   )

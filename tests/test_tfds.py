@@ -11,16 +11,16 @@ import sys
 import numpy as np
 import pytest
 
-from polyseg import tasks
+from polyseg.configlib import load_config
+from polyseg.data import dataset as dataset_lib
 from polyseg.data import formats
 from polyseg.data import synthetic
 from polyseg.data import tfds
 from polyseg.data.formats import DataError
-from polyseg.configlib import load_config
-from polyseg.tasks import diffact as diffact_task
-from polyseg.tasks import hopadiff as hopadiff_task
-from polyseg.tasks import polyphony as polyphony_task
-from polyseg.tasks import twostream as twostream_task
+from polyseg.methods.diffact import task as diffact_task
+from polyseg.methods.hopadiff import task as hopadiff_task
+from polyseg.methods.polyphony import task as polyphony_task
+from polyseg.methods.twostream import task as twostream_task
 
 CLASSES = ['background', 'cut', 'pour']
 LABELS = {  # subset -> video -> label ids per frame
@@ -171,7 +171,7 @@ def test_single_stream_train_batches_are_identical(single_stream_root, tmp_path)
   tfds.convert(single_stream_root, tmp_path / 'tfds', spec)
   folder = formats.read_single_stream(single_stream_root, 'train', 1).videos
   converted = tfds.read(tmp_path / 'tfds', spec, 'train').videos
-  task = diffact_task.Task(config, tasks.DataInfo(CLASSES, 4, (0,)))
+  task = diffact_task.Task(config, dataset_lib.DataInfo(CLASSES, 4, (0,)))
   assert_same_batches(task.train_loader(converted), task.train_loader(folder))
 
 
@@ -191,7 +191,7 @@ def test_referring_windows_and_splits_read_back_with_identical_batches(tmp_path)
     assert_same_items(converted.samples, expected[subset])
   config = load_config('hopadiff', 'runlocal=True')
   config.train.batch_size = 3
-  info = tasks.DataInfo(tuple(dataset.classes), {'holistic': 6, 'partial': 5}, ())
+  info = dataset_lib.DataInfo(tuple(dataset.classes), {'holistic': 6, 'partial': 5}, ())
   task = hopadiff_task.Task(config, info)
   converted = tfds.read(tmp_path / 'tfds', spec, 'train').samples
   assert_same_batches(task.train_loader(converted), task.train_loader(expected['train']))
@@ -308,7 +308,7 @@ def test_host_shards_partition_the_split(single_stream_root, tmp_path):
 # ------------------------------------------------------------------ the data.format switch --
 
 
-def assert_same_data(a: tasks.Data, b: tasks.Data) -> None:
+def assert_same_data(a: dataset_lib.Data, b: dataset_lib.Data) -> None:
   assert a.info == b.info
   assert_same_items(a.train, b.train)
   assert_same_items(a.val, b.val)

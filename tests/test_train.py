@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 import polyseg
-from polyseg import checkpoint as checkpoint_lib
-from polyseg import train
-from polyseg.data import formats
+from polyseg import methods
 from polyseg.configlib import load_config
+from polyseg.data import formats
+from polyseg.engine import checkpoint as checkpoint_lib
+from polyseg.engine import train
 
 
 def _params_equal(a, b):
@@ -25,7 +26,7 @@ def _params_equal(a, b):
 
 def _engine(config, workdir):
   """(loader, state, jitted step) of a fresh run of `config`, as train_and_evaluate builds them."""
-  _, data, task = train.setup(config, workdir)
+  _, data, task = train.setup(methods.get(config.task), config, workdir)
   tx = train.make_optimizer(config)
   state = train.init_state(task, tx, jax.random.PRNGKey(0))
   return (
@@ -36,13 +37,13 @@ def _engine(config, workdir):
 
 
 def _restore_latest(config, workdir):
-  _, _data, task = train.setup(config, workdir)
+  _, _data, task = train.setup(methods.get(config.task), config, workdir)
   return train.restore_params(task, config, workdir)
 
 
 def test_train_writes_every_output(tiny_config, tmp_path):
   workdir = str(tmp_path / 'run')
-  results = train.train_and_evaluate(tiny_config, workdir)
+  results = polyseg.train_and_evaluate(tiny_config, workdir)
   assert set(results) == {'DiffAct'}
   assert set(results['DiffAct']) >= {'Acc', 'Edit', 'F1@10', 'F1@25', 'F1@50'}
   files = set(os.listdir(workdir))
@@ -65,7 +66,7 @@ def test_train_writes_every_output(tiny_config, tmp_path):
     f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(workdir, 'tensorboard'))
   )
   # Predictions in the ground-truth format: one known class name per frame, full length.
-  _, data, _ = train.setup(tiny_config, workdir)
+  _, data, _ = train.setup(methods.get(tiny_config.task), tiny_config, workdir)
   classes = set(data.info.classes)
   for video in data.read_test():
     lines = pathlib.Path(workdir, 'eval', 'predictions', f'{video.name}.txt').read_text().split()
@@ -79,12 +80,12 @@ def test_train_writes_every_output(tiny_config, tmp_path):
 def test_resume_continues_the_same_run(tiny_config, tmp_path):
   """3 steps, stop, resume to 6 == 6 steps in one go (same step counter, same random stream)."""
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
-  train.train_and_evaluate(tiny_config, straight)
+  polyseg.train_and_evaluate(tiny_config, straight)
   first = tiny_config.copy_and_resolve_references()
   first.train.num_steps = 3
-  train.train_and_evaluate(first, resumed)
+  polyseg.train_and_evaluate(first, resumed)
   assert _restore_latest(tiny_config, resumed)[0] == 3
-  train.train_and_evaluate(tiny_config, resumed)
+  polyseg.train_and_evaluate(tiny_config, resumed)
   step_a, params_a = _restore_latest(tiny_config, straight)
   step_b, params_b = _restore_latest(tiny_config, resumed)
   assert step_a == step_b == 6
@@ -133,10 +134,10 @@ def test_nan_stops_naming_step_and_term(tiny_config, tmp_path):
 
 def test_eval_and_predict_modes(tiny_config, tmp_path):
   workdir = str(tmp_path / 'run')
-  trained = train.train_and_evaluate(tiny_config, workdir)
-  again = train.evaluate(tiny_config, workdir, 'best')
+  trained = polyseg.train_and_evaluate(tiny_config, workdir)
+  again = polyseg.evaluate(tiny_config, workdir, 'best')
   assert again == trained  # the checkpoint chosen on val, same sampling seeds
-  _, data, _ = train.setup(tiny_config, workdir)
+  _, data, _ = train.setup(methods.get(tiny_config.task), tiny_config, workdir)
   test = data.read_test()
   folder = tmp_path / 'new_features'
   folder.mkdir()
@@ -145,7 +146,7 @@ def test_eval_and_predict_modes(tiny_config, tmp_path):
   np.save(folder / 'short.npy', test[1].features.T)
   config = tiny_config.copy_and_resolve_references()
   config.predict.features = str(folder)
-  outdir = train.predict(config, workdir)
+  outdir = train.predict(methods.get(config.task), config, workdir)
   for name, video in [('long', long_video), ('short', test[1].features)]:
     lines = pathlib.Path(outdir, 'predictions', f'{name}.txt').read_text().split()
     assert len(lines) == len(video) and set(lines) <= set(data.info.classes)
@@ -153,21 +154,21 @@ def test_eval_and_predict_modes(tiny_config, tmp_path):
 
 def test_predict_rejects_wrong_feature_dim(tiny_config, tmp_path):
   workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(tiny_config, workdir)
+  polyseg.train_and_evaluate(tiny_config, workdir)
   folder = tmp_path / 'bad'
   folder.mkdir()
   np.save(folder / 'v.npy', np.zeros((tiny_config.data.synthetic.input_dim + 1, 20), np.float32))
   config = tiny_config.copy_and_resolve_references()
   config.predict.features = str(folder)
   with pytest.raises(formats.DataError, match='v.npy'):
-    train.predict(config, workdir)
+    train.predict(methods.get(config.task), config, workdir)
 
 
 def test_unwritable_workdir_fails_before_training(tiny_config, tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('not a directory')
   with pytest.raises(OSError, match='not writable'):
-    train.train_and_evaluate(tiny_config, str(blocker / 'run'))
+    polyseg.train_and_evaluate(tiny_config, str(blocker / 'run'))
 
 
 def test_a_full_disk_fails_at_start_up_naming_the_sizes(tiny_config, tmp_path, monkeypatch):
@@ -191,17 +192,17 @@ def test_a_full_disk_fails_at_start_up_naming_the_sizes(tiny_config, tmp_path, m
   monkeypatch.setattr(train.shutil, 'disk_usage', lambda path: usage(0, 0, 60 << 20))
   workdir = tmp_path / 'run'
   with pytest.raises(OSError, match='MiB free'):  # before the first checkpoint or step
-    train.train_and_evaluate(tiny_config, str(workdir))
+    polyseg.train_and_evaluate(tiny_config, str(workdir))
   assert not (workdir / 'checkpoints').exists() and not (workdir / 'metrics.jsonl').exists()
 
 
 def test_workdir_of_other_data_is_refused(tiny_config, tmp_path):
   workdir = str(tmp_path / 'run')
-  train.setup(tiny_config, workdir)
+  train.setup(methods.get(tiny_config.task), tiny_config, workdir)
   other = tiny_config.copy_and_resolve_references()
   other.data.synthetic.input_dim = tiny_config.data.synthetic.input_dim + 2
   with pytest.raises(formats.DataError, match='different data'):
-    train.setup(other, workdir)
+    train.setup(methods.get(other.task), other, workdir)
 
 
 def test_tiny_model_overfits_tiny_dataset(tiny_config, tmp_path):
@@ -217,8 +218,8 @@ def test_tiny_model_overfits_tiny_dataset(tiny_config, tmp_path):
   )
   config.eval.postprocess = 'none'
   workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(config, workdir)
-  _, data, task = train.setup(config, workdir)
+  polyseg.train_and_evaluate(config, workdir)
+  _, data, task = train.setup(methods.get(config.task), config, workdir)
   _, params = train.restore_params(task, config, workdir)
   predictions = train.run_predictions(task, params, data.train, jax.random.PRNGKey(0), 'train')
   result = train.score(task, data.train, predictions)['DiffAct']
@@ -275,7 +276,7 @@ def test_bfloat16_compute_keeps_float32_params_and_a_finite_loss(task_name, cach
     config = load_config(task_name, 'runlocal=True')
     config.data.cache_dir = cache_dir
     config.model.dtype = dtype
-    _, data, task = train.setup(config, str(tmp_path / dtype))
+    _, data, task = train.setup(methods.get(config.task), config, str(tmp_path / dtype))
     tx = train.make_optimizer(config)
     loader, state = task.train_loader(data.train), train.init_state(task, tx, jax.random.key(0))
     jaxpr = str(jax.make_jaxpr(task.loss)(state['params'], loader.batch(0), jax.random.key(1)))
@@ -293,14 +294,14 @@ def test_bfloat16_compute_keeps_float32_params_and_a_finite_loss(task_name, cach
 def test_unknown_compute_dtype_is_a_clear_error(tiny_config, tmp_path):
   tiny_config.model.dtype = 'float16'
   with pytest.raises(ValueError, match="model.dtype='float16'"):
-    train.setup(tiny_config, str(tmp_path / 'run'))
+    train.setup(methods.get(tiny_config.task), tiny_config, str(tmp_path / 'run'))
 
 
 def test_predict_api_on_arrays_and_folders(tiny_config, tmp_path):
   """polyseg.predict: the run's own config from config.json; arrays [T, D] or a folder; any length."""
   workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(tiny_config, workdir)
-  _, data, _ = train.setup(tiny_config, workdir)
+  polyseg.train_and_evaluate(tiny_config, workdir)
+  _, data, _ = train.setup(methods.get(tiny_config.task), tiny_config, workdir)
   longest = max(len(v.features) for v in data.train)
   test = data.read_test()
   long_video = np.concatenate([test[0].features] * (longest // len(test[0].features) + 2))

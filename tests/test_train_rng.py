@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from polyseg import train
 from polyseg.configlib import load_config
+from polyseg.engine import train
 
 
 class RngTask:

@@ -10,7 +10,8 @@ import re
 import numpy as np
 import pytest
 
-from polyseg.data import formats, synthetic
+from polyseg.data import formats
+from polyseg.data import synthetic
 from polyseg.data.formats import DataError
 
 CLASSES = ['background', 'cut', 'pour']

@@ -9,12 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from polyseg import late_fusion
-from polyseg import train
+import polyseg
+from polyseg import methods
 from polyseg.configlib import load_config
 from polyseg.data import formats
-from polyseg.tasks import diffact
-from polyseg.tasks import twostream
+from polyseg.engine import train
+from polyseg.methods.diffact import task as diffact
+from polyseg.methods.twostream import late_fusion
+from polyseg.methods.twostream import task as twostream
 
 
 @pytest.fixture
@@ -123,7 +125,7 @@ def test_calibration_searches_val_only_once_per_video_and_predicts_with_the_best
 
 def test_train_evaluates_every_row_and_writes_the_search(tiny, tmp_path):
   workdir = tmp_path / 'run'
-  results = train.train_and_evaluate(tiny, str(workdir))
+  results = polyseg.train_and_evaluate(tiny, str(workdir))
   assert set(results) == {'Fused', 'RGB', 'Flow'}
   assert set(results['Fused']) >= {'Acc', 'Edit', 'F1@10', 'F1@25', 'F1@50'}
   search = json.loads((workdir / 'eval_val' / 'fusion_search.json').read_text())
@@ -137,7 +139,7 @@ def test_train_evaluates_every_row_and_writes_the_search(tiny, tmp_path):
     (features / f'features_{stream}').mkdir(parents=True)
     np.save(features / f'features_{stream}' / 'clip.npy', data.read_test()[0].features[stream].T)
   tiny.predict.features = str(features)
-  outdir = train.predict(tiny, str(workdir))
+  outdir = train.predict(methods.get(tiny.task), tiny, str(workdir))
   lines = (tmp_path / outdir / 'predictions' / 'clip.Fused.txt').read_text().split()
   assert len(lines) == len(data.read_test()[0].labels)
   assert os.path.exists(os.path.join(outdir, 'fusion_search.json'))

@@ -11,7 +11,7 @@ import pytest
 import safetensors.numpy
 import scipy.special
 
-from polyseg.models import vit
+from polyseg.methods.polyphony import vit
 
 SMALL = {
   'width': 16,

@@ -1,4 +1,4 @@
-"""Tests for polyseg.models.xlstm: the three mLSTM forms against each other and hand-worked values,
+"""Tests for polyseg.methods.hopadiff.xlstm: the three mLSTM forms against each other and hand-worked values,
 cross-attention against a dense numpy reference, the HP-xLSTM module, and linear memory in T."""
 
 import math
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from polyseg.models import xlstm
+from polyseg.methods.hopadiff import xlstm
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 

@@ -1,31 +1,18 @@
-r"""Dataset check (`--config.data.check_only=True`): validate a dataset with its task's own loader
-and report its statistics, without training.
+"""The statistics of a dataset's splits, for a dataset check (`polyseg.engine.data_check`).
 
-  python -m polyseg.main --config=configs/diffact.py --workdir=runs/check \
-      --config.data.root=/data/gtea --config.data.check_only=True
-
-A problem with the data raises the `formats.DataError` that training would raise. Statistics per
-split: videos, lengths in frames (min / median / mean / max / total) and frames and segments per
+Per split: videos, lengths in frames (min / median / mean / max / total) and frames and segments per
 class, read from each video's labels by their shape: [T] int class ids; [T, 2] int, one column per
 hand (formats.HANDS), counted per hand, plus the share of frames where each hand is active (not a
 background class); [T, C] bool multi-hot, plus the mean number of active classes per frame and the
 share of frames without any; None (weak supervision): the video's transcript [N] gives segments per
-class and transcript lengths. Prints them with warnings about legal but suspicious data, and writes
-<workdir>/data_check.json and the class histogram <workdir>/data_check.png.
-
-What is read is `load_data(config)` of the task module, or its `check_data(config, workdir)` when it
-has one (Polyphony: the input of the first stage of `config.stage`).
+class and transcript lengths. Warnings name legal but suspicious data.
 """
 
 import dataclasses
-import os
 
-import ml_collections
 import numpy as np
 
-from polyseg import report
-from polyseg import tasks
-from polyseg import train
+from polyseg.data import dataset as dataset_lib
 from polyseg.data import formats
 from polyseg.data import pipeline
 
@@ -33,7 +20,6 @@ SPLITS = ('train', 'val', 'test')
 LONG_VIDEO_FACTOR = 10  # warn about videos this many times longer than the median
 RARE_CLASS_SHARE = 0.01  # warn about classes on fewer labelled frames than this share
 MAX_LISTED = 10  # names listed in one warning
-JSON_FILE, PNG_FILE = 'data_check.json', 'data_check.png'
 
 
 @dataclasses.dataclass
@@ -86,7 +72,7 @@ def track_counts(track: np.ndarray, num_classes: int) -> np.ndarray:
   return np.stack([track.sum(0), starts.sum(0)])
 
 
-def split_stats(videos: list, info: tasks.DataInfo) -> SplitStats:
+def split_stats(videos: list, info: dataset_lib.DataInfo) -> SplitStats:
   """The statistics of one split's videos (all with labels of one kind)."""
   kinds = {label_kind(v) for v in videos}
   if len(kinds) > 1:
@@ -203,114 +189,3 @@ def find_warnings(splits: dict[str, SplitStats], classes) -> list[str]:
         f'{listed(rare)}'
       )
   return warnings
-
-
-def format_report(stats: dict, splits: dict[str, SplitStats]) -> str:
-  """The printed report of `stats` (the JSON) and `splits`."""
-  classes = stats['classes']
-  dims = stats['feature_dims']
-  if isinstance(dims, dict):
-    dims = ', '.join(f'{k} {v}' for k, v in dims.items()) or 'none (no feature files)'
-  background = ', '.join(stats['background']) or 'none'
-  lines = [
-    f'Data check: {stats["task"]}, {stats["dataset"]}',
-    f'{len(classes)} classes (background: {background}); feature dims: {dims}',
-    '',
-  ]
-  rows = [['split', 'videos', 'labels', 'min', 'median', 'mean', 'max', 'total frames']]
-  for name, s in stats['splits'].items():
-    row = [name, str(s['videos']), s.get('labels', '')]
-    if 'frames' in s:
-      f = s['frames']
-      row += [str(f['min']), f'{f["median"]:g}', f'{f["mean"]:.1f}', str(f['max']), str(f['total'])]
-    rows.append(row + [''] * (len(rows[0]) - len(row)))
-  lines += report.align_columns(rows) + ['']
-  shown = {name: s for name, s in splits.items() if s.names}
-  columns = [(name, k, track) for name, s in shown.items() for k, track in enumerate(s.tracks)]
-  rows = [['frames/segments per class'] + [f'{n} {t}' if t != 'all' else n for n, _, t in columns]]
-  for c, class_name in enumerate(classes):
-    cells = []
-    for name, k, _ in columns:
-      s = shown[name]
-      frames = '-' if s.frames is None else str(s.frames[k, c])
-      cells.append(f'{frames}/{s.segments[k, c]}')
-    rows.append([f'{c:>3} {class_name}'] + cells)
-  lines += report.align_columns(rows)
-  for name, s in stats['splits'].items():
-    if 'active_share' in s:
-      hands = ', '.join(f'{h} {v:.1%}' for h, v in s['active_share'].items())
-      lines.append(f'{name}: frames where each hand is active (not background): {hands}')
-    if 'mean_active_classes' in s:
-      lines.append(
-        f'{name}: {s["mean_active_classes"]:.2f} active classes per frame on average, '
-        f'{s["no_action_share"]:.1%} of frames without action'
-      )
-    if 'transcript_actions' in s:
-      a = s['transcript_actions']
-      lines.append(
-        f'{name}: actions per transcript min {a["min"]}, median {a["median"]:g}, '
-        f'mean {a["mean"]:.1f}, max {a["max"]}'
-      )
-  lines += ['', 'Warnings:' if stats['warnings'] else 'No warnings.']
-  lines += [f'  - {w}' for w in stats['warnings']]
-  return '\n'.join(lines)
-
-
-def plot_histogram(path: str, splits: dict[str, SplitStats], info: tasks.DataInfo) -> None:
-  """PNG of frames per class (actions in transcripts for a transcripts-only split), one panel per
-  non-empty split, classes top to bottom, the hands' bars side by side."""
-  shown = {name: s for name, s in splits.items() if s.names}
-  num_classes = len(info.classes)
-  num_tracks = max(len(s.tracks) for s in shown.values())
-  figure = report.new_figure(2.5 + 3.2 * len(shown), 1.2 + 0.2 * num_classes * (1 + num_tracks) / 2)
-  axes = figure.subplots(1, len(shown), sharey=True, squeeze=False)[0]
-  y = np.arange(num_classes)
-  colors = report.class_colors(num_classes, info.background)
-  for ax, (name, s) in zip(axes, shown.items()):
-    values = s.segments if s.frames is None else s.frames
-    height = 0.8 / len(values)
-    for k, (track, row) in enumerate(zip(s.tracks, values)):
-      color = colors if len(values) == 1 else f'C{k}'
-      ax.barh(y - 0.4 + height * (k + 0.5), row, height, color=color, label=track)
-    title = f'{name}: {len(s.names)} videos, {s.lengths.sum()} frames'
-    if s.active is not None:
-      title += '\nactive: ' + ', '.join(f'{h} {a:.0%}' for h, a in zip(s.tracks, s.active))
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel('actions in transcripts' if s.frames is None else 'frames', fontsize=8)
-    ax.tick_params(labelsize=7)
-    if len(values) > 1:
-      ax.legend(fontsize=8)
-  axes[0].set_yticks(y, [f'{c}: {n}' for c, n in enumerate(info.classes)])
-  axes[0].invert_yaxis()
-  report.save_png(figure, path)
-
-
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Reads the data of `config` as training would (DataError on a problem), prints its statistics
-  and warnings and writes <workdir>/data_check.json and data_check.png. Returns the statistics."""
-  workdir = train.prepare_workdir(workdir)
-  module = tasks.get(config.task)
-  if hasattr(module, 'check_data'):
-    data = module.check_data(config, workdir)
-  else:
-    data = module.load_data(config)
-  info = data.info
-  videos = {'train': data.train, 'val': data.val, 'test': data.read_test()}  # a check reads all
-  splits = {name: split_stats(videos[name], info) for name in SPLITS}
-  root = module.dataset_root(config) if hasattr(module, 'dataset_root') else config.data.root
-  synthetic = f'synthetic (config.data.synthetic, cached in {config.data.cache_dir})'
-  stats = {
-    'task': config.task,
-    'dataset': str(root or synthetic),
-    'classes': list(info.classes),
-    'background': [info.classes[c] for c in info.background],
-    'feature_dims': info.input_dim,
-    'splits': {name: split_json(s, info.classes) for name, s in splits.items()},
-    'warnings': find_warnings(splits, info.classes),
-  }
-  print(format_report(stats, splits), flush=True)
-  png_path, json_path = os.path.join(workdir, PNG_FILE), os.path.join(workdir, JSON_FILE)
-  plot_histogram(png_path, splits, info)
-  train.write_json(json_path, stats)
-  print(f'Wrote {json_path} and {png_path}', flush=True)
-  return stats

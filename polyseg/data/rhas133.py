@@ -1,4 +1,4 @@
-r"""RHAS133 release -> the referring layout of formats.py (the data of HopaDIFF, METHODS.md §2).
+r"""RHAS133 release -> the referring layout of formats.py (the data of HopaDIFF, docs/methods/hopadiff.md).
 
   python -m polyseg.data.rhas133 --src=RELEASE_DIR --out=DATASET_DIR --features=blip2 \
       --trust-pickles

@@ -64,7 +64,8 @@ with `frames`):
 * An assembly world: per part (bolt, shaft, peg, ...) a task 'take <part>', 'insert <part> into
   box', 'take wrench', 'screw nut onto <part> using wrench', 'put wrench' (optional); a lid task
   (place and screw the lid with a screwdriver); and 'wipe box using cloth' then 'lift box'.
-  Class names are verb [object] [into/onto target] [using tool] (METHODS.md §3 parses them).
+  Class names are verb [object] [into/onto target] [using tool] (Polyphony's stage 2 parses them:
+  `stage2.parse_label`).
 * Each task step is bimanual. Supporting: the LH holds the box (or the part) from a few frames
   before to a few frames after the RH's action. Joint: both hands act together (LH wipes while
   the RH holds the box; both lift it), boundaries a few frames apart. Independent: the RH takes or
@@ -106,7 +107,8 @@ import inspect
 import json
 import os
 import pathlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from collections.abc import Mapping
 
 import numpy as np
 import scipy.ndimage

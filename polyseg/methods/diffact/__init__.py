@@ -1,0 +1,1 @@
+"""DiffAct: the ASFormer-style encoder and the label-denoising decoder (`task.py`)."""

@@ -1,0 +1,1 @@
+"""HAL: weak supervision from ordered transcripts (`task.py`, `pyramid.py`, `align.py`)."""

@@ -1,0 +1,2 @@
+"""HopaDIFF: referring action segmentation, holistic and partial branches (`task.py`, `model.py`,
+`xlstm.py`)."""

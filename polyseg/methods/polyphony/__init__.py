@@ -1,0 +1,1 @@
+"""Polyphony: both hands at once in three stages (`stage1.py`, `stage2.py`, `task.py`)."""

@@ -1,0 +1,1 @@
+"""2s-DAS: RGB and flow DiffAct streams with weighted late fusion (`task.py`, `late_fusion.py`)."""

@@ -1,1 +1,0 @@
-"""polyseg.models."""

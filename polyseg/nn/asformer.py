@@ -1,0 +1,182 @@
+"""DiffAct networks (docs/methods/diffact.md): ASFormer-style encoder and the denoising decoder.
+
+Shapes: features `x [B, T, D]`, `mask [B, T]` float (1 = valid frame), logits `[B, T, C]`.
+All outputs are 0 on padded frames; valid frames get exactly what the unpadded video would get.
+Dropout draws from the 'dropout' rng collection and is active only when `train` is True.
+"""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from polyseg.nn import layers
+
+RAW_INPUT = -1  # feature_layer_indices entry: the encoder's raw input features (before dropout)
+ENCODER_PROBS = -2  # feature_layer_indices entry: softmax of the encoder logits
+
+CondProjection = tuple[layers.ConditionProjection, ...]  # one entry per decoder layer
+
+
+class Encoder(nn.Module):
+  """Features [B, T, D] -> (logits [B, T, C], condition [B, T, Fc]).
+
+  Channel and temporal input dropout, Dense D -> F, `num_layers` ConvAttentionLayers with dilation
+  2^i, Dense F -> C. The condition concatenates, in this order: the raw input (if -1 is in
+  feature_layer_indices), the outputs of the listed layers in layer order, softmax(logits) (if -2).
+  """
+
+  num_layers: int
+  num_f_maps: int
+  kernel_size: int
+  num_classes: int
+  dropout: float
+  channel_dropout: float
+  temporal_dropout: float
+  feature_layer_indices: tuple[int, ...]
+  outside_logit: float | None = None  # see layers.window_attention; DiffAct's reference: log(1e-6)
+  dtype: layers.Dtype = jnp.float32
+
+  def _check_feature_layers(self) -> None:
+    bad = [i for i in self.feature_layer_indices if not ENCODER_PROBS <= i < self.num_layers]
+    if bad or not self.feature_layer_indices:
+      raise ValueError(
+        f"polyseg/nn/asformer.py: Encoder.feature_layer_indices={self.feature_layer_indices!r} "
+        f"must be a non-empty list of layer indices in [0, {self.num_layers}), -1 or -2"
+      )
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+    chex.assert_rank(x, 3)
+    chex.assert_shape(mask, x.shape[:2])
+    self._check_feature_layers()
+    valid = mask[..., None]
+    raw = x * valid
+    h = layers.channel_dropout(self.channel_dropout)(raw, deterministic=not train)
+    h = layers.temporal_dropout(self.temporal_dropout)(h, deterministic=not train)
+    h = nn.Dense(self.num_f_maps, dtype=self.dtype, name="input_proj")(h) * valid
+    features = [raw] if RAW_INPUT in self.feature_layer_indices else []
+    for i in range(self.num_layers):
+      h = layers.ConvAttentionLayer(
+        self.num_f_maps,
+        self.kernel_size,
+        2**i,
+        self.dropout,
+        outside_logit=self.outside_logit,
+        dtype=self.dtype,
+        name=f"layers_{i}",
+      )(h, mask, train)
+      if i in self.feature_layer_indices:
+        features.append(h)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="output")(h) * valid
+    logits = logits.astype(jnp.float32)
+    if ENCODER_PROBS in self.feature_layer_indices:
+      features.append((jax.nn.softmax(logits, axis=-1) * valid).astype(h.dtype))
+    return logits, jnp.concatenate(features, axis=-1)
+
+
+class Decoder(nn.Module):
+  """Denoiser: (x01 [B, T, C] noisy labels in [0, 1], t [B] int, condition [B, T, Fc]) -> x0 logits [B, T, C].
+
+  temb = Dense(swish(Dense(sinusoidal(t)))); h = Dense(x01) + Dense(swish(temb)); then `num_layers`
+  ConvAttentionLayers (dilation 2^i) whose queries and keys also see the condition; Dense F -> C.
+  Use `project_condition` once and `denoise` per step; `__call__` does both.
+  """
+
+  num_layers: int
+  num_f_maps: int
+  kernel_size: int
+  num_classes: int
+  dropout: float
+  time_emb_dim: int
+  condition_in_value: bool = False  # see layers.ConvAttentionLayer; DiffAct: False
+  outside_logit: float | None = None  # see layers.window_attention; DiffAct's reference: log(1e-6)
+  dtype: layers.Dtype = jnp.float32
+
+  def setup(self):
+    self.time_hidden = nn.Dense(self.time_emb_dim, dtype=self.dtype)
+    self.time_out = nn.Dense(self.time_emb_dim, dtype=self.dtype)
+    self.input_proj = nn.Dense(self.num_f_maps, dtype=self.dtype)
+    self.time_proj = nn.Dense(self.num_f_maps, dtype=self.dtype)
+    self.layers = [
+      layers.ConvAttentionLayer(
+        self.num_f_maps,
+        self.kernel_size,
+        2**i,
+        self.dropout,
+        condition_in_value=self.condition_in_value,
+        outside_logit=self.outside_logit,
+        dtype=self.dtype,
+      )
+      for i in range(self.num_layers)
+    ]
+    self.output = nn.Dense(self.num_classes, dtype=self.dtype)
+
+  def project_condition(self, cond: jax.Array, train: bool) -> CondProjection:
+    """cond [B, T, Fc] -> per-layer Q/K condition terms (independent of x01 and t: compute once)."""
+    chex.assert_rank(cond, 3)
+    return tuple(layer.project_condition(cond, train) for layer in self.layers)
+
+  def denoise(
+    self, x01: jax.Array, t: jax.Array, cond_proj: CondProjection, mask: jax.Array, train: bool
+  ) -> jax.Array:
+    """x01 [B, T, C], t [B] int, cond_proj from `project_condition`, mask [B, T] -> logits [B, T, C]."""
+    chex.assert_shape(x01, (None, None, self.num_classes))
+    chex.assert_shape(t, x01.shape[:1])
+    chex.assert_shape(mask, x01.shape[:2])
+    chex.assert_equal(len(cond_proj), self.num_layers)
+    temb = self.time_out(
+      nn.swish(self.time_hidden(layers.timestep_embedding(t, self.time_emb_dim)))
+    )
+    valid = mask[..., None]
+    h = (self.input_proj(x01) + self.time_proj(nn.swish(temb))[:, None, :]) * valid
+    for layer, proj in zip(self.layers, cond_proj):
+      h = layer(h, mask, train, proj)
+    return (self.output(h) * valid).astype(jnp.float32)
+
+  def __call__(
+    self, x01: jax.Array, t: jax.Array, cond: jax.Array, mask: jax.Array, train: bool
+  ) -> jax.Array:
+    """x01 [B, T, C], t [B], cond [B, T, Fc], mask [B, T] -> logits [B, T, C]."""
+    return self.denoise(x01, t, self.project_condition(cond, train), mask, train)
+
+
+class DiffActModel(nn.Module):
+  """Encoder + decoder of DiffAct. Apply with `method=DiffActModel.encode / project_condition / denoise`;
+  `__call__` runs everything and exists for `init`."""
+
+  encoder: Encoder
+  decoder: Decoder
+
+  def __post_init__(self):
+    if self.encoder.num_classes != self.decoder.num_classes:
+      raise ValueError(
+        f"polyseg/nn/asformer.py: DiffActModel encoder.num_classes={self.encoder.num_classes} "
+        f"!= decoder.num_classes={self.decoder.num_classes}"
+      )
+    super().__post_init__()
+
+  @property
+  def num_classes(self) -> int:
+    return self.encoder.num_classes
+
+  def encode(self, x: jax.Array, mask: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+    """x [B, T, D], mask [B, T] -> (encoder logits [B, T, C], condition [B, T, Fc])."""
+    return self.encoder(x, mask, train)
+
+  def project_condition(self, cond: jax.Array, train: bool) -> CondProjection:
+    """condition [B, T, Fc] -> per-decoder-layer Q/K terms, reused across denoising steps."""
+    return self.decoder.project_condition(cond, train)
+
+  def denoise(
+    self, x01: jax.Array, t: jax.Array, cond_proj: CondProjection, mask: jax.Array, train: bool
+  ) -> jax.Array:
+    """x01 [B, T, C] in [0, 1], t [B] int -> decoder logits of x0 [B, T, C]."""
+    return self.decoder.denoise(x01, t, cond_proj, mask, train)
+
+  def __call__(
+    self, x: jax.Array, x01: jax.Array, t: jax.Array, mask: jax.Array, train: bool
+  ) -> tuple[jax.Array, jax.Array]:
+    """-> (encoder logits [B, T, C], decoder logits [B, T, C])."""
+    encoder_logits, cond = self.encode(x, mask, train)
+    return encoder_logits, self.decoder(x01, t, cond, mask, train)

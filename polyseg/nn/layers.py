@@ -1,0 +1,305 @@
+"""Building blocks of the ASFormer/DiffAct networks: masked, channels-last, memory linear in T.
+
+Shapes: `x [B, T, F]`, `mask [B, T]` float (1 = valid frame, padding at the end of each video).
+Every function here gives valid frames exactly what the unpadded video would get and returns 0 on
+padded frames.
+"""
+
+import math
+import zlib
+from typing import Any
+from typing import NamedTuple
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def compute_dtype(name: str) -> Dtype:
+  """`config.model.dtype` -> the dtype activations are computed in (params always stay float32;
+  model outputs are returned in float32 so losses and sampling run in full precision)."""
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f'model.dtype={name!r}; choose one of {sorted(COMPUTE_DTYPES)}')
+  return COMPUTE_DTYPES[name]
+
+
+def _check_odd_kernel(kernel_size: int) -> None:
+  if kernel_size < 1 or kernel_size % 2 == 0:
+    raise ValueError(
+      f"polyseg/nn/layers.py: kernel_size must be a positive odd number, got {kernel_size}"
+    )
+
+
+def count_params(params: Any) -> int:
+  """Number of scalars in a parameter pytree (arrays or `jax.ShapeDtypeStruct`s)."""
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
+
+
+INITS = ('flax', 'torch')
+_CONDITION_SUFFIX = '_cond'
+
+
+def torch_default_init(params: Any, rng: jax.Array) -> Any:
+  """`params` re-drawn as PyTorch's default initialisation draws the same layers (DiffAct's and the
+  other reference codes' init; `config.model.init='torch'`): every kernel (Dense [in, out], conv
+  [k, in, out]) and its bias ~ U(-b, b), b = 1 / sqrt(fan_in), fan_in = prod(kernel.shape[:-1]):
+  nn.Linear's and nn.Conv1d's kaiming_uniform(a=sqrt(5)) (the variance is a third of Flax's
+  lecun_normal). A layer `x` with a sibling `x_cond` (a decoder layer's query or key on
+  concat[x, condition], split in two) takes the fan-in of the concatenation, both parts. Other
+  parameters (norm scales and offsets, embeddings, ...) keep their values."""
+
+  def fan_in(layer: dict) -> int:
+    return math.prod(layer['kernel'].shape[:-1])
+
+  def redraw(tree: dict, path: str) -> dict:
+    out = {}
+    for name, value in tree.items():
+      if not isinstance(value, dict):
+        out[name] = value
+        continue
+      if 'kernel' not in value:
+        out[name] = redraw(value, f'{path}/{name}')
+        continue
+      base = name.removesuffix(_CONDITION_SUFFIX)
+      partner = tree.get(name + _CONDITION_SUFFIX) if base == name else tree.get(base)
+      fans = fan_in(value) + (
+        fan_in(partner) if isinstance(partner, dict) and 'kernel' in partner else 0
+      )
+      bound = 1.0 / math.sqrt(fans)
+      layer = dict(value)
+      for field in ('kernel', 'bias'):
+        if field in layer:
+          key = jax.random.fold_in(rng, zlib.crc32(f'{path}/{name}/{field}'.encode()))
+          shape, dtype = layer[field].shape, layer[field].dtype
+          layer[field] = jax.random.uniform(key, shape, dtype, -bound, bound)
+      out[name] = layer
+    return out
+
+  return redraw(params, '')
+
+
+def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
+  """Sinusoidal diffusion-step embedding (DDPM / fairseq): t [B] int -> [B, dim] float32.
+
+  Frequencies exp(-log(10000) * i / (dim/2 - 1)), i < dim/2; output concat[sin, cos] (zero-padded
+  by one column when dim is odd).
+  """
+  chex.assert_rank(t, 1)
+  half = dim // 2
+  if half < 2:
+    raise ValueError(f"polyseg/nn/layers.py: timestep_embedding needs dim >= 4, got {dim}")
+  freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / (half - 1))
+  angles = t.astype(jnp.float32)[:, None] * freqs[None, :]
+  emb = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+  return jnp.pad(emb, [(0, 0), (0, dim % 2)])
+
+
+def instance_norm(x: jax.Array, mask: jax.Array, eps: float = 1e-5) -> jax.Array:
+  """Per video and channel normalisation over valid frames, no affine: [B, T, F] -> [B, T, F].
+
+  torch InstanceNorm1d semantics (biased variance, eps inside the sqrt), restricted to the valid frames.
+  """
+  chex.assert_rank(x, 3)
+  chex.assert_shape(mask, x.shape[:2])
+  m = mask[..., None].astype(jnp.float32)
+  x32 = x.astype(jnp.float32)
+  count = jnp.maximum(m.sum(axis=1, keepdims=True), 1.0)
+  mean = (x32 * m).sum(axis=1, keepdims=True) / count
+  var = (jnp.square(x32 - mean) * m).sum(axis=1, keepdims=True) / count
+  return ((x32 - mean) * jax.lax.rsqrt(var + eps) * m).astype(x.dtype)
+
+
+FENCE_BLOCK = 16  # width of the identity matmul of `fusion_fence` on CPU
+
+
+def _identity_matmul(x: jax.Array) -> jax.Array:
+  width = math.gcd(x.size, FENCE_BLOCK)
+  return (x.reshape(-1, width) @ jnp.eye(width, dtype=x.dtype)).reshape(x.shape)
+
+
+def fusion_fence(x: jax.Array) -> jax.Array:
+  """The identity, [..., F] -> [..., F], as a value XLA:CPU computes once, forward and backward.
+
+  A residual stack sums, layer after layer, the stream and each layer's output (forward) or the
+  cotangent of the layer above and the layer's own dropout-masked input gradient (backward). Those
+  sums are elementwise, and XLA:CPU fuses them into every consumer, so each layer recomputed the
+  sums (and regenerated the dropout masks) of all the layers before it: quadratic in depth, 78% of
+  a Breakfast train step. `optimization_barrier` does not stop it (XLA:CPU removes barriers before
+  fusion); a matmul does. On CPU the value goes through a matmul with a 16 x 16 identity (exact:
+  x * 1 plus zeros; its gradient is the same matmul); other backends get the plain identity.
+  """
+  return jax.lax.platform_dependent(x, cpu=_identity_matmul, default=lambda v: v)
+
+
+def dilated_windows(x: jax.Array, kernel_size: int, dilation: int) -> jax.Array:
+  """The dilated-conv grid around every frame: x [B, T, ...] -> [B, T, k, ...].
+
+  Entry j of frame t is x[t + (j - k//2) * dilation], zero where that index is outside [0, T).
+  Built from k static slices of a zero-padded copy: O(T * k) memory.
+  """
+  _check_odd_kernel(kernel_size)
+  num_frames = x.shape[1]
+  reach = (kernel_size // 2) * dilation
+  padded = jnp.pad(x, [(0, 0), (reach, reach)] + [(0, 0)] * (x.ndim - 2))
+  shifted = [
+    jax.lax.slice_in_dim(padded, j * dilation, j * dilation + num_frames, axis=1)
+    for j in range(kernel_size)
+  ]
+  return jnp.stack(shifted, axis=2)
+
+
+def window_attention(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  mask: jax.Array,
+  kernel_size: int,
+  dilation: int,
+  outside_logit: float | None = None,
+) -> jax.Array:
+  """Single-head dilated window attention: q, k, v [B, T, F] -> [B, T, F].
+
+  Query t attends to the k keys t + j * dilation, j in -(k//2)..k//2, with scale 1/sqrt(F). Keys
+  outside the video's valid frames are masked out of the softmax (`outside_logit` None), or enter
+  it with the fixed logit `outside_logit` and a zero value, so that near the video's ends a query
+  can give weight to nothing (the DiffAct reference's masking, `log(mask + 1e-6)`, is
+  `outside_logit=log(1e-6)`). Queries whose keys are all masked and padded queries give 0. Memory
+  O(T * k): each of the k key / value offsets is a shifted slice of a zero-padded copy, used
+  directly (no [B, T, k, F] window array, no T x T matrix).
+  """
+  chex.assert_rank(q, 3)
+  chex.assert_equal_shape([q, k, v])
+  chex.assert_shape(mask, q.shape[:2])
+  _check_odd_kernel(kernel_size)
+  num_frames, reach = q.shape[1], (kernel_size // 2) * dilation
+  padded_k, padded_v = (jnp.pad(x, [(0, 0), (reach, reach), (0, 0)]) for x in (k, v))
+  padded_mask = jnp.pad(mask, [(0, 0), (reach, reach)])
+
+  def offset(x: jax.Array, j: int) -> jax.Array:
+    return jax.lax.slice_in_dim(x, j * dilation, j * dilation + num_frames, axis=1)
+
+  offsets = range(kernel_size)
+  scores = jnp.stack(
+    [jnp.sum((q * offset(padded_k, j)).astype(jnp.float32), -1) for j in offsets], -1
+  ) / math.sqrt(q.shape[-1])  # [B, T, k]
+  key_valid = jnp.stack([offset(padded_mask, j) for j in offsets], -1) > 0  # [B, T, k]
+  fill = jnp.finfo(jnp.float32).min if outside_logit is None else outside_logit
+  scores = jnp.where(key_valid, scores, fill)
+  weights = (jax.nn.softmax(scores, axis=-1) * key_valid).astype(v.dtype)
+  out = sum(weights[..., j, None] * offset(padded_v, j) for j in offsets)
+  return out * mask[..., None].astype(out.dtype)
+
+
+def channel_dropout(rate: float) -> nn.Dropout:
+  """Dropout of whole channels per video ([B, T, D] mask shared over T), rescaled by 1/(1-rate)."""
+  return nn.Dropout(rate, broadcast_dims=(-2,))
+
+
+def temporal_dropout(rate: float) -> nn.Dropout:
+  """Dropout of whole frames per video ([B, T, D] mask shared over D), rescaled by 1/(1-rate)."""
+  return nn.Dropout(rate, broadcast_dims=(-1,))
+
+
+class DilatedConv(nn.Module):
+  """1-D convolution over T, zero 'same' padding, with bias: [B, T, Fin] -> [B, T, features].
+
+  The input is masked first (padding acts like the zero padding of the unpadded video); the
+  output is masked too.
+  """
+
+  features: int
+  kernel_size: int
+  dilation: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    chex.assert_rank(x, 3)
+    chex.assert_shape(mask, x.shape[:2])
+    _check_odd_kernel(self.kernel_size)
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (self.kernel_size, x.shape[-1], self.features)
+    )
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    x, kernel, bias = nn.dtypes.promote_dtype(x * mask[..., None], kernel, bias, dtype=self.dtype)
+    reach = (self.kernel_size // 2) * self.dilation
+    y = jax.lax.conv_general_dilated(
+      x,
+      kernel,
+      window_strides=(1,),
+      padding=[(reach, reach)],
+      rhs_dilation=(self.dilation,),
+      dimension_numbers=("NWC", "WIO", "NWC"),
+    )
+    return (y + bias) * mask[..., None].astype(y.dtype)
+
+
+class ConditionProjection(NamedTuple):
+  """A decoder layer's projections of the condition, added to its queries, keys and (when the layer
+  has `condition_in_value`) values: [B, T, F] each; value is None otherwise."""
+
+  query: jax.Array
+  key: jax.Array
+  value: jax.Array | None = None
+
+
+class ConvAttentionLayer(nn.Module):
+  """One ASFormer/DiffAct layer: x + FFN(InstanceNorm(DilatedConv(x') + WindowAttention(x'))), x' = dropout(x).
+
+  [B, T, F] -> [B, T, F]. FFN = Dense, ReLU, Dense; Q, K, V are Dense layers of x'. A decoder layer
+  also takes the condition: Q and K see concat[x', cond'] (cond' = dropout(cond)), computed as
+  Dense(x') + Dense_no_bias(cond'), where the second term comes from `project_condition` so it can be
+  computed once and reused for every denoising step.
+
+  `condition_in_value=True` (not in DiffAct) lets V see the condition too: with V of x' alone the
+  condition reaches the output only through the attention weights. `outside_logit`: see
+  `window_attention`.
+  """
+
+  features: int
+  kernel_size: int
+  dilation: int
+  dropout: float
+  condition_in_value: bool = False
+  outside_logit: float | None = None
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    def dense(use_bias=True):
+      return nn.Dense(self.features, use_bias=use_bias, dtype=self.dtype)
+
+    self.conv = DilatedConv(self.features, self.kernel_size, self.dilation, dtype=self.dtype)
+    self.query, self.key, self.value = dense(), dense(), dense()
+    self.query_cond, self.key_cond = dense(use_bias=False), dense(use_bias=False)
+    self.value_cond = dense(use_bias=False) if self.condition_in_value else None
+    self.ffn_hidden, self.ffn_out = dense(), dense()
+    self.drop = nn.Dropout(self.dropout)
+
+  def project_condition(self, cond: jax.Array, train: bool) -> ConditionProjection:
+    """cond [B, T, Fc] -> this layer's condition terms of Q, K (and V) (dropout on cond when train)."""
+    chex.assert_rank(cond, 3)
+    cond = self.drop(cond, deterministic=not train)
+    value = self.value_cond(cond) if self.value_cond is not None else None
+    return ConditionProjection(query=self.query_cond(cond), key=self.key_cond(cond), value=value)
+
+  def __call__(
+    self, x: jax.Array, mask: jax.Array, train: bool, cond_proj: ConditionProjection | None = None
+  ) -> jax.Array:
+    """x [B, T, F], mask [B, T] -> [B, T, F]; cond_proj only for decoder layers."""
+    chex.assert_shape(x, (None, None, self.features))
+    chex.assert_shape(mask, x.shape[:2])
+    x_drop = self.drop(x, deterministic=not train)
+    q, k, v = self.query(x_drop), self.key(x_drop), self.value(x_drop)
+    if cond_proj is not None:
+      chex.assert_equal_shape([q, k, cond_proj.query, cond_proj.key])
+      q, k = q + cond_proj.query, k + cond_proj.key
+      if cond_proj.value is not None:
+        v = v + cond_proj.value
+    attn = window_attention(q, k, v, mask, self.kernel_size, self.dilation, self.outside_logit)
+    h = instance_norm(self.conv(x_drop, mask) + attn, mask)
+    out = self.ffn_out(nn.relu(self.ffn_hidden(h)))
+    return fusion_fence((x + out) * mask[..., None].astype(out.dtype))

@@ -1,0 +1,1 @@
+"""Reporting: metric tables, PNG figures, segments.json files and the HTML report of a workdir."""

@@ -1,0 +1,103 @@
+"""The package's layering: every import of a polyseg module points down the layers (or within its
+own folder, without a cycle), so the data layer never reaches the engine and the engine never looks a
+method up."""
+
+import ast
+import pathlib
+
+import pytest
+from conftest import REPO
+
+PACKAGE = REPO / 'polyseg'
+# Bottom to top; a module may import its own layer's modules and those of the layers below.
+LAYERS = (
+  ('polyseg.configlib',),
+  ('polyseg.core',),
+  ('polyseg.nn',),
+  ('polyseg.data',),
+  ('polyseg.report',),
+  ('polyseg.engine',),
+  ('polyseg.methods',),
+  ('polyseg.main',),  # the command line
+)
+ENTRY = 'polyseg'  # the package's own functions (polyseg.train_and_evaluate, ...): the top, too
+
+
+def module_name(path: pathlib.Path, root: pathlib.Path = REPO) -> str:
+  parts = path.relative_to(root).with_suffix('').parts
+  return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+
+
+def layer_of(module: str) -> int:
+  if module == ENTRY:
+    return len(LAYERS)
+  for level, prefixes in reversed(list(enumerate(LAYERS))):
+    for prefix in prefixes:
+      if module == prefix or module.startswith(prefix + '.'):
+        return level
+  raise AssertionError(f'{module}: in no layer')
+
+
+def polyseg_imports(path: pathlib.Path, root: pathlib.Path = REPO) -> set[str]:
+  """The polyseg modules `path` imports anywhere (functions included): `from polyseg.x import y`
+  counts as polyseg.x.y when that is a module, else polyseg.x."""
+  found = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      found.update(a.name for a in node.names if a.name.split('.')[0] == 'polyseg')
+    elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith('polyseg'):
+      for alias in node.names:
+        full = f'{node.module}.{alias.name}'
+        where = root / full.replace('.', '/')
+        is_module = where.with_suffix('.py').exists() or (where / '__init__.py').exists()
+        found.add(full if is_module else node.module)
+  return found
+
+
+def import_graph() -> dict[str, set[str]]:
+  return {module_name(p): polyseg_imports(p) for p in sorted(PACKAGE.rglob('*.py'))}
+
+
+def test_imports_point_down_the_layers():
+  upward = [
+    f'{module} ({layer_of(module)}) imports {target} ({layer_of(target)})'
+    for module, targets in import_graph().items()
+    for target in targets
+    if layer_of(target) > layer_of(module)
+  ]
+  assert not upward, '\n'.join(upward)
+
+
+def test_no_import_cycles():
+  graph = import_graph()
+  state = {}
+
+  def visit(module, path):
+    if state.get(module) == 'done':
+      return
+    if state.get(module) == 'open':
+      pytest.fail('import cycle: ' + ' -> '.join(path[path.index(module) :] + [module]))
+    state[module] = 'open'
+    for target in sorted(graph.get(module, ())):
+      visit(target, path + [module])
+    state[module] = 'done'
+
+  for module in graph:
+    visit(module, [])
+
+
+def test_the_checker_sees_an_upward_import(tmp_path):
+  """The layering test can fail: a data module importing the engine inside a function, and
+  importing a name from an engine module, are both flagged."""
+  bad = tmp_path / 'polyseg' / 'data' / 'bad.py'
+  bad.parent.mkdir(parents=True)
+  bad.write_text(
+    'def f():\n  from polyseg.engine import train\n  from polyseg.report.plots import x\n'
+  )
+  (tmp_path / 'polyseg' / 'engine').mkdir()
+  (tmp_path / 'polyseg' / 'engine' / 'train.py').write_text('')
+  found = polyseg_imports(bad, tmp_path)
+  assert found == {'polyseg.engine.train', 'polyseg.report.plots'}
+  module = module_name(bad, tmp_path)
+  assert module == 'polyseg.data.bad'
+  assert all(layer_of(target) > layer_of(module) for target in found)
