@@ -25,7 +25,6 @@ import numpy as np
 from polyseg import methods
 from polyseg.data import dataset as dataset_lib
 from polyseg.data import formats
-from polyseg.data import pipeline
 from polyseg.engine import train
 
 
@@ -149,15 +148,6 @@ def train_batch(task, num_frames: int, batch_size: int, **overrides) -> dict[str
   return task.train_loader(videos, batch_size=batch_size, **overrides).batch(0)
 
 
-def view_inputs(task, video) -> tuple:
-  """(inputs, mask) of the video's temporal views, as the task's `predict` passes them to its
-  `_sample` / `_encode` programs."""
-  if task.config.task == 'hopadiff':
-    return task._view_inputs(video)
-  views = pipeline.temporal_views(video, task.config.data.sample_rate)
-  return views['features'], views['mask']
-
-
 def init_params(task, seed: int = 0):
   return jax.jit(task.init)(jax.random.PRNGKey(seed), task.example_batch())
 
@@ -190,7 +180,7 @@ def train_step_program(task, num_frames: int, batch_size: int, **overrides) -> P
 
 def sample_program(task, num_frames: int) -> Program:
   """The task's whole DDIM sampler (`task._sample`) on the temporal views of one random video."""
-  inputs, mask = view_inputs(task, random_video(task, num_frames))
+  inputs, mask = task.view_inputs(random_video(task, num_frames))
   return Program(task._sample, (init_params(task), inputs, mask, jax.random.PRNGKey(0)), mask)
 
 

@@ -53,6 +53,8 @@ from polyseg.core import diffusion
 from polyseg.data import dataset as dataset_lib
 from polyseg.data import formats
 from polyseg.data import pipeline
+from polyseg.engine import diffusion_task
+from polyseg.methods.diffact import model as diffact_model
 from polyseg.methods.diffact import task as diffact
 from polyseg.report import tables
 
@@ -184,7 +186,7 @@ def _layer(layer, width: int | None = None) -> dict:
 
 
 def to_flax(model) -> dict:
-  """The reference ASDiffusionModel's weights as polyseg's DiffActModel parameter tree."""
+  """The reference ASDiffusionModel's weights as the parameter tree of polyseg's DiffActModel."""
   enc, dec = model.encoder, model.decoder
   encoder = {
     'input_proj': _dense(enc.conv_in.weight, enc.conv_in.bias),
@@ -368,7 +370,11 @@ def compare(
 
   # Encoder.
   x, mask = jnp.asarray(features)[None], jnp.ones((1, frames))
-  enc_logits, cond = task.model.apply(params, x, mask, train=False, method=task.model.encode)
+  chain = diffact_model.CHAIN
+  enc_logits, cond = task.model.apply(
+    params, {'features': x}, mask, train=False, method=task.model.encode
+  )
+  enc_logits, cond = enc_logits[chain], cond[chain]
   with torch.no_grad():
     ref_logits, ref_cond = reference.encoder(_to_torch(features), get_features=True)
   row('encoder logits', enc_logits[0], _channels_last(ref_logits))
@@ -406,7 +412,7 @@ def compare(
     )
     dropped = np.unique(labels[np.asarray(cond_mask[0, :, 0]) == 0])
     dropped_class = int(dropped[0]) if kind.startswith('segment') and dropped.size else None
-    diffused = (x01, jnp.asarray([t]), cond_mask)
+    diffused = {chain: diffusion_task.Diffused(x01, jnp.asarray([t]), cond_mask)}
     with torch.no_grad():
       ref_feature_mask = {
         'full': 1.0,
@@ -416,11 +422,17 @@ def compare(
       }[kind]
       ref_x0 = reference.decoder(ref_cond * ref_feature_mask, torch.tensor([t]), ref_x01.float())
     cond_proj = task.model.apply(
-      params, cond * cond_mask, train=False, method=task.model.project_condition
+      params, {chain: cond * cond_mask}, train=False, method=task.model.project_condition
     )
     x0 = task.model.apply(
-      params, x01, jnp.asarray([t]), cond_proj, mask, train=False, method=task.model.denoise
-    )
+      params,
+      {chain: x01},
+      {chain: jnp.asarray([t])},
+      cond_proj,
+      mask,
+      train=False,
+      method=task.model.denoise,
+    )[chain]
     row(f'decoder x0 logits, mask {kind}', x0[0], _channels_last(ref_x0))
     for soft in (published_soft_label, None):
       name = f'soft labels {soft}' if soft else 'hard labels, class-weighted'
@@ -428,7 +440,7 @@ def compare(
       task.class_weights = class_weights if diffact.uses_class_weights(task.config.loss) else None
 
       def loss_fn(p, diffused=diffused):
-        return task.loss_terms(p, batch, diffused, None)
+        return task.forward(p, batch, diffused)
 
       (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
       draws = (REFERENCE_MASKS[kind], dropped_class, noise, t)
@@ -450,10 +462,11 @@ def compare(
   # One DDIM sampling with the same noise.
   key = jax.random.key(seed + 1)
   steps = config.diffusion.sampling_steps
-  keys = jax.random.split(jax.random.split(key, 1)[0], steps + 1)  # the view's key
+  view_key = diffusion.view_keys(key, 1, config.diffusion.shared_view_noise)[0]
+  keys = jax.random.split(view_key, steps + 1)  # as ddim_sample splits the view's key
   shape = (1, frames, num_classes)
   normals = [np.asarray(jax.random.normal(k, shape, jnp.float32))[0].T[None] for k in keys]
-  probs = task._sample(params, x, mask, key)
+  probs = task._sample(params, {'features': x}, mask, key)[:, 0]  # the view's one chain
   with torch.no_grad(), fixed_draws('full', None, normals):
     ref_probs = reference.ddim_sample(_to_torch(features))
   row(
@@ -482,8 +495,8 @@ def compare(
       'boundary': jnp.asarray(pipeline.boundary_target(y, sigma))[None],
       'mask': jnp.ones((1, len(y))),
     }
-    per_video.append(float(task.loss_terms(params, single, None, None)[0]))
-  batched = float(task.loss_terms(params, batch2, None, None)[0])
+    per_video.append(float(task.forward(params, single, None)[0]))
+  batched = float(task.forward(params, batch2, None)[0])
   row(
     'encoder loss of a padded batch of 2 vs mean of per-video losses', batched, np.mean(per_video)
   )

@@ -1,4 +1,5 @@
-"""Tests for polyseg.nn.asformer: parameter counts, masks, hoisting, dropout, memory."""
+"""Tests for polyseg.nn.asformer (and DiffAct's model built of it): parameter counts, masks,
+hoisting, dropout, memory."""
 
 import functools
 import math
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from polyseg.methods.diffact import model as diffact_model
 from polyseg.nn import asformer
 from polyseg.nn import layers
 
@@ -46,8 +48,10 @@ def tiny_decoder(**overrides) -> asformer.Decoder:
   return asformer.Decoder(**(fields | overrides))
 
 
-def tiny_model(**encoder_overrides) -> asformer.DiffActModel:
-  return asformer.DiffActModel(encoder=tiny_encoder(**encoder_overrides), decoder=tiny_decoder())
+def tiny_model(**encoder_overrides) -> diffact_model.DiffActModel:
+  return diffact_model.DiffActModel(
+    encoder=tiny_encoder(**encoder_overrides), decoder=tiny_decoder()
+  )
 
 
 def padded_inputs(seed: int = 0):
@@ -64,7 +68,12 @@ def tiny_params():
   """Random normal params (biases included) of tiny_model's shapes; eval_shape avoids compiling init."""
   x, x01, t, mask = padded_inputs()
   shapes = jax.eval_shape(
-    functools.partial(tiny_model().init, train=False), jax.random.key(0), x, x01, t, mask
+    functools.partial(tiny_model().init, train=False),
+    jax.random.key(0),
+    {"features": x},
+    x01,
+    t,
+    mask,
   )
   rng = np.random.default_rng(0)
   return jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), jnp.float32), shapes)
@@ -87,7 +96,7 @@ def tiny_params():
   ids=["gtea", "breakfast"],
 )
 def test_parameter_count_matches_diffact(encoder_fields, decoder_fields, want):
-  model = asformer.DiffActModel(
+  model = diffact_model.DiffActModel(
     encoder=asformer.Encoder(
       kernel_size=5, dropout=0.5, channel_dropout=0.5, temporal_dropout=0.5, **encoder_fields
     ),
@@ -97,7 +106,7 @@ def test_parameter_count_matches_diffact(encoder_fields, decoder_fields, want):
   shapes = jax.eval_shape(
     functools.partial(model.init, train=False),
     jax.random.key(0),
-    jnp.zeros((1, num_frames, 2048)),
+    {"features": jnp.zeros((1, num_frames, 2048))},
     jnp.zeros((1, num_frames, num_classes)),
     jnp.zeros((1,), jnp.int32),
     jnp.ones((1, num_frames)),
@@ -105,15 +114,27 @@ def test_parameter_count_matches_diffact(encoder_fields, decoder_fields, want):
   assert layers.count_params(shapes) == want
 
 
+def part_of(method) -> str:
+  """'encoder' for a method of asformer.Encoder, 'decoder' for one of asformer.Decoder."""
+  return "encoder" if method.__qualname__.startswith("Encoder.") else "decoder"
+
+
+def part_params(method):
+  """tiny_params() of the part of tiny_model that `method` belongs to."""
+  return {"params": tiny_params()["params"][part_of(method)]}
+
+
 @functools.lru_cache
 def jitted_apply(method, train):
-  return jax.jit(functools.partial(tiny_model().apply, method=method, train=train))
+  part = tiny_encoder() if part_of(method) == "encoder" else tiny_decoder()
+  return jax.jit(functools.partial(part.apply, method=method, train=train))
 
 
 def apply(method, *args, train=False, rng=None):
-  """tiny_model().apply(tiny_params(), *args, method=method), jitted once per (method, train)."""
+  """`method` of tiny_model's encoder or decoder with tiny_params, jitted once per (method,
+  train)."""
   return jitted_apply(method, train)(
-    tiny_params(), *args, rngs=None if rng is None else {"dropout": rng}
+    part_params(method), *args, rngs=None if rng is None else {"dropout": rng}
   )
 
 
@@ -135,10 +156,10 @@ def check_matches_each_video_alone(batch_output, single_output_fn):
 
 def test_encoder_padded_batch_equals_each_video_alone():
   x, _, _, mask = padded_inputs()
-  logits, cond = apply(asformer.DiffActModel.encode, x, mask)
+  logits, cond = apply(asformer.Encoder.__call__, x, mask)
   assert logits.shape == (2, PADDED_T, C) and cond.shape == (2, PADDED_T, D + 8 + 8 + C)
   alone = [
-    apply(asformer.DiffActModel.encode, x[b : b + 1, :n], mask[b : b + 1, :n])
+    apply(asformer.Encoder.__call__, x[b : b + 1, :n], mask[b : b + 1, :n])
     for b, n in enumerate(LENGTHS)
   ]
   for output_index, batch_output in enumerate((logits, cond)):
@@ -147,7 +168,7 @@ def test_encoder_padded_batch_equals_each_video_alone():
 
 def test_decoder_padded_batch_equals_each_video_alone():
   x, x01, t, mask = padded_inputs()
-  _, cond = apply(asformer.DiffActModel.encode, x, mask)
+  _, cond = apply(asformer.Encoder.__call__, x, mask)
   cond = cond + 3.0 * (1 - mask[..., None])  # the condition on padded frames must not matter
   decoder_params = {"params": tiny_params()["params"]["decoder"]}
   logits = jax.jit(functools.partial(tiny_decoder().apply, train=False))(
@@ -155,9 +176,9 @@ def test_decoder_padded_batch_equals_each_video_alone():
   )
 
   def alone(b, n):
-    cond_proj = apply(asformer.DiffActModel.project_condition, cond[b : b + 1, :n])
+    cond_proj = apply(asformer.Decoder.project_condition, cond[b : b + 1, :n])
     return apply(
-      asformer.DiffActModel.denoise,
+      asformer.Decoder.denoise,
       x01[b : b + 1, :n],
       t[b : b + 1],
       cond_proj,
@@ -169,14 +190,13 @@ def test_decoder_padded_batch_equals_each_video_alone():
 
 def test_decoder_denoise_with_hoisted_condition_is_exactly_call():
   x, x01, t, mask = padded_inputs(seed=1)
-  _, cond = apply(asformer.DiffActModel.encode, x, mask)
-  model, params = tiny_model(), tiny_params()
-  decoder_params = {"params": params["params"]["decoder"]}
-  direct = tiny_decoder().apply(decoder_params, x01, t, cond, mask, False)
-  cond_proj = model.apply(params, cond, False, method=asformer.DiffActModel.project_condition)
+  _, cond = apply(asformer.Encoder.__call__, x, mask)
+  decoder, decoder_params = tiny_decoder(), part_params(asformer.Decoder.denoise)
+  direct = decoder.apply(decoder_params, x01, t, cond, mask, False)
+  cond_proj = decoder.apply(decoder_params, cond, False, method=asformer.Decoder.project_condition)
   assert len(cond_proj) == 2 and cond_proj[0].query.shape == (2, PADDED_T, 8)
-  hoisted = model.apply(
-    params, x01, t, cond_proj, mask, False, method=asformer.DiffActModel.denoise
+  hoisted = decoder.apply(
+    decoder_params, x01, t, cond_proj, mask, False, method=asformer.Decoder.denoise
   )
   np.testing.assert_array_equal(hoisted, direct)
 
@@ -185,16 +205,23 @@ def test_hoisted_condition_inside_a_jitted_scan():
   """The DDIM pattern: project once, then scan denoise over steps with the projection closed over."""
   x, x01, _, mask = padded_inputs()
   model, params = tiny_model(), tiny_params()
+  chain = diffact_model.CHAIN
 
   @jax.jit
   def sample(params, x, x01, mask):
-    _, cond = model.apply(params, x, mask, False, method=asformer.DiffActModel.encode)
-    cond_proj = model.apply(params, cond, False, method=asformer.DiffActModel.project_condition)
+    _, cond = model.apply(params, {"features": x}, mask, False, method=model.encode)
+    cond_proj = model.apply(params, cond, False, method=model.project_condition)
 
     def step(x01, t):
       logits = model.apply(
-        params, x01, jnp.full((2,), t), cond_proj, mask, False, method=asformer.DiffActModel.denoise
-      )
+        params,
+        {chain: x01},
+        {chain: jnp.full((2,), t)},
+        cond_proj,
+        mask,
+        False,
+        method=model.denoise,
+      )[chain]
       return jax.nn.softmax(logits) * mask[..., None], None
 
     return jax.lax.scan(step, x01, jnp.array([999, 500, 0]))[0]
@@ -202,35 +229,33 @@ def test_hoisted_condition_inside_a_jitted_scan():
   out = sample(params, x, x01, mask)
   want = x01
   for t in (999, 500, 0):
-    logits = model.apply(params, x, want, jnp.full((2,), t), mask, False)[1]
+    logits = model.apply(params, {"features": x}, want, jnp.full((2,), t), mask, False)[1][chain]
     want = jax.nn.softmax(logits) * mask[..., None]
   np.testing.assert_allclose(out, want, atol=1e-5)
 
 
 def test_encode_vmaps_over_temporal_views():
   x, _, _, mask = padded_inputs()
-  encode = functools.partial(tiny_model().apply, method=asformer.DiffActModel.encode, train=False)
+  encode = functools.partial(tiny_encoder().apply, train=False)
   per_view = jax.jit(jax.vmap(encode, in_axes=(None, 0, 0)))(
-    tiny_params(), x[:, None], mask[:, None]
+    part_params(asformer.Encoder.__call__), x[:, None], mask[:, None]
   )
-  batched = apply(asformer.DiffActModel.encode, x, mask)
+  batched = apply(asformer.Encoder.__call__, x, mask)
   for got, want in zip(per_view, batched):
     np.testing.assert_allclose(got[:, 0], want, atol=1e-5)
 
 
 def test_condition_is_raw_input_then_layer_outputs_then_softmax():
   x, _, _, mask = padded_inputs()
-  model = tiny_model()
-  (logits, cond), state = model.apply(
-    tiny_params(),
+  (logits, cond), state = tiny_encoder().apply(
+    part_params(asformer.Encoder.__call__),
     x,
     mask,
     True,
-    method=asformer.DiffActModel.encode,
     rngs={"dropout": jax.random.key(3)},
     capture_intermediates=True,
   )
-  layer_outputs = state["intermediates"]["encoder"]
+  layer_outputs = state["intermediates"]
   want = jnp.concatenate(
     [
       x,
@@ -245,10 +270,10 @@ def test_condition_is_raw_input_then_layer_outputs_then_softmax():
 
 def test_encoder_dropout_is_random_in_training_and_off_at_eval():
   x, _, _, mask = padded_inputs()
-  train_a = apply(asformer.DiffActModel.encode, x, mask, train=True, rng=jax.random.key(1))[0]
-  train_b = apply(asformer.DiffActModel.encode, x, mask, train=True, rng=jax.random.key(2))[0]
-  eval_a = apply(asformer.DiffActModel.encode, x, mask)[0]
-  eval_b = apply(asformer.DiffActModel.encode, x, mask)[0]
+  train_a = apply(asformer.Encoder.__call__, x, mask, train=True, rng=jax.random.key(1))[0]
+  train_b = apply(asformer.Encoder.__call__, x, mask, train=True, rng=jax.random.key(2))[0]
+  eval_a = apply(asformer.Encoder.__call__, x, mask)[0]
+  eval_b = apply(asformer.Encoder.__call__, x, mask)[0]
   assert not np.allclose(train_a, train_b)
   np.testing.assert_array_equal(eval_a, eval_b)
   np.testing.assert_array_equal(train_a * (1 - mask[..., None]), 0.0)
@@ -260,9 +285,10 @@ def test_every_parameter_gets_a_gradient():
 
   def loss(params):
     encoder_logits, decoder_logits = model.apply(
-      params, x, x01, t, mask, True, rngs={"dropout": jax.random.key(4)}
+      params, {"features": x}, x01, t, mask, True, rngs={"dropout": jax.random.key(4)}
     )
-    return jnp.sum(encoder_logits**2) + jnp.sum(decoder_logits**2)
+    chain = diffact_model.CHAIN
+    return jnp.sum(encoder_logits[chain] ** 2) + jnp.sum(decoder_logits[chain] ** 2)
 
   grads = jax.jit(jax.grad(loss))(tiny_params())
   for path, grad in jax.tree_util.tree_leaves_with_path(grads):
@@ -296,7 +322,7 @@ def test_memory_is_linear_in_t():
   x = jnp.ones((2, num_frames, D))
   x01, t, mask = jnp.ones((2, num_frames, C)), jnp.zeros((2,), jnp.int32), jnp.ones((2, num_frames))
   jaxpr = jax.make_jaxpr(functools.partial(tiny_model().apply, train=False))(
-    tiny_params(), x, x01, t, mask
+    tiny_params(), {"features": x}, x01, t, mask
   )
   all_shapes = [v.aval.shape for eqn in all_eqns(jaxpr.jaxpr) for v in eqn.outvars]
   assert all(s.count(num_frames) <= 1 for s in all_shapes)
@@ -308,4 +334,4 @@ def test_invalid_configurations_raise():
   with pytest.raises(ValueError, match="feature_layer_indices"):
     tiny_encoder(feature_layer_indices=(2,)).init(jax.random.key(0), x, mask, False)
   with pytest.raises(ValueError, match="num_classes"):
-    asformer.DiffActModel(encoder=tiny_encoder(), decoder=tiny_decoder(num_classes=C + 1))
+    diffact_model.DiffActModel(encoder=tiny_encoder(), decoder=tiny_decoder(num_classes=C + 1))

@@ -12,7 +12,6 @@ from polyseg.configlib import load_config
 from polyseg.core import diffusion
 from polyseg.data import dataset as dataset_lib
 from polyseg.data import formats
-from polyseg.data import pipeline
 from polyseg.methods.diffact import task as diffact
 
 SCHEDULE = diffusion.cosine_schedule()
@@ -406,7 +405,8 @@ def test_diffact_views_share_their_ddim_noise_when_asked(shared):
   features = np.repeat(np.random.default_rng(0).normal(size=(20, 16)), 2, axis=0)
   video = formats.Video('v', features.astype(np.float32), np.zeros(40, np.int64))
   task = diffact.Task(config, dataset_lib.DataInfo(('a', 'b', 'c'), 16, ()))
-  views = pipeline.temporal_views(video, 2)
+  inputs, mask = task.view_inputs(video)
   params = task.init(jax.random.PRNGKey(0), task.example_batch())
-  probs = np.asarray(task._sample(params, views['features'], views['mask'], jax.random.PRNGKey(1)))
+  probs = np.asarray(task._sample(params, inputs, mask, jax.random.PRNGKey(1)))
+  assert probs.shape[:2] == (2, 1)  # two views, one label chain
   assert np.allclose(probs[0], probs[1], atol=1e-6) == shared

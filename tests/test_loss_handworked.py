@@ -19,7 +19,9 @@ from polyseg.core import losses
 from polyseg.data import dataset as dataset_lib
 from polyseg.data import formats
 from polyseg.data import pipeline
+from polyseg.engine import diffusion_task
 from polyseg.engine import train
+from polyseg.methods.diffact import model as diffact_model
 from polyseg.methods.diffact import task as diffact
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
@@ -88,9 +90,9 @@ def _recording_task(config, train_videos=TRAIN_VIDEOS):
 
 def _logits(task):
   """(encoder logits, decoder logits) of the last loss call, float64 numpy."""
-  calls = task.model.calls
-  enc = np.asarray(calls['encode'][1][0], np.float64)
-  dec = np.asarray(calls['denoise'][1], np.float64) if 'denoise' in calls else None
+  calls, chain = task.model.calls, diffact_model.CHAIN
+  enc = np.asarray(calls['encode'][1][0][chain], np.float64)
+  dec = np.asarray(calls['denoise'][1][chain], np.float64) if 'denoise' in calls else None
   return enc, dec
 
 
@@ -359,9 +361,9 @@ def _condition_run(kinds, params, batch, rng):
   config.diffusion.condition_types = kinds
   task = _recording_task(config)
   _, terms = task.loss(params, batch, rng)
-  calls = task.model.calls
-  encoded = tuple(np.asarray(x) for x in calls['encode'][1])
-  return terms, encoded, np.asarray(calls['project_condition'][0][0])
+  calls, chain = task.model.calls, diffact_model.CHAIN
+  encoded = tuple(np.asarray(x[chain]) for x in calls['encode'][1])
+  return terms, encoded, np.asarray(calls['project_condition'][0][0][chain])
 
 
 def test_condition_mask_acts_on_the_decoder_only():
@@ -445,13 +447,19 @@ def test_padded_batch_is_the_mean_of_its_videos_in_loss_and_gradient(kind):
   junk = np.random.default_rng(3)
   batch['features'] = np.where(padded[..., None], 50.0, batch['features']).astype(np.float32)
   x01 = jnp.where(padded[..., None], junk.uniform(size=x01.shape), x01)
-  loss = jax.jit(jax.value_and_grad(lambda p, b, d: task.loss_terms(p, b, d, None), has_aux=True))
-  (_, terms), grads = loss(params, batch, (x01, t, cond_mask))
+  chain = diffact_model.CHAIN
+  diffused = lambda x01, t, keep: {chain: diffusion_task.Diffused(x01, t, keep)}
+  loss = jax.jit(jax.value_and_grad(lambda p, b, d: task.forward(p, b, d), has_aux=True))
+  (_, terms), grads = loss(params, batch, diffused(x01, t, cond_mask))
   alone = []
   for row, n in enumerate(LENGTHS):
     video = {k: v[row : row + 1, :n] for k, v in batch.items()}
     alone.append(
-      loss(params, video, (x01[row : row + 1, :n], t[row : row + 1], cond_mask[row : row + 1, :n]))
+      loss(
+        params,
+        video,
+        diffused(x01[row : row + 1, :n], t[row : row + 1], cond_mask[row : row + 1, :n]),
+      )
     )
   for name in LOSS_TERMS:
     np.testing.assert_allclose(terms[name], np.mean([a[0][1][name] for a in alone]), rtol=1e-5)

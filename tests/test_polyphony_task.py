@@ -14,6 +14,7 @@ import pytest
 import polyseg
 from polyseg import methods
 from polyseg.configlib import load_config
+from polyseg.core import diffusion
 from polyseg.data import formats
 from polyseg.data import pipeline
 from polyseg.data import synthetic
@@ -247,7 +248,7 @@ def test_lagging_hand_gets_larger_weight_and_gradients(task_and_params):
 def test_each_hand_draws_its_own_time_and_mask(task_and_params, monkeypatch):
   task, params, batch, _ = task_and_params
   drawn = {'t': [], 'mask': []}
-  real_noisy, real_mask = polyphony.diffusion.noisy_labels, polyphony.diffusion.condition_mask
+  real_noisy, real_mask = diffusion.noisy_labels, diffusion.condition_mask
 
   def noisy(*args):
     x01, t = real_noisy(*args)
@@ -259,8 +260,8 @@ def test_each_hand_draws_its_own_time_and_mask(task_and_params, monkeypatch):
     drawn['mask'].append(args[0])
     return keep
 
-  monkeypatch.setattr(polyphony.diffusion, 'noisy_labels', noisy)
-  monkeypatch.setattr(polyphony.diffusion, 'condition_mask', cond_mask)
+  monkeypatch.setattr(diffusion, 'noisy_labels', noisy)
+  monkeypatch.setattr(diffusion, 'condition_mask', cond_mask)
   task.loss(params, batch, jax.random.PRNGKey(0), task.initial_task_state())
   assert len(drawn['t']) == 2 and not np.array_equal(drawn['t'][0], drawn['t'][1])
   assert not np.array_equal(

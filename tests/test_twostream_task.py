@@ -12,6 +12,7 @@ import pytest
 import polyseg
 from polyseg import methods
 from polyseg.configlib import load_config
+from polyseg.core import diffusion
 from polyseg.data import formats
 from polyseg.engine import train
 from polyseg.methods.diffact import task as diffact
@@ -74,9 +75,9 @@ def test_each_stream_draws_its_own_condition_mask(built, monkeypatch):
   batch = task.train_loader(data.train).batch(0)
   params = task.init(jax.random.PRNGKey(0), task.example_batch())
   keys = []
-  real = diffact.diffusion.condition_mask
+  real = diffusion.condition_mask
   monkeypatch.setattr(
-    diffact.diffusion,
+    diffusion,
     'condition_mask',
     lambda key, *args: keys.append(np.asarray(jax.random.key_data(key))) or real(key, *args),
   )

@@ -1,4 +1,6 @@
-"""DiffAct networks (docs/methods/diffact.md): ASFormer-style encoder and the denoising decoder.
+"""DiffAct networks (docs/methods/diffact.md): ASFormer-style encoder and the denoising decoder
+(assembled into DiffAct's model by `polyseg/methods/diffact/model.py`, and into HopaDIFF's and
+Polyphony's by theirs).
 
 Shapes: features `x [B, T, D]`, `mask [B, T]` float (1 = valid frame), logits `[B, T, C]`.
 All outputs are 0 on padded frames; valid frames get exactly what the unpadded video would get.
@@ -139,44 +141,3 @@ class Decoder(nn.Module):
   ) -> jax.Array:
     """x01 [B, T, C], t [B], cond [B, T, Fc], mask [B, T] -> logits [B, T, C]."""
     return self.denoise(x01, t, self.project_condition(cond, train), mask, train)
-
-
-class DiffActModel(nn.Module):
-  """Encoder + decoder of DiffAct. Apply with `method=DiffActModel.encode / project_condition / denoise`;
-  `__call__` runs everything and exists for `init`."""
-
-  encoder: Encoder
-  decoder: Decoder
-
-  def __post_init__(self):
-    if self.encoder.num_classes != self.decoder.num_classes:
-      raise ValueError(
-        f"polyseg/nn/asformer.py: DiffActModel encoder.num_classes={self.encoder.num_classes} "
-        f"!= decoder.num_classes={self.decoder.num_classes}"
-      )
-    super().__post_init__()
-
-  @property
-  def num_classes(self) -> int:
-    return self.encoder.num_classes
-
-  def encode(self, x: jax.Array, mask: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-    """x [B, T, D], mask [B, T] -> (encoder logits [B, T, C], condition [B, T, Fc])."""
-    return self.encoder(x, mask, train)
-
-  def project_condition(self, cond: jax.Array, train: bool) -> CondProjection:
-    """condition [B, T, Fc] -> per-decoder-layer Q/K terms, reused across denoising steps."""
-    return self.decoder.project_condition(cond, train)
-
-  def denoise(
-    self, x01: jax.Array, t: jax.Array, cond_proj: CondProjection, mask: jax.Array, train: bool
-  ) -> jax.Array:
-    """x01 [B, T, C] in [0, 1], t [B] int -> decoder logits of x0 [B, T, C]."""
-    return self.decoder.denoise(x01, t, cond_proj, mask, train)
-
-  def __call__(
-    self, x: jax.Array, x01: jax.Array, t: jax.Array, mask: jax.Array, train: bool
-  ) -> tuple[jax.Array, jax.Array]:
-    """-> (encoder logits [B, T, C], decoder logits [B, T, C])."""
-    encoder_logits, cond = self.encode(x, mask, train)
-    return encoder_logits, self.decoder(x01, t, cond, mask, train)

@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from polyseg.core import diffusion
 from polyseg.core import losses
 from polyseg.core import postprocess
 from polyseg.data import dataset as dataset_lib
@@ -22,8 +21,10 @@ from polyseg.data import formats
 from polyseg.data import pipeline
 from polyseg.data import synthetic
 from polyseg.data import tfds
+from polyseg.engine import diffusion_task
 from polyseg.engine import parallel
 from polyseg.engine import task as task_lib
+from polyseg.methods.diffact import model as diffact_model
 from polyseg.nn import asformer
 from polyseg.nn import layers
 
@@ -107,12 +108,7 @@ def decoder_terms(
   }
 
 
-def _dropout(key: jax.Array | None) -> dict[str, jax.Array]:
-  """The `rngs` of a model call: dropout with `key`, or none."""
-  return {} if key is None else {'dropout': key}
-
-
-class Task(task_lib.SingleLabelTask):
+class Task(diffusion_task.DiffusionTask, task_lib.SingleLabelTask):
   """DiffAct: see the module docstring and `polyseg.engine.task` for the interface."""
 
   rows = ('DiffAct',)
@@ -123,26 +119,19 @@ class Task(task_lib.SingleLabelTask):
     info: dataset_lib.DataInfo,
     train_videos: list[formats.Video] | None = None,
   ):
-    self.config = config
-    self.classes = list(info.classes)
-    self.background = info.background
-    self.info = info
-    self.input_dim = info.input_dim
-    self.num_classes = len(self.classes)
     m, dtype = config.model, layers.compute_dtype(config.model.dtype)
-    self.model = asformer.DiffActModel(
-      encoder=asformer.Encoder(num_classes=self.num_classes, dtype=dtype, **m.encoder.to_dict()),
-      decoder=asformer.Decoder(num_classes=self.num_classes, dtype=dtype, **m.decoder.to_dict()),
+    num_classes = len(info.classes)
+    model = diffact_model.DiffActModel(
+      encoder=asformer.Encoder(num_classes=num_classes, dtype=dtype, **m.encoder.to_dict()),
+      decoder=asformer.Decoder(num_classes=num_classes, dtype=dtype, **m.decoder.to_dict()),
     )
-    self.schedule = diffusion.cosine_schedule(config.diffusion.num_steps)
-    self.condition_types = diffusion.parse_condition_types(config.diffusion.condition_types)
+    super().__init__(config, info, model, (diffact_model.CHAIN,))
+    self.input_dim = info.input_dim
     self.train_decoder = any(config.loss[k] > 0 for k in DECODER_TERMS)
     self.class_weights = None
     if train_videos is not None and uses_class_weights(config.loss):  # every process's share counts
-      counts = parallel.sum_over_processes(pipeline.class_counts(train_videos, self.num_classes))
+      counts = parallel.sum_over_processes(pipeline.class_counts(train_videos, num_classes))
       self.class_weights = jnp.asarray(pipeline.class_weights(counts))
-    self._sample = jax.jit(self._sample_views)
-    self._encode = jax.jit(self._encode_views)
 
   # -- data ---------------------------------------------------------------------------------
 
@@ -158,134 +147,39 @@ class Task(task_lib.SingleLabelTask):
       'mask': np.ones((1, t), np.float32),
     }
 
-  # -- model --------------------------------------------------------------------------------
+  # -- the diffusion task's parts -----------------------------------------------------------
 
-  def init(self, rng: jax.Array, batch: dict[str, np.ndarray]):
-    b, t = batch['labels'].shape
-    return self.model.init(
-      {'params': rng, 'dropout': rng},
-      batch['features'],
-      jnp.zeros((b, t, self.num_classes)),
-      jnp.zeros((b,), jnp.int32),
-      batch['mask'],
-      train=False,
-    )
+  def model_inputs(self, batch: dict) -> dict:
+    return {'features': batch['features']}
 
-  def loss(self, params, batch, rng):
-    """Weighted DiffAct loss; returns (total, {term: value})."""
-    k_noise, k_cond, k_dropout = jax.random.split(rng, 3)
-    labels, mask = batch['labels'], batch['mask']
-    diffused = None
-    if self.train_decoder:
-      x01, t = diffusion.noisy_labels(
-        k_noise,
-        jax.nn.one_hot(labels, self.num_classes),
-        self.schedule,
-        self.config.diffusion.snr_scale,
-      )
-      cond_mask = diffusion.condition_mask(
-        k_cond,
-        labels,
-        batch['boundary'],
-        mask,
-        self.condition_types,
-        self.config.diffusion.boundary_threshold,
-      )
-      diffused = (x01, t, cond_mask)
-    return self.loss_terms(params, batch, diffused, k_dropout)
+  def targets(self, batch: dict) -> dict[str, diffusion_task.Target]:
+    labels = batch['labels']
+    y01 = jax.nn.one_hot(labels, self.num_classes)
+    return {diffact_model.CHAIN: diffusion_task.Target(y01, labels, batch['boundary'])}
 
-  def loss_terms(self, params, batch, diffused, dropout_rng):
-    """The weighted loss of given decoder inputs; returns (total, {term: value}).
-
-    diffused: (x01 [B, T, C] noisy labels in [0, 1], t [B] int, condition mask [B, T, 1]), or
-    None (encoder terms only). dropout_rng None: no dropout (the deterministic loss).
-    """
-    w = self.config.loss
-    train = dropout_rng is not None
-    k_enc, k_proj, k_dec = jax.random.split(dropout_rng, 3) if train else (None,) * 3
-    feats, labels, mask = batch['features'], batch['labels'], batch['mask']
-    enc_logits, cond = self.model.apply(
-      params, feats, mask, train=train, method=asformer.DiffActModel.encode, rngs=_dropout(k_enc)
-    )
-    terms = encoder_terms(enc_logits, labels, mask, w.soft_label, self.class_weights)
-    if diffused is not None:
-      x01, t, cond_mask = diffused
-      cond_proj = self.model.apply(
-        params,
-        cond * cond_mask,
-        train=train,
-        rngs=_dropout(k_proj),
-        method=asformer.DiffActModel.project_condition,
-      )
-      dec_logits = self.model.apply(
-        params,
-        x01,
-        t,
-        cond_proj,
-        mask,
-        train=train,
-        method=asformer.DiffActModel.denoise,
-        rngs=_dropout(k_dec),
-      )
+  def loss_terms(self, batch, encoder_logits, decoder_logits, task_state=None):
+    """Encoder CE + smoothing, decoder CE + smoothing + boundary, weighted by `config.loss`."""
+    del task_state
+    w, labels, mask = self.config.loss, batch['labels'], batch['mask']
+    chain = diffact_model.CHAIN
+    terms = encoder_terms(encoder_logits[chain], labels, mask, w.soft_label, self.class_weights)
+    if decoder_logits is not None:
       terms.update(
-        decoder_terms(dec_logits, labels, batch['boundary'], mask, w.soft_label, self.class_weights)
+        decoder_terms(
+          decoder_logits[chain], labels, batch['boundary'], mask, w.soft_label, self.class_weights
+        )
       )
-    total = sum(w[k] * v for k, v in terms.items())
-    return total, terms
+    return sum(w[k] * v for k, v in terms.items()), terms
+
+  def view_inputs(self, video: formats.Video) -> tuple[dict, np.ndarray]:
+    views = pipeline.temporal_views(video, self.config.data.sample_rate)
+    return {'features': views['features']}, views['mask']
 
   # -- prediction ---------------------------------------------------------------------------
 
-  def _encode_views(self, params, features, mask):
-    """Encoder class probabilities of the views.  features [R, T, D], mask [R, T] -> [R, T, C]."""
-    logits, _ = self.model.apply(
-      params, features, mask, train=False, method=asformer.DiffActModel.encode
-    )
-    return jax.nn.softmax(logits, -1) * mask[..., None]
-
-  def _sample_views(self, params, features, mask, rng):
-    """DDIM sampling of every view, one program.  features [R, T, D], mask [R, T] -> [R, T, C]."""
-    d = self.config.diffusion
-
-    def sample_one(view_features, view_mask, key):
-      view_features, view_mask = view_features[None], view_mask[None]
-      _, cond = self.model.apply(
-        params, view_features, view_mask, train=False, method=asformer.DiffActModel.encode
-      )
-      cond_proj = self.model.apply(
-        params, cond, train=False, method=asformer.DiffActModel.project_condition
-      )
-      denoise = lambda x01, t: self.model.apply(
-        params, x01, t, cond_proj, view_mask, train=False, method=asformer.DiffActModel.denoise
-      )
-      probs = diffusion.ddim_sample(
-        denoise,
-        key,
-        (1, view_mask.shape[1], self.num_classes),
-        self.schedule,
-        snr_scale=d.snr_scale,
-        sampling_steps=d.sampling_steps,
-        eta=d.eta,
-      )
-      return probs[0] * view_mask[0, :, None]
-
-    shared = d.get('shared_view_noise', False)  # False in runs saved before it
-    keys = diffusion.view_keys(rng, features.shape[0], shared)
-    return jax.vmap(sample_one)(features, mask, keys)
-
-  def predict_probs(self, params, video: formats.Video, rng: jax.Array) -> np.ndarray:
-    """Averaged class probabilities of the temporal views, [T', C] at the sampled rate."""
-    views = pipeline.temporal_views(video, self.config.data.sample_rate)
-    if self.config.eval.use_decoder:
-      probs = self._sample(params, views['features'], views['mask'], rng)
-    else:
-      probs = self._encode(params, views['features'], views['mask'])
-    probs = np.asarray(probs)
-    lengths = views['mask'].sum(1).astype(int)
-    return postprocess.merge_views([p[:n] for p, n in zip(probs, lengths)])
-
   def predict(self, params, video: formats.Video, rng: jax.Array) -> dict[str, np.ndarray]:
     e = self.config.eval
-    probs = self.predict_probs(params, video, rng)
+    probs = self.predict_probs(params, video, rng)[diffact_model.CHAIN]
     pred = postprocess.postprocess(
       probs, len(video.features), self.config.data.sample_rate, e.postprocess, e.postprocess_value
     )

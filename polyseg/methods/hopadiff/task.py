@@ -12,11 +12,9 @@ over the temporal views; rows 'HopaDIFF' (the mean of the two branches' final pr
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from polyseg.core import diffusion
 from polyseg.core import losses
 from polyseg.core import metrics
 from polyseg.core import postprocess
@@ -25,7 +23,7 @@ from polyseg.data import formats
 from polyseg.data import pipeline
 from polyseg.data import synthetic
 from polyseg.data import tfds
-from polyseg.engine import task as task_lib
+from polyseg.engine import diffusion_task
 from polyseg.methods.hopadiff import model as hopadiff
 from polyseg.methods.hopadiff import xlstm
 from polyseg.nn import asformer
@@ -141,7 +139,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> hopadiff
   )
 
 
-class Task(task_lib.BaseTask):
+class Task(diffusion_task.DiffusionTask):
   """HopaDIFF: see the module docstring and `polyseg.engine.task` for the interface."""
 
   def __init__(
@@ -156,21 +154,12 @@ class Task(task_lib.BaseTask):
         f'config.model.text.condition={config.model.text.condition!r}; '
         f'choose one of {hopadiff.TEXT_CONDITIONS}'
       )
-    self.config = config
-    self.info = info
-    self.classes = list(info.classes)
-    self.background = info.background
-    self.num_classes = len(self.classes)
-    self.model = build_model(config, self.num_classes)
     self.branches = hopadiff.BRANCHES if config.model.partial_branch else hopadiff.BRANCHES[:1]
+    super().__init__(config, info, build_model(config, len(info.classes)), self.branches)
     self.rows = (FUSED_ROW, *self.branches) if len(self.branches) > 1 else (FUSED_ROW,)
     self.input_keys = self.branches + (TEXT_KEYS if self.uses_text else ())
-    self.schedule = diffusion.cosine_schedule(config.diffusion.num_steps)
-    self.condition_types = diffusion.parse_condition_types(config.diffusion.condition_types)
     self.threshold = config.eval.threshold
     self._text_cache = {}
-    self._sample = jax.jit(self._sample_views)
-    self._encode = jax.jit(self._encode_views)
 
   @property
   def uses_text(self) -> bool:
@@ -235,96 +224,43 @@ class Task(task_lib.BaseTask):
       )
     return batch
 
-  # -- model --------------------------------------------------------------------------------
+  # -- the diffusion task's parts -----------------------------------------------------------
 
-  def init(self, rng: jax.Array, batch: dict[str, np.ndarray]):
-    b, t, c = batch['labels'].shape
-    return self.model.init(
-      {'params': rng, 'dropout': rng},
-      {k: batch[k] for k in self.input_keys},
-      jnp.zeros((b, t, c)),
-      jnp.zeros((b,), jnp.int32),
-      batch['mask'],
-      train=False,
-    )
+  activation = 'sigmoid'  # multi-label frames
 
-  def loss(self, params, batch, rng):
-    """Weighted HopaDIFF loss; returns (total, {'<branch>/<term>': value})."""
-    w, d = self.config.loss, self.config.diffusion
+  def model_inputs(self, batch: dict) -> dict:
+    return {k: batch[k] for k in self.input_keys}
+
+  def targets(self, batch: dict) -> dict[str, diffusion_task.Target]:
+    """Every branch denoises the sample's multi-hot labels."""
+    target = diffusion_task.Target(batch['labels'], batch['labels'], batch['boundary'])
+    return dict.fromkeys(self.branches, target)
+
+  def loss_keys(self, rng: jax.Array) -> diffusion_task.LossKeys:
+    """(encoder, noise, condition, projection, decoder) = split(rng, 5); the branches share one
+    diffusion time, one noisy label sequence and one condition mask per sample."""
     k_enc, k_noise, k_cond, k_proj, k_dec = jax.random.split(rng, 5)
-    labels, mask, boundary = batch['labels'], batch['mask'], batch['boundary']
-    inputs = {k: batch[k] for k in self.input_keys}
-    enc_logits, conditions = self.model.apply(
-      params,
-      inputs,
-      mask,
-      train=True,
-      method=hopadiff.HopaDIFFModel.encode,
-      rngs={'dropout': k_enc},
-    )
-    x01, t = diffusion.noisy_labels(k_noise, labels, self.schedule, d.snr_scale)
-    keep = diffusion.condition_mask(
-      k_cond, labels, boundary, mask, self.condition_types, d.boundary_threshold
-    )
-    projections = self.model.apply(
-      params,
-      {b: c * keep for b, c in conditions.items()},
-      train=True,
-      method=hopadiff.HopaDIFFModel.project_condition,
-      rngs={'dropout': k_proj},
-    )
-    dec_logits = self.model.apply(
-      params,
-      dict.fromkeys(self.branches, x01),
-      dict.fromkeys(self.branches, t),
-      projections,
-      mask,
-      train=True,
-      method=hopadiff.HopaDIFFModel.denoise,
-      rngs={'dropout': k_dec},
-    )
+    same = lambda key: dict.fromkeys(self.branches, key)
+    return diffusion_task.LossKeys(k_enc, k_proj, k_dec, same(k_noise), same(k_cond))
+
+  def loss_terms(self, batch, encoder_logits, decoder_logits, task_state=None):
+    """Per branch: encoder BCE, decoder BCE and the multi-label boundary loss; terms
+    '<branch>/<term>'."""
+    del task_state
+    w, labels, mask, boundary = self.config.loss, batch['labels'], batch['mask'], batch['boundary']
     terms, total = {}, 0.0
     for b in self.branches:
-      branch_terms = {
-        'encoder_bce': losses.binary_cross_entropy(enc_logits[b], labels, mask),
-        'decoder_bce': losses.binary_cross_entropy(dec_logits[b], labels, mask),
-        'decoder_boundary': losses.boundary_loss(dec_logits[b], boundary, mask, 'sigmoid'),
-      }
+      branch_terms = {'encoder_bce': losses.binary_cross_entropy(encoder_logits[b], labels, mask)}
+      if decoder_logits is not None:
+        branch_terms.update(
+          decoder_bce=losses.binary_cross_entropy(decoder_logits[b], labels, mask),
+          decoder_boundary=losses.boundary_loss(decoder_logits[b], boundary, mask, 'sigmoid'),
+        )
       total += sum(w[k] * v for k, v in branch_terms.items())
       terms.update({f'{b}/{k}': v for k, v in branch_terms.items()})
     return total, terms
 
-  # -- prediction ---------------------------------------------------------------------------
-
-  def _encode_views(self, params, inputs, mask):
-    """Encoder probabilities: inputs {key: [R, T, ...] or per-sample}, mask [R, T] -> [R, nb, T, C]."""
-    logits, _ = self.model.apply(
-      params, inputs, mask, train=False, method=hopadiff.HopaDIFFModel.encode
-    )
-    probs = jnp.stack([jax.nn.sigmoid(logits[b]) for b in self.branches], axis=1)
-    return probs * mask[:, None, :, None]
-
-  def _sample_views(self, params, inputs, mask, rng):
-    """DDIM sampling of both branches for every view, one program: inputs {key: [R, ...]}, mask
-    [R, T] -> probabilities [R, nb, T, C] (nb = number of branches)."""
-    d = self.config.diffusion
-    return diffusion.sample_chains(
-      self.model,
-      params,
-      inputs,
-      mask,
-      rng,
-      chains=self.branches,
-      num_classes=self.num_classes,
-      schedule=self.schedule,
-      snr_scale=d.snr_scale,
-      sampling_steps=d.sampling_steps,
-      eta=d.eta,
-      shared_view_noise=d.get('shared_view_noise', False),  # False in runs saved before it
-      activation='sigmoid',
-    )
-
-  def _view_inputs(self, sample: formats.ReferringSample):
+  def view_inputs(self, sample: formats.ReferringSample) -> tuple[dict, np.ndarray]:
     """Temporal views of the sample's features ({branch: [R, T', D]}, text repeated per view)."""
     views = pipeline.frame_views(
       {b: getattr(sample, b) for b in self.branches}, self.config.data.sample_rate, sample.name
@@ -335,19 +271,7 @@ class Task(task_lib.BaseTask):
       views.update({k: np.repeat(v, len(mask), axis=0) for k, v in text.items()})
     return views, mask
 
-  def predict_probs(self, params, sample, rng: jax.Array) -> dict[str, np.ndarray]:
-    """{branch: probabilities [T', C]} at the sampled rate, averaged over the temporal views."""
-    inputs, mask = self._view_inputs(sample)
-    if self.config.eval.use_decoder:
-      probs = self._sample(params, inputs, mask, rng)
-    else:
-      probs = self._encode(params, inputs, mask)
-    probs = np.asarray(probs)
-    lengths = mask.sum(1).astype(int)
-    return {
-      b: postprocess.merge_views([view[i, :n] for view, n in zip(probs, lengths)])
-      for i, b in enumerate(self.branches)
-    }
+  # -- prediction ---------------------------------------------------------------------------
 
   def predict(self, params, sample, rng: jax.Array) -> dict[str, np.ndarray]:
     """{row: probabilities [T, C] at the full frame rate, post-processed}."""

@@ -25,13 +25,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from polyseg.core import diffusion
 from polyseg.core import postprocess
 from polyseg.data import dataset as dataset_lib
 from polyseg.data import formats
 from polyseg.data import pipeline
 from polyseg.data import synthetic
 from polyseg.data import tfds
+from polyseg.engine import diffusion_task
 from polyseg.engine import parallel
 from polyseg.engine import task as task_lib
 from polyseg.methods.diffact import task as diffact
@@ -301,7 +301,7 @@ def hand_boosts(task_state, window: int, gap: float, max_boost: float) -> jax.Ar
 # The task.
 
 
-class Task(task_lib.SingleLabelTask):
+class Task(diffusion_task.DiffusionTask, task_lib.SingleLabelTask):
   """Polyphony stage 3: see the module docstring and `polyseg.engine.task` for the interface."""
 
   rows = ROWS
@@ -313,23 +313,16 @@ class Task(task_lib.SingleLabelTask):
     info: dataset_lib.DataInfo,
     train_videos: list[formats.MultiStreamVideo] | None = None,
   ):
-    self.config = config
-    self.info = info
-    self.classes = list(info.classes)
-    self.background = info.background
-    self.num_classes = len(self.classes)
     m, dtype = config.model, layers.compute_dtype(config.model.dtype)
-    decoder = lambda: asformer.Decoder(
-      num_classes=self.num_classes, dtype=dtype, **m.decoder.to_dict()
-    )
-    self.model = polyphony.PolyphonyModel(
-      encoder=asformer.Encoder(num_classes=self.num_classes, dtype=dtype, **m.encoder.to_dict()),
+    num_classes = len(info.classes)
+    decoder = lambda: asformer.Decoder(num_classes=num_classes, dtype=dtype, **m.decoder.to_dict())
+    model = polyphony.PolyphonyModel(
+      encoder=asformer.Encoder(num_classes=num_classes, dtype=dtype, **m.encoder.to_dict()),
       lh_decoder=decoder(),
       rh_decoder=decoder(),
       fusion=fusion.CrossHandFusion(dtype=dtype) if m.fusion else None,
     )
-    self.schedule = diffusion.cosine_schedule(config.diffusion.num_steps)
-    self.condition_types = diffusion.parse_condition_types(config.diffusion.condition_types)
+    super().__init__(config, info, model, HANDS)
     self.class_weights = None  # [2, C]: each hand's own, from its training frames
     if train_videos is not None and diffact.uses_class_weights(config.loss):
       counts = np.stack(
@@ -340,8 +333,6 @@ class Task(task_lib.SingleLabelTask):
       )
       counts = parallel.sum_over_processes(counts.astype(np.float64))
       self.class_weights = jnp.asarray(np.stack([pipeline.class_weights(c) for c in counts]))
-    self._sample = jax.jit(self._sample_views)
-    self._encode = jax.jit(self._encode_views)
 
   # -- data ---------------------------------------------------------------------------------
 
@@ -370,18 +361,7 @@ class Task(task_lib.SingleLabelTask):
     )
     return batch
 
-  # -- model --------------------------------------------------------------------------------
-
-  def init(self, rng: jax.Array, batch: dict[str, np.ndarray]):
-    b, t = batch['mask'].shape
-    return self.model.init(
-      {'params': rng, 'dropout': rng},
-      {hand: batch[hand] for hand in HANDS},
-      jnp.zeros((b, t, self.num_classes)),
-      jnp.zeros((b,), jnp.int32),
-      batch['mask'],
-      train=False,
-    )
+  # -- adaptive loss weights --------------------------------------------------------------------------------
 
   def initial_task_state(self):
     """Validation accuracies of the last `window` evaluations per hand [2, window] (%, newest
@@ -404,103 +384,53 @@ class Task(task_lib.SingleLabelTask):
       return jnp.ones(len(HANDS))
     return hand_boosts(task_state, a.window, a.gap, a.max_boost)
 
-  def loss(self, params, batch, rng, task_state):
-    """0.5 * sum over hands of (encoder terms + boost_hand * decoder terms); each hand draws its own
-    diffusion time and condition mask. Returns (total, {'<hand>/<term>': value, '<hand>/boost'})."""
-    w, d = self.config.loss, self.config.diffusion
+  # -- the diffusion task's parts -----------------------------------------------------------
+
+  def model_inputs(self, batch: dict) -> dict:
+    return {hand: batch[hand] for hand in HANDS}
+
+  def targets(self, batch: dict) -> dict[str, diffusion_task.Target]:
+    """Each hand denoises its own labels, with its own boundary target."""
+    targets = {}
+    for h, hand in enumerate(HANDS):
+      labels = batch['labels'][..., h]
+      y01 = jax.nn.one_hot(labels, self.num_classes)
+      targets[hand] = diffusion_task.Target(y01, labels, batch['boundary'][..., h])
+    return targets
+
+  def loss_keys(self, rng: jax.Array) -> diffusion_task.LossKeys:
+    """(encoder, projection, decoder, *hands) = split(rng, 5), (noise, condition) = split(hand):
+    each hand draws its own diffusion time and condition mask."""
     k_enc, k_proj, k_dec, *k_hands = jax.random.split(rng, 3 + len(HANDS))
-    mask = batch['mask']
-    enc_logits, conditions = self.model.apply(
-      params,
-      {hand: batch[hand] for hand in HANDS},
-      mask,
-      train=True,
-      method=polyphony.PolyphonyModel.encode,
-      rngs={'dropout': k_enc},
-    )
-    labels = {hand: batch['labels'][..., h] for h, hand in enumerate(HANDS)}
-    boundary = {hand: batch['boundary'][..., h] for h, hand in enumerate(HANDS)}
-    x01, t = {}, {}
+    noise, condition = {}, {}
     for hand, key in zip(HANDS, k_hands):
-      k_noise, k_cond = jax.random.split(key)
-      x01[hand], t[hand] = diffusion.noisy_labels(
-        k_noise, jax.nn.one_hot(labels[hand], self.num_classes), self.schedule, d.snr_scale
-      )
-      conditions[hand] = conditions[hand] * diffusion.condition_mask(
-        k_cond, labels[hand], boundary[hand], mask, self.condition_types, d.boundary_threshold
-      )
-    projections = self.model.apply(
-      params,
-      conditions,
-      train=True,
-      method=polyphony.PolyphonyModel.project_condition,
-      rngs={'dropout': k_proj},
-    )
-    dec_logits = self.model.apply(
-      params,
-      x01,
-      t,
-      projections,
-      mask,
-      train=True,
-      method=polyphony.PolyphonyModel.denoise,
-      rngs={'dropout': k_dec},
-    )
+      noise[hand], condition[hand] = jax.random.split(key)
+    return diffusion_task.LossKeys(k_enc, k_proj, k_dec, noise, condition)
+
+  def loss_terms(self, batch, encoder_logits, decoder_logits, task_state):
+    """0.5 * sum over hands of (encoder terms + boost_hand * decoder terms). Terms
+    '<hand>/<term>' and '<hand>/boost'."""
+    w, mask = self.config.loss, batch['mask']
     boosts = self.boosts(task_state)
     total, terms = 0.0, {}
     for h, hand in enumerate(HANDS):
+      labels, boundary = batch['labels'][..., h], batch['boundary'][..., h]
       weights = None if self.class_weights is None else self.class_weights[h]
-      enc = diffact.encoder_terms(enc_logits[hand], labels[hand], mask, w.soft_label, weights)
+      enc = diffact.encoder_terms(encoder_logits[hand], labels, mask, w.soft_label, weights)
       dec = diffact.decoder_terms(
-        dec_logits[hand], labels[hand], boundary[hand], mask, w.soft_label, weights
+        decoder_logits[hand], labels, boundary, mask, w.soft_label, weights
       )
       weighted = lambda part: sum(w[k] * v for k, v in part.items())
       total += 0.5 * (weighted(enc) + boosts[h] * weighted(dec))
       terms.update({f'{hand}/{k}': v for k, v in {**enc, **dec, 'boost': boosts[h]}.items()})
     return total, terms
 
-  # -- prediction ---------------------------------------------------------------------------
-
-  def _encode_views(self, params, inputs, mask):
-    """Encoder probabilities: inputs {hand: [R, T, D]}, mask [R, T] -> [R, 2, T, C]."""
-    logits, _ = self.model.apply(
-      params, inputs, mask, train=False, method=polyphony.PolyphonyModel.encode
-    )
-    probs = jnp.stack([jax.nn.softmax(logits[hand], -1) for hand in HANDS], axis=1)
-    return probs * mask[:, None, :, None]
-
-  def _sample_views(self, params, inputs, mask, rng):
-    """DDIM sampling of both hands for every view, one program: inputs {hand: [R, T, D]}, mask
-    [R, T] -> probabilities [R, 2, T, C]."""
-    d = self.config.diffusion
-    return diffusion.sample_chains(
-      self.model,
-      params,
-      inputs,
-      mask,
-      rng,
-      chains=HANDS,
-      num_classes=self.num_classes,
-      schedule=self.schedule,
-      snr_scale=d.snr_scale,
-      sampling_steps=d.sampling_steps,
-      eta=d.eta,
-      shared_view_noise=d.get('shared_view_noise', False),  # False in runs saved before it
-    )
-
-  def predict_probs(self, params, video, rng: jax.Array) -> dict[str, np.ndarray]:
-    """{row: class probabilities [T', C]} at the sampled rate, averaged over the temporal views."""
+  def view_inputs(self, video) -> tuple[dict, np.ndarray]:
     views = pipeline.frame_views(video.features, self.config.data.sample_rate, video.name)
     mask = views.pop('mask')
-    if self.config.eval.use_decoder:
-      probs = self._sample(params, views, mask, rng)
-    else:
-      probs = self._encode(params, views, mask)
-    probs, lengths = np.asarray(probs), mask.sum(1).astype(int)
-    return {
-      row: postprocess.merge_views([view[h, :n] for view, n in zip(probs, lengths)])
-      for h, row in enumerate(ROWS)
-    }
+    return views, mask
+
+  # -- prediction ---------------------------------------------------------------------------
 
   def predict(self, params, video, rng: jax.Array) -> dict[str, np.ndarray]:
     """{'LH': class ids [T], 'RH': class ids [T]} at the full frame rate, post-processed."""
@@ -509,7 +439,7 @@ class Task(task_lib.SingleLabelTask):
       row: postprocess.postprocess(
         probs, num_frames, self.config.data.sample_rate, e.postprocess, e.postprocess_value
       )
-      for row, probs in self.predict_probs(params, video, rng).items()
+      for row, probs in zip(ROWS, self.predict_probs(params, video, rng).values())
     }
 
   # -- rows ---------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from polyseg.data import pipeline
 from polyseg.data import synthetic
 from polyseg.data import tfds
 from polyseg.engine import task as task_lib
+from polyseg.methods.diffact import model as diffact_model
 from polyseg.methods.diffact import task as diffact
 from polyseg.methods.twostream import late_fusion
 
@@ -177,7 +178,7 @@ class Task(task_lib.SingleLabelTask):
         params[s],
         formats.Video(video.name, video.features[s], video.labels),
         jax.random.fold_in(rng, i),
-      )
+      )[diffact_model.CHAIN]
       for i, s in enumerate(STREAMS)
     ]
 
