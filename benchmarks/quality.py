@@ -109,7 +109,7 @@ def linear_baseline(config, steps: int) -> dict[str, float]:
 
 
 HOPADIFF_ROWS = {  # --ablations name -> (configs/hopadiff.py arg, table row)
-  'none': ('ablation=none', 'HopaDIFF'),
+  'none': ('ablation=none', "HopaDIFF (the paper's settings)"),
   'conditioned_values': (
     'decoder=conditioned_values',
     'HopaDIFF, conditioned values (not the paper)',
@@ -138,7 +138,7 @@ def constant_baseline(config) -> dict[str, dict[str, float]]:
   frequencies = np.concatenate([sample.labels for sample in data.train]).mean(axis=0)  # [C]
   results = {}
   for split, samples in (('val', data.val), ('test', data.read_test())):
-    scores = task.row_metrics(task.main_row)
+    scores = task.new_metrics(task.main_row)
     for sample in samples:
       labels = task.row_labels(sample, task.main_row)
       scores.add(np.broadcast_to(frequencies, labels.shape), labels)
@@ -160,7 +160,7 @@ def majority_baseline(config) -> dict[str, dict[str, dict[str, float]]]:
     scores = {}
     for row in task.rows:
       majority = np.bincount(np.concatenate([task.row_labels(v, row) for v in data.train])).argmax()
-      metrics = task.row_metrics(row)
+      metrics = task.new_metrics(row)
       for video in videos:
         labels = task.row_labels(video, row)
         metrics.add(np.full_like(labels, majority), labels)

@@ -5,6 +5,10 @@ minutes on 2 CPU cores:
 
   python -m polyseg.main --config=configs/diffact.py --workdir=runs/diffact
 
+It trains 800 steps (about 7 minutes on 2 quiet cores) and prints the test scores of the
+checkpoint val chose, near Acc 84, Edit 84, F1@50 84 (docs/methods/diffact.md: 84.4 / 83.5 / 84.0;
+the encoder alone reaches about 89 Acc at this budget).
+
 Published settings on your own features in the MS-TCN layout (docs/methods/diffact.md):
 
   python -m polyseg.main --config=configs/diffact.py:dataset=gtea --workdir=runs/gtea1 \
@@ -18,7 +22,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from polyseg import configlib
-from polyseg.engine import parallel
+from polyseg.engine import config as engine_config
 
 # Per-dataset settings from the DiffAct release (docs/methods/diffact.md).
 DATASETS = {
@@ -117,25 +121,12 @@ def get_config(arg=None):
   runlocal = configlib.flag(args, 'runlocal')
   s = DATASETS[dataset]
 
-  c = ml_collections.ConfigDict()
-  c.task = 'diffact'
-  c.seed = 0
-  c.parallel = parallel.default_config()  # mesh, FSDP, multi-host (docs/usage.md: Scale)
-
-  c.data = ml_collections.ConfigDict()
-  c.data.root = config_dict.placeholder(str)  # unset -> the synthetic dataset
-  c.data.check_only = False  # True: validate the data, print its statistics, train nothing
+  c = engine_config.base_config('diffact')
   c.data.split = 1
   c.data.input_dim = config_dict.placeholder(int)  # unset -> read from the features
-  c.data.classes = config_dict.placeholder(tuple)  # unset -> read from mapping.txt
   c.data.background = ('background',)  # names excluded from Edit / F1 (if present)
   c.data.sample_rate = s['sample_rate']
   c.data.boundary_sigma = s['boundary_sigma']
-  c.data.max_train_len = config_dict.placeholder(int)  # random crop of longer training videos
-  c.data.length_grouping = 0  # > 1: batches of similar lengths (less padding); see pipeline
-  c.data.cache_dir = '~/.cache/polyseg'
-  c.data.format = 'folder'  # 'folder': read the files; 'tfds': the TFDS conversion (docs/data.md)
-  c.data.tfds_dir = config_dict.placeholder(str)  # unset -> <dataset root>/tfds
   # Validation (checkpoint selection): splits/val.split<k>.bundle, else this seeded share of train.
   c.data.val_fraction = 0.15
   c.data.val_seed = 0
@@ -211,42 +202,16 @@ def get_config(arg=None):
   c.loss.soft_label = config_dict.FieldReference(s['soft_label'], field_type=float)
   c.loss.weight_soft_labels = False  # soft labels class-weighted too (not in DiffAct's reference)
 
-  c.optim = ml_collections.ConfigDict(
-    {'learning_rate': s['lr'], 'weight_decay': s['weight_decay'], 'grad_accum_steps': 1}
+  c.optim.update(learning_rate=s['lr'], weight_decay=s['weight_decay'])
+  c.train.update(
+    num_steps=s['num_steps'], eval_every=s['eval_every'], checkpoint_every=s['eval_every']
   )
-
-  c.train = ml_collections.ConfigDict(
-    {
-      'batch_size': 4,
-      'num_steps': s['num_steps'],
-      'log_every': 50,
-      'eval_every': s['eval_every'],
-      'checkpoint_every': s['eval_every'],
-      'keep_checkpoints': 3,
-      # A NaN/Inf loss or gradient: 'stop' the run naming the step, or 'skip' its update and go on
-      # (stopping after more than max_nonfinite_steps skipped steps).
-      'nonfinite': 'stop',
-      'max_nonfinite_steps': 100,
-      'best_metric': 'F1@50',
-    }
+  c.eval.update(
+    postprocess=s['postprocess'][0],
+    postprocess_value=s['postprocess'][1],
+    use_decoder=True,
   )
-
-  c.eval = ml_collections.ConfigDict(
-    {
-      'postprocess': s['postprocess'][0],
-      'postprocess_value': s['postprocess'][1],
-      'num_timelines': 4,
-      'seed': 0,
-      'use_decoder': True,
-      # The checkpoint the test split is scored with, once, after training: 'best' on val
-      # (by train.best_metric of the main row) or 'latest'.
-      'test_checkpoint': 'best',
-    }
-  )
-
-  c.predict = ml_collections.ConfigDict()
   c.predict.features = config_dict.placeholder(str)  # folder of <vid>.npy [D, T] for --mode=predict
-  c.predict.output = config_dict.placeholder(str)  # unset -> <workdir>/predict
 
   if runlocal:
     c.data.synthetic.update(

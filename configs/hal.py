@@ -24,7 +24,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from polyseg import configlib
-from polyseg.engine import parallel
+from polyseg.engine import config as engine_config
 
 
 def get_config(arg=None):
@@ -34,25 +34,13 @@ def get_config(arg=None):
   objective = configlib.choice(args, 'objective', ('pseudo', 'ctc'), 'pseudo')
   runlocal = configlib.flag(args, 'runlocal')
 
-  c = ml_collections.ConfigDict()
-  c.task = 'hal'
-  c.seed = 0
-  c.parallel = parallel.default_config()
-
-  c.data = ml_collections.ConfigDict()
-  c.data.root = config_dict.placeholder(str)  # unset -> the synthetic dataset
-  c.data.check_only = False  # True: validate the data, print its statistics, train nothing
+  c = engine_config.base_config('hal')
   c.data.split = 1
   c.data.transcripts = 'file'  # 'file': transcripts/<vid>.txt; 'labels': derived from groundTruth/
   c.data.input_dim = config_dict.placeholder(int)  # unset -> read from the features
-  c.data.classes = config_dict.placeholder(tuple)  # unset -> read from mapping.txt
   c.data.background = ('background',)  # names excluded from Edit / F1 / IoU / IoD (if present)
-  c.data.sample_rate = 1  # HAL aligns whole videos at their frame rate (must stay 1)
-  c.data.max_train_len = config_dict.placeholder(int)  # must stay unset: crops break transcripts
-  c.data.length_grouping = 0  # > 1: batches of similar lengths (less padding); see pipeline
-  c.data.cache_dir = '~/.cache/polyseg'
-  c.data.format = 'folder'  # 'folder' or 'tfds' (the transcripts layout; docs/data.md)
-  c.data.tfds_dir = config_dict.placeholder(str)
+  # HAL aligns whole videos at their frame rate: data.sample_rate must stay 1 and
+  # data.max_train_len unset (crops break transcripts).
   # The synthetic data of configs/diffact.py, with transcripts/ (so the DiffAct upper bound trains
   # on the very same videos).
   c.data.synthetic = configlib.load_config('diffact', f'runlocal={runlocal}').data.synthetic
@@ -103,41 +91,14 @@ def get_config(arg=None):
     }
   )
 
-  c.optim = ml_collections.ConfigDict(
-    {'learning_rate': 5e-4, 'weight_decay': 0.0, 'grad_accum_steps': 1}
+  # Self-training drifts: on the synthetic data the val F1@50 of the segmentation peaks at 1000
+  # steps and falls after (benchmarks/quality.py --task=hal_defaults; docs/methods/hal.md); the
+  # best checkpoint on val is the one tested.
+  c.train.update(num_steps=1000, eval_every=250, checkpoint_every=250)
+  c.eval.update(
+    decode='grammar',  # 'grammar': best training transcript, then aligned | 'argmax'
+    decode_batch=16,  # training transcripts aligned at once
   )
-  c.train = ml_collections.ConfigDict(
-    {
-      'batch_size': 4,
-      # Self-training drifts: on the synthetic data the val F1@50 of the segmentation peaks at
-      # 1000 steps and falls after (benchmarks/quality.py --task=hal_defaults; docs/methods/hal.md); the
-      # best checkpoint on val is the one tested.
-      'num_steps': 1000,
-      'log_every': 50,
-      'eval_every': 250,
-      'checkpoint_every': 250,
-      'keep_checkpoints': 3,
-      # A NaN/Inf loss or gradient: 'stop' the run naming the step, or 'skip' its update and go on
-      # (stopping after more than max_nonfinite_steps skipped steps).
-      'nonfinite': 'stop',
-      'max_nonfinite_steps': 100,
-      'best_metric': 'F1@50',
-    }
-  )
-  c.eval = ml_collections.ConfigDict(
-    {
-      'decode': 'grammar',  # 'grammar': best training transcript, then aligned | 'argmax'
-      'decode_batch': 16,  # training transcripts aligned at once
-      'num_timelines': 4,
-      'seed': 0,
-      # The checkpoint the test split is scored with, once, after training: 'best' on val
-      # (by train.best_metric of the main row) or 'latest'.
-      'test_checkpoint': 'best',
-    }
-  )
-  c.predict = ml_collections.ConfigDict()
-  c.predict.features = config_dict.placeholder(str)  # folder of <vid>.npy [D, T] for --mode=predict
-  c.predict.output = config_dict.placeholder(str)  # unset -> <workdir>/predict
 
   if runlocal:
     c.model.update(num_f_maps=16, num_levels=3, layers_per_level=1)

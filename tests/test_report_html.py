@@ -15,10 +15,12 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from polyseg.configlib import load_config
 from polyseg.core import metrics
+from polyseg.data import dataset as dataset_lib
 from polyseg.data import formats
-from polyseg.engine import task as task_lib
 from polyseg.engine import train
+from polyseg.methods.diffact import task as diffact
 from polyseg.report import html as report_html
 from polyseg.report import plots
 from polyseg.report import segment_files
@@ -178,12 +180,10 @@ def test_frame_counts_and_f1_multi_hot():
   np.testing.assert_allclose(segment_files.class_f1(counts), [200 / 3, 0.0, 0.0])
 
 
-class FakeTask(task_lib.SingleLabelTask):
-  """What write_outputs needs of a single-label task."""
-
-  rows = ('DiffAct',)
-  classes = CLASSES
-  background = (0,)
+def diffact_task():
+  """A DiffAct task of CLASSES (background: the first), for write_outputs."""
+  info = dataset_lib.DataInfo(tuple(CLASSES), 4, (0,))
+  return diffact.Task(load_config('diffact', 'runlocal=True'), info)
 
 
 def make_workdir(root) -> None:
@@ -196,12 +196,12 @@ def make_workdir(root) -> None:
   predictions = {'v1': {'DiffAct': pred}, 'v"2<': {'DiffAct': pred[::-1]}}
   for folder, step in (('eval', 10), ('eval_val', 8)):
     outdir = os.path.join(root, 'runs', 'diffact', folder)
-    train.write_outputs(FakeTask(), outdir, videos, predictions, num_timelines=0)
+    train.write_outputs(diffact_task(), outdir, videos, predictions, num_timelines=0)
     results = {'DiffAct': {'Acc': 81.26, 'Edit': 70.04, 'F1@10': 12.0, 'F1@25': 11.0, 'F1@50': 9.0}}
     train.write_json(os.path.join(outdir, 'results.json'), {'step': step, 'results': results})
   unlabelled = [types.SimpleNamespace(name='new', labels=None)]
   outdir = os.path.join(root, 'runs', 'diffact', 'predict')
-  train.write_outputs(FakeTask(), outdir, unlabelled, {'new': {'DiffAct': pred}}, 0)
+  train.write_outputs(diffact_task(), outdir, unlabelled, {'new': {'DiffAct': pred}}, 0)
   active = np.zeros((50, 3), bool)
   active[5:20, 0] = active[10:40, 1] = True
   predicted = np.zeros((50, 3), bool)

@@ -6,6 +6,7 @@ import math
 import os
 import pathlib
 import re
+import types
 
 import jax
 import jax.numpy as jnp
@@ -354,3 +355,25 @@ def test_model_init_torch_redraws_the_parameters_as_pytorch_and_bad_values_are_r
   tiny_config.model.init = 'xavier'
   with pytest.raises(ValueError, match="model.init='xavier'"):
     _engine(tiny_config, str(tmp_path / 'bad'))
+
+
+def test_timeline_rows_show_each_rows_own_ground_truth_above_it():
+  """One ground-truth bar when the rows share the video's labels; each row's own above it when
+  they have their own (Polyphony's hands); predictions only for an unlabelled video."""
+  hands = ('LH', 'RH')
+  own = types.SimpleNamespace(
+    row_labels=lambda video, row: video.labels[:, hands.index(row)], timeline=lambda p: p + 10
+  )
+  video = types.SimpleNamespace(name='v', labels=np.array([[0, 1], [2, 1]]))
+  predictions = {'LH': np.array([0, 0]), 'RH': np.array([1, 1])}
+  rows = train.timeline_rows(own, video, predictions)
+  assert list(rows) == ['LH ground truth', 'LH', 'RH ground truth', 'RH']
+  np.testing.assert_array_equal(rows['LH ground truth'], [0, 2])
+  np.testing.assert_array_equal(rows['RH ground truth'], [1, 1])
+  np.testing.assert_array_equal(rows['RH'], [11, 11])  # through task.timeline
+  shared = types.SimpleNamespace(row_labels=lambda video, row: video.labels, timeline=lambda p: p)
+  single = types.SimpleNamespace(name='v', labels=np.array([0, 2]))
+  rows = train.timeline_rows(shared, single, predictions)
+  assert list(rows) == ['ground truth', 'LH', 'RH'] and rows['ground truth'] is single.labels
+  unlabelled = types.SimpleNamespace(name='v', labels=None)
+  assert list(train.timeline_rows(own, unlabelled, predictions)) == ['LH', 'RH']

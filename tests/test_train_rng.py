@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from polyseg.configlib import load_config
+from polyseg.engine import task as task_lib
 from polyseg.engine import train
 
 
-class RngTask:
+class RngTask(task_lib.Trainable):
   """The least a task needs for `init_state` and `make_train_step`: one parameter, a loss that
   trains it, and, as metrics, what the step's rng is (its key data) and a number drawn from it."""
 
@@ -19,11 +20,6 @@ class RngTask:
   def init(self, rng, batch):
     del rng
     return {'w': jnp.ones_like(batch['x'])}
-
-  parameter_init = 'flax'
-
-  def initial_task_state(self):
-    return None
 
   def loss(self, params, batch, rng):
     loss = jnp.sum((params['w'] * batch['x']) ** 2)

@@ -71,18 +71,14 @@ def dropout_rngs(key: jax.Array | None) -> dict[str, jax.Array]:
   return {} if key is None else {'dropout': key}
 
 
-class DiffusionTask(task_lib.BaseTask):
+class DiffusionTask(task_lib.Task):
   """Training forward pass and sampling of K label chains; see the module docstring."""
 
   activation = 'softmax'
   train_decoder = True
 
   def __init__(self, config: ml_collections.ConfigDict, info: dataset_lib.DataInfo, model, chains):
-    self.config = config
-    self.info = info
-    self.classes = list(info.classes)
-    self.background = info.background
-    self.num_classes = len(self.classes)
+    task_lib.Task.__init__(self, config, info)
     self.model = model
     self.chains = tuple(chains)
     self.schedule = diffusion.cosine_schedule(config.diffusion.num_steps)

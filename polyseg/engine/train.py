@@ -14,6 +14,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -338,6 +339,64 @@ class StepLog:
     self.t0 = time.time()
 
 
+def train_loop(
+  state: dict[str, Any],
+  train_step: Callable,
+  batch_of: Callable[[int], Any],
+  *,
+  ckpt: checkpoint_lib.Checkpointer,
+  writer: metric_writer.MetricWriter,
+  num_steps: int,
+  log_every: int,
+  eval_every: int,
+  checkpoint_every: int,
+  evaluate: Callable[[int, dict[str, Any]], tuple[dict[str, Any], Any]],
+  desc: str,
+  nonfinite: str = 'stop',
+  max_nonfinite_steps: int = 0,
+  early_stop: Callable[[int], bool] = lambda step: False,
+  show: bool = True,
+) -> tuple[dict[str, Any], int | None]:
+  """The training loop of every trainer (the engine, Polyphony's stages 1 and 2).
+
+  Runs `state, metrics = train_step(state, batch_of(step))` from `state['step']` to `num_steps`
+  under a progress bar (`desc`; hidden where `show` is False). Every `log_every` steps the metrics
+  are logged (`StepLog`: means, steps/s and the non-finite guard, before any checkpoint). Every
+  `eval_every` steps and at the last, `evaluate(step, state) -> (state, ranking)` and a checkpoint
+  ranked by `ranking` (the checkpointer's best metric: a dict or a number; None: unranked); a
+  plain checkpoint every `checkpoint_every` steps. SIGTERM / Ctrl-C stops after the running step
+  with a checkpoint (`Interrupted`); `early_stop(step)` ends the loop sooner (stage 2's patience).
+  Returns (state, the step of the last evaluation, None if none ran)."""
+  step = int(state['step'])
+  evaluated = None
+  with (
+    tqdm.tqdm(total=num_steps, initial=step, desc=desc, unit='step', disable=not show) as bar,
+    StopSignals() as signals,
+  ):
+    log = StepLog(writer, bar, step, nonfinite, max_nonfinite_steps)
+    while step < num_steps and not early_stop(step):
+      state, metrics = train_step(state, batch_of(step))
+      log.add(metrics)
+      step += 1
+      bar.update(1)
+      log_due = step % log_every == 0 or step == num_steps
+      eval_due = step % eval_every == 0 or step == num_steps
+      checkpoint_due = step % checkpoint_every == 0
+      stop = signals.requested(log_due) if step < num_steps else 0
+      if log_due or eval_due or stop or checkpoint_due:
+        log.write(step)  # before any checkpoint: a non-finite step stops the run first
+      if eval_due:
+        state, ranking = evaluate(step, state)
+        evaluated = step
+        ckpt.save(step, state, metrics=ranking)
+        log.restart_clock()
+      elif stop or checkpoint_due:
+        ckpt.save(step, state)
+      if stop:
+        stop_training(stop, step, state, ckpt, writer)
+  return state, evaluated
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluation and outputs.
 
@@ -361,8 +420,24 @@ def score(
   per_row = {}
   for video in videos:
     for row, pred in predictions[video.name].items():
-      per_row.setdefault(row, task.row_metrics(row)).add(pred, task.row_labels(video, row))
+      per_row.setdefault(row, task.new_metrics(row)).add(pred, task.row_labels(video, row))
   return task.summarize({row: m.result() for row, m in per_row.items()})
+
+
+def timeline_rows(task, video, predictions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The bars of a video's timeline: its ground truth, then each row's prediction; when the rows
+  have ground truths of their own (`task.row_labels`, Polyphony's hands), each row's ground truth
+  just above its prediction. Class ids [T] or multi-hot [T, C] (`task.timeline`)."""
+  if video.labels is None:
+    return {row: task.timeline(pred) for row, pred in predictions.items()}
+  truths = {row: task.row_labels(video, row) for row in predictions}
+  if all(truth is video.labels for truth in truths.values()):
+    return {'ground truth': video.labels, **{r: task.timeline(p) for r, p in predictions.items()}}
+  rows = {}
+  for row, pred in predictions.items():
+    rows[f'{row} ground truth'] = truths[row]
+    rows[row] = task.timeline(pred)
+  return rows
 
 
 def write_outputs(
@@ -381,7 +456,9 @@ def write_outputs(
       path = os.path.join(pred_dir, task.prediction_file(video.name, row))
       os.makedirs(os.path.dirname(path), exist_ok=True)
       formats.write_labels(path, task.label_lines(pred))
-  timelines = [(video.name, task.timeline_rows(video, predictions[video.name])) for video in videos]
+  timelines = [
+    (video.name, timeline_rows(task, video, predictions[video.name])) for video in videos
+  ]
   segment_files.write_segments(
     os.path.join(outdir, 'segments.json'), timelines, task.classes, background=task.background
   )
@@ -609,36 +686,29 @@ def train_and_evaluate(method, config: ml_collections.ConfigDict, workdir: str) 
     task.update_task_state, out_shardings=shardings.get('task_state'), donate_argnums=(0,)
   )
   settings = config.train
-  num_steps = settings.num_steps
-  val_step = None  # the step whose val evaluation (and calibration) this process did last
-  with (
-    tqdm.tqdm(
-      total=num_steps, initial=step, desc='train', unit='step', disable=not is_main_process()
-    ) as bar,
-    StopSignals() as signals,
-  ):
-    log = StepLog(writer, bar, step, settings.nonfinite, settings.max_nonfinite_steps)
-    while step < num_steps:
-      state, metrics = train_step(state, parallel.global_batch(loader.batch(step), mesh))
-      log.add(metrics)
-      step += 1
-      bar.update(1)
-      log_due = step % settings.log_every == 0 or step == num_steps
-      eval_due = step % settings.eval_every == 0 or step == num_steps
-      stop = signals.requested(log_due) if step < num_steps else 0
-      if log_due or eval_due or stop or step % settings.checkpoint_every == 0:
-        log.write(step)  # before any checkpoint: a non-finite step stops the run first
-      if eval_due:
-        val, _ = evaluate_val(task, state['params'], data, config, outdir_of('val'), step, writer)
-        val_step = step
-        if 'task_state' in state:
-          state['task_state'] = update_task_state(state['task_state'], val)
-        ckpt.save(step, state, metrics=val[task.main_row])
-        log.restart_clock()
-      elif stop or step % settings.checkpoint_every == 0:
-        ckpt.save(step, state)
-      if stop:
-        stop_training(stop, step, state, ckpt, writer)
+
+  def evaluate(step, state):
+    val, _ = evaluate_val(task, state['params'], data, config, outdir_of('val'), step, writer)
+    if 'task_state' in state:
+      state['task_state'] = update_task_state(state['task_state'], val)
+    return state, val[task.main_row]
+
+  state, val_step = train_loop(  # val_step: the step whose val evaluation this process did last
+    state,
+    train_step,
+    lambda step: parallel.global_batch(loader.batch(step), mesh),
+    ckpt=ckpt,
+    writer=writer,
+    num_steps=settings.num_steps,
+    log_every=settings.log_every,
+    eval_every=settings.eval_every,
+    checkpoint_every=settings.checkpoint_every,
+    evaluate=evaluate,
+    desc='train',
+    nonfinite=settings.nonfinite,
+    max_nonfinite_steps=settings.max_nonfinite_steps,
+    show=is_main_process(),
+  )
   writer.close()
   results = final_test(task, state, ckpt, data, config, outdir_of, val_step)
   ckpt.close()

@@ -1,10 +1,12 @@
 """DiffAct task (docs/methods/diffact.md): single-stream features, one label per frame.
 
-Loss: encoder CE + smoothing, decoder CE + smoothing + boundary, with one diffusion time and one
-condition mask per video. Prediction: encoder once, DDIM sampling (one jitted program: `lax.scan` over
-the sampling steps, `vmap` over the temporal views), views averaged, post-processed, restored to the
-full frame rate. With `config.eval.use_decoder=False` the encoder's own prediction is used (and, when
-all decoder loss weights are 0, the decoder is never run: the "encoder alone" baseline).
+A `DiffusionTask` with one label chain: the diffusion (noising, condition masks, the training
+forward pass, DDIM sampling of every temporal view as one jitted program) is
+`polyseg.engine.diffusion_task`'s; DiffAct supplies its model (`model.py`), its target (the one-hot
+labels), its loss terms (encoder CE + smoothing, decoder CE + smoothing + boundary) and its decoding
+(views averaged, post-processed, restored to the full frame rate). With
+`config.eval.use_decoder=False` the encoder's own prediction is used (and, when all decoder loss
+weights are 0, the decoder is never run: the "encoder alone" baseline).
 """
 
 import os

@@ -231,13 +231,9 @@ class Task(task_lib.SingleLabelTask):
     self, config: ml_collections.ConfigDict, info: dataset_lib.DataInfo, train_videos=None
   ):
     del train_videos  # what training needs from the data is in info.task_info
+    super().__init__(config, info)
     m = config.model
-    self.config = config
-    self.info = info
-    self.classes = list(info.classes)
-    self.background = info.background
     self.input_dim = info.input_dim
-    self.num_classes = len(self.classes)
     self.objective = _check_choice('loss.objective', config.loss.objective, OBJECTIVES)
     _check_choice('align.length_model', config.align.length_model, LENGTH_MODELS)
     _check_choice('eval.decode', config.eval.decode, DECODERS)
@@ -402,7 +398,8 @@ class Task(task_lib.SingleLabelTask):
       rows['Alignment'] = self._align_frames(frame_log_probs, video.transcript, num_frames)
     return rows
 
-  def row_metrics(self, row: str):
+  def new_metrics(self, row: str | None = None):
+    """The alignment row's metrics (MoF, IoU, IoD), or segmentation's (Acc, Edit, F1@k)."""
     if row == 'Alignment':
       return metrics.AlignmentMetrics(background=self.background)
-    return self.new_metrics()
+    return super().new_metrics(row)

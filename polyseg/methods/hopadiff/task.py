@@ -1,7 +1,8 @@
 """HopaDIFF task (docs/methods/hopadiff.md): referring action segmentation, multi-label frames.
 
 A video here is a `formats.ReferringSample`: one referred person (holistic and partial features, the
-reference text, multi-hot labels [T, C]). Loss per branch (holistic, partial): encoder BCE, decoder BCE
+reference text, multi-hot labels [T, C]). A `DiffusionTask` (`polyseg.engine.diffusion_task`) with a
+label chain per branch. Loss per branch (holistic, partial): encoder BCE, decoder BCE
 and the multi-label boundary loss, with one diffusion time, one noisy label sequence and one condition
 mask per sample shared by both branches. Prediction: encoders, HP-xLSTM and condition projections once,
 then one DDIM program (`lax.scan` over steps) that runs both branches' chains side by side, `vmap`ped
@@ -299,5 +300,6 @@ class Task(diffusion_task.DiffusionTask):
   def timeline(self, probs: np.ndarray) -> np.ndarray:
     return postprocess.binarize(probs, self.threshold)
 
-  def new_metrics(self) -> metrics.MultiLabelMetrics:
+  def new_metrics(self, row: str | None = None) -> metrics.MultiLabelMetrics:
+    del row
     return metrics.MultiLabelMetrics(threshold=self.threshold)

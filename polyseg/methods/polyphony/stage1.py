@@ -159,7 +159,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   return alternate_heads(tx, config.alternate_every) if config.alternate_every else tx
 
 
-class ClipClassification(task_lib.BaseTask):
+class ClipClassification(task_lib.Trainable):
   """Stage 1's objective in the engine's task interface (`example_batch`, `init`, `loss`), so that
   `train.init_state` and `train.make_train_step` (one jitted step, state donated, NaN guard) run it.
 
@@ -357,30 +357,28 @@ def fit(
   apply = make_apply(model)
   step = int(state['step'])
   writer = metric_writer.MetricWriter(str(stage_dir), resume_step=step if resumed else None)
-  with (
-    tqdm.tqdm(total=config.num_steps, initial=step, desc='stage 1', unit='step') as bar,
-    train_lib.StopSignals() as signals,
-  ):
-    log = train_lib.StepLog(writer, bar, step)
-    while step < config.num_steps:
-      state, metrics = train_step(state, clip_batch(sampler, train_frames, step, config))
-      log.add(metrics)
-      step += 1
-      bar.update(1)
-      validation_due = step % config.eval_every == 0 or step == config.num_steps
-      log_due = step % config.log_every == 0 or validation_due
-      stop = signals.requested(log_due)
-      if log_due or stop:
-        log.write(step)
-      if validation_due and val_videos:
-        results = validate(apply, state['params'], val_videos, frames, config)
-        writer.write(step, {f'val/{name}': value for name, value in results.items()})
-        ckpt.save(step, state, metrics={BEST_METRIC: results['acc']})
-        log.restart_clock()
-      elif validation_due or step % config.checkpoint_every == 0:
-        ckpt.save(step, state)
-      if stop:
-        train_lib.stop_training(stop, step, state, ckpt, writer)
+
+  def evaluate(step, state):
+    if not val_videos:
+      return state, None
+    results = validate(apply, state['params'], val_videos, frames, config)
+    writer.write(step, {f'val/{name}': value for name, value in results.items()})
+    return state, {BEST_METRIC: results['acc']}
+
+  state, _ = train_lib.train_loop(
+    state,
+    train_step,
+    lambda step: clip_batch(sampler, train_frames, step, config),
+    ckpt=ckpt,
+    writer=writer,
+    num_steps=config.num_steps,
+    log_every=config.log_every,
+    eval_every=config.eval_every,
+    checkpoint_every=config.checkpoint_every,
+    evaluate=evaluate,
+    desc='stage 1',
+  )
+  step = int(state['step'])
   writer.close()
   best = ckpt.best_step()
   params = state['params'] if best is None or best == step else ckpt.restore(state, best)['params']

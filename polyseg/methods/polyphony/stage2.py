@@ -204,7 +204,7 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-class Alignment(task_lib.BaseTask):
+class Alignment(task_lib.Trainable):
   """Stage 2's objective in the engine's task interface (`example_batch`, `init`, `loss`), so that
   `train.init_state` and `train.make_train_step` (one jitted step, state donated, NaN guard) run it.
 
@@ -374,36 +374,38 @@ def fit(
     'steps',
     flush=True,
   )
-  stopped = lambda step: best is not None and step - best[1] >= t.patience * steps_per_eval
   train_step = train_lib.make_train_step(objective, tx, step_rng)
   step = int(state['step'])
   writer = metric_writer.MetricWriter(str(stage_dir), resume_step=step if resumed else None)
-  with (
-    tqdm.tqdm(total=num_steps, initial=step, desc='stage 2', unit='step') as bar,
-    train_lib.StopSignals() as signals,
-  ):
-    log = train_lib.StepLog(writer, bar, step)
-    while step < num_steps and not stopped(step):
-      batch = loader.batch(step)
-      del batch['boundary']
-      state, metrics = train_step(state, batch)
-      log.add(metrics)
-      step += 1
-      bar.update(1)
-      validation_due = step % steps_per_eval == 0 or step == num_steps
-      log_due = step % t.log_every == 0 or validation_due
-      stop = signals.requested(log_due)
-      if log_due or stop:
-        log.write(step)
-      if validation_due:
-        results = validate(objective, state['params'], val_videos)
-        writer.write(step, {f'val/{name}': value for name, value in results.items()})
-        ckpt.save(step, state, metrics={BEST_METRIC: -results['loss']})
-        if ckpt.best_step() == step:
-          best = (results['loss'], step)
-        log.restart_clock()
-      if stop:
-        train_lib.stop_training(stop, step, state, ckpt, writer)
+
+  def evaluate(step, state):
+    nonlocal best
+    results = validate(objective, state['params'], val_videos)
+    writer.write(step, {f'val/{name}': value for name, value in results.items()})
+    if best is None or results['loss'] < best[0]:  # as the checkpointer ranks them
+      best = (results['loss'], step)
+    return state, {BEST_METRIC: -results['loss']}
+
+  def batch_of(step):
+    batch = loader.batch(step)
+    del batch['boundary']
+    return batch
+
+  state, _ = train_lib.train_loop(
+    state,
+    train_step,
+    batch_of,
+    ckpt=ckpt,
+    writer=writer,
+    num_steps=num_steps,
+    log_every=t.log_every,
+    eval_every=steps_per_eval,
+    checkpoint_every=steps_per_eval,  # a checkpoint at every validation only
+    evaluate=evaluate,
+    desc='stage 2',
+    early_stop=lambda step: best is not None and step - best[1] >= t.patience * steps_per_eval,
+  )
+  step = int(state['step'])
   writer.close()
   if step < num_steps:
     print(

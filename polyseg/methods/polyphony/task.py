@@ -3,7 +3,8 @@
 Stages 1 (ADH-ViT, `stage1.py`) and 2 (semantic conditioning, `stage2.py`)
 write features; `prepare` runs the ones `config.stage` asks for, each reading the previous stage's
 output in the workdir (else `config.data.root`, else the synthetic two-hand dataset), and points stage 3
-at the result. Stage 3 is this task: one shared DiffAct encoder over each hand's (MAS) features,
+at the result. Stage 3 is this task, a `DiffusionTask` with a label chain per hand: one shared
+DiffAct encoder over each hand's (MAS) features,
 cross-hand fusion of the decoder conditions, one decoder per hand with its own diffusion time and
 condition mask, hand-specific class weights, each hand's loss halved, and adaptive loss weighting: the
 hand whose mean validation accuracy over the last `window` evaluations lags the other's by more than
@@ -458,11 +459,3 @@ class Task(diffusion_task.DiffusionTask, task_lib.SingleLabelTask):
 
   def prediction_file(self, name: str, row: str) -> str:
     return os.path.join(row.lower(), f'{name}.txt')
-
-  def timeline_rows(self, video, predictions: dict) -> dict:
-    rows = {}
-    for row in ROWS:
-      if video.labels is not None:
-        rows[f'{row} ground truth'] = self.row_labels(video, row)
-      rows[row] = predictions[row]
-    return rows

@@ -125,9 +125,7 @@ class Task(task_lib.SingleLabelTask):
     info: dataset_lib.DataInfo,
     train_videos: list[formats.MultiStreamVideo] | None = None,
   ):
-    self.config, self.info = config, info
-    self.classes, self.background = list(info.classes), info.background
-    self.num_classes = len(self.classes)
+    super().__init__(config, info)
     self.streams = {
       s: diffact.Task(
         config, dataset_lib.DataInfo(info.classes, info.input_dim[s], info.background), train_videos
