@@ -5,6 +5,10 @@ the transcripts of the training videos only, never their frame labels:
 
   python -m polyseg.main --config=configs/hal.py --workdir=runs/hal
 
+It trains 1,000 steps (validating every 250) and prints the test scores of the checkpoint val chose:
+segmentation from the video alone near Acc 75, F1@50 57, and alignment given the transcript near
+MoF 88 (docs/methods/hal.md: 75.2 / 57.3 / 88.2 at step 250).
+
 Your own features in the MS-TCN layout with `transcripts/<vid>.txt` (one action per line, in order;
 test videos also need `groundTruth/` for the metrics):
 

@@ -22,30 +22,20 @@ PADDED_T = 24
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
+TINY = {"num_layers": 2, "num_f_maps": 8, "kernel_size": 3, "num_classes": C, "dropout": 0.5}
+
+
 def tiny_encoder(**overrides) -> asformer.Encoder:
   fields = {
-    "num_layers": 2,
-    "num_f_maps": 8,
-    "kernel_size": 3,
-    "num_classes": C,
-    "dropout": 0.5,
     "channel_dropout": 0.5,
     "temporal_dropout": 0.5,
     "feature_layer_indices": (-2, 1, -1, 0),
   }
-  return asformer.Encoder(**(fields | overrides))
+  return asformer.Encoder(**(TINY | fields | overrides))
 
 
 def tiny_decoder(**overrides) -> asformer.Decoder:
-  fields = {
-    "num_layers": 2,
-    "num_f_maps": 8,
-    "kernel_size": 3,
-    "num_classes": C,
-    "dropout": 0.5,
-    "time_emb_dim": 16,
-  }
-  return asformer.Decoder(**(fields | overrides))
+  return asformer.Decoder(**(TINY | {"time_emb_dim": 16} | overrides))
 
 
 def tiny_model(**encoder_overrides) -> diffact_model.DiffActModel:

@@ -4,6 +4,8 @@ method up."""
 
 import ast
 import pathlib
+import subprocess
+import sys
 
 import pytest
 from conftest import REPO
@@ -101,3 +103,17 @@ def test_the_checker_sees_an_upward_import(tmp_path):
   module = module_name(bad, tmp_path)
   assert module == 'polyseg.data.bad'
   assert all(layer_of(target) > layer_of(module) for target in found)
+
+
+def test_the_methods_load_without_tensorflow_datasets():
+  """TFDS is imported only when a TFDS dataset is converted or read (it takes a second)."""
+  code = (
+    'import sys; import polyseg.main; from polyseg import methods; '
+    '[methods.get(name) for name in methods.REGISTRY]; '
+    "print('tensorflow_datasets' in sys.modules)"
+  )
+  done = subprocess.run(
+    [sys.executable, '-c', code], capture_output=True, text=True, timeout=300, check=False
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.strip() == 'False'

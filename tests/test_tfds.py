@@ -412,7 +412,7 @@ def test_failure_while_writing_leaves_no_output(single_stream_root, tmp_path, mo
     yield 0, tfds._record(items[0])
     raise OSError('disk full')
 
-  monkeypatch.setattr(tfds.Builder, '_generate_examples', fail_after_one)
+  monkeypatch.setattr(tfds.builder_class(), '_generate_examples', fail_after_one)
   out = tmp_path / 'tfds'
   with pytest.raises(OSError, match='disk full'):
     tfds.convert(single_stream_root, out, tfds.Spec('single_stream'))

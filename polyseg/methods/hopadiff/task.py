@@ -100,12 +100,8 @@ def load_unlabelled(config: ml_collections.ConfigDict, info: dataset_lib.DataInf
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> hopadiff.HopaDIFFModel:
   """The HopaDIFF networks for `config.model` (ablation switches included)."""
   m, dtype = config.model, layers.compute_dtype(config.model.dtype)
-
-  def encoder():
-    return asformer.Encoder(num_classes=num_classes, dtype=dtype, **m.encoder.to_dict())
-
-  def decoder():
-    return asformer.Decoder(num_classes=num_classes, dtype=dtype, **m.decoder.to_dict())
+  encoder = lambda: asformer.make_encoder(m, num_classes)
+  decoder = lambda: asformer.make_decoder(m, num_classes)
 
   def dft():
     return hopadiff.DFTCondition(

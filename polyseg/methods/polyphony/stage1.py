@@ -369,12 +369,9 @@ def fit(
     state,
     train_step,
     lambda step: clip_batch(sampler, train_frames, step, config),
+    config,
     ckpt=ckpt,
     writer=writer,
-    num_steps=config.num_steps,
-    log_every=config.log_every,
-    eval_every=config.eval_every,
-    checkpoint_every=config.checkpoint_every,
     evaluate=evaluate,
     desc='stage 1',
   )

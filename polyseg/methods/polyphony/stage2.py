@@ -395,12 +395,16 @@ def fit(
     state,
     train_step,
     batch_of,
+    ml_collections.ConfigDict(
+      {
+        'num_steps': num_steps,
+        'log_every': t.log_every,
+        'eval_every': steps_per_eval,
+        'checkpoint_every': steps_per_eval,  # a checkpoint at every validation only
+      }
+    ),
     ckpt=ckpt,
     writer=writer,
-    num_steps=num_steps,
-    log_every=t.log_every,
-    eval_every=steps_per_eval,
-    checkpoint_every=steps_per_eval,  # a checkpoint at every validation only
     evaluate=evaluate,
     desc='stage 2',
     early_stop=lambda step: best is not None and step - best[1] >= t.patience * steps_per_eval,

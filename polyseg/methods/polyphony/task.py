@@ -314,14 +314,12 @@ class Task(diffusion_task.DiffusionTask, task_lib.SingleLabelTask):
     info: dataset_lib.DataInfo,
     train_videos: list[formats.MultiStreamVideo] | None = None,
   ):
-    m, dtype = config.model, layers.compute_dtype(config.model.dtype)
-    num_classes = len(info.classes)
-    decoder = lambda: asformer.Decoder(num_classes=num_classes, dtype=dtype, **m.decoder.to_dict())
+    m, num_classes = config.model, len(info.classes)
     model = polyphony.PolyphonyModel(
-      encoder=asformer.Encoder(num_classes=num_classes, dtype=dtype, **m.encoder.to_dict()),
-      lh_decoder=decoder(),
-      rh_decoder=decoder(),
-      fusion=fusion.CrossHandFusion(dtype=dtype) if m.fusion else None,
+      encoder=asformer.make_encoder(m, num_classes),
+      lh_decoder=asformer.make_decoder(m, num_classes),
+      rh_decoder=asformer.make_decoder(m, num_classes),
+      fusion=fusion.CrossHandFusion(dtype=layers.compute_dtype(m.dtype)) if m.fusion else None,
     )
     super().__init__(config, info, model, HANDS)
     self.class_weights = None  # [2, C]: each hand's own, from its training frames
