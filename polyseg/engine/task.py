@@ -3,8 +3,9 @@ engine (`polyseg.engine.train`), which is handed the module and sees only this.
 
 Module-level functions:
 
-  load_data(config) -> Data               train and val, read and validated before any training
-                                          step; test read only by Data.read_test(), once
+  load_data(config) -> Data               (polyseg.data.dataset) train and val, read and validated
+                                          before any training step; test read only by
+                                          Data.read_test(), once
   load_unlabelled(config, info) -> [video]   the inputs of --mode=predict
   prepare(config, workdir, mode)          optional: runs a multi-stage method's earlier stages and
                                           returns the config the engine runs (Polyphony)
