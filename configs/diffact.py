@@ -211,7 +211,7 @@ def get_config(arg=None):
     postprocess_value=s['postprocess'][1],
     use_decoder=True,
   )
-  c.predict.features = config_dict.placeholder(str)  # folder of <vid>.npy [D, T] for --mode=predict
+  # --mode=predict reads --config.predict.features: a folder of <vid>.npy [D, T].
 
   if runlocal:
     c.data.synthetic.update(

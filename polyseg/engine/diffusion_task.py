@@ -78,7 +78,7 @@ class DiffusionTask(task_lib.Task):
   train_decoder = True
 
   def __init__(self, config: ml_collections.ConfigDict, info: dataset_lib.DataInfo, model, chains):
-    task_lib.Task.__init__(self, config, info)
+    super().__init__(config, info)
     self.model = model
     self.chains = tuple(chains)
     self.schedule = diffusion.cosine_schedule(config.diffusion.num_steps)

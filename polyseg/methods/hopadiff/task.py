@@ -151,12 +151,17 @@ class Task(diffusion_task.DiffusionTask):
         f'config.model.text.condition={config.model.text.condition!r}; '
         f'choose one of {hopadiff.TEXT_CONDITIONS}'
       )
-    self.branches = hopadiff.BRANCHES if config.model.partial_branch else hopadiff.BRANCHES[:1]
-    super().__init__(config, info, build_model(config, len(info.classes)), self.branches)
+    model = build_model(config, len(info.classes))
+    super().__init__(config, info, model, model.branches)  # a label chain per branch
     self.rows = (FUSED_ROW, *self.branches) if len(self.branches) > 1 else (FUSED_ROW,)
     self.input_keys = self.branches + (TEXT_KEYS if self.uses_text else ())
     self.threshold = config.eval.threshold
     self._text_cache = {}
+
+  @property
+  def branches(self) -> tuple[str, ...]:
+    """'holistic', and 'partial' unless ablated: the label chains."""
+    return self.chains
 
   @property
   def uses_text(self) -> bool:
