@@ -103,6 +103,29 @@ def test_train_step_reports_throughput():
   assert row['frames_per_s'] == pytest.approx(100 / row['step_s'], rel=1e-3)
 
 
+def test_gpu_plan_reports_each_item_and_keeps_to_its_budget(tmp_path):
+  out = tmp_path / 'gpu.jsonl'
+  plan = 'tiny_diffact:train:float32:1,tiny_diffact:sample:float32,tiny_diffact:eval:float32'
+  header, train_row, sample_row, bad = run(
+    'gpu.py', f'--plan={plan}', '--matmul_n=256', f'--out={out}'
+  )
+  assert [json.loads(line) for line in out.read_text().splitlines()][1]['item'] == train_row['item']
+  assert header['benchmark'] == 'gpu' and header['peak_bf16_flops'] > 0
+  assert train_row['shape'] == [1, 128] and train_row['valid_frames'] == 100
+  assert sample_row['shape'] == [2, 128] and sample_row['valid_frames'] == 200  # two views
+  for row in (train_row, sample_row):
+    assert row['compile_s'] > 0 and row['frames_per_s'] == pytest.approx(
+      row['valid_frames'] / row['run_s'], rel=1e-3
+    )
+    assert row['mfu'] == pytest.approx(
+      row['flops'] / row['run_s'] / header['peak_bf16_flops'], rel=1e-2
+    )
+  assert not train_row['flops_estimated'] and sample_row['flops_estimated']
+  assert 'program must be train or sample' in bad['error']
+  _, *skipped = run('gpu.py', '--plan=breakfast:train:bfloat16', '--matmul_n=64', '--budget_s=0')
+  assert skipped == [{'item': 'breakfast:train:bfloat16', 'skipped': 'budget of 0 s spent'}]
+
+
 def test_scaling_reports_each_device_count_with_its_efficiency():
   header, *rows = run(
     'scaling.py', '--model=tiny_diffact', '--devices=1,2', '--frames=200', '--steps=1'
