@@ -25,7 +25,10 @@ import numpy as np
 from polyseg import methods
 from polyseg.data import dataset as dataset_lib
 from polyseg.data import formats
+from polyseg.engine import parallel
 from polyseg.engine import train
+
+parallel.keep_ynnpack_to_matmuls()  # as `python -m polyseg.main` runs, before any device is used
 
 
 @dataclasses.dataclass(frozen=True)

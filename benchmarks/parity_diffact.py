@@ -54,9 +54,12 @@ from polyseg.data import dataset as dataset_lib
 from polyseg.data import formats
 from polyseg.data import pipeline
 from polyseg.engine import diffusion_task
+from polyseg.engine import parallel
 from polyseg.methods.diffact import model as diffact_model
 from polyseg.methods.diffact import task as diffact
 from polyseg.report import tables
+
+parallel.keep_ynnpack_to_matmuls()  # as `python -m polyseg.main` runs, before any device is used
 
 REFERENCE_OUTSIDE_LOGIT = float(np.log(1e-6))  # the reference's log(mask + 1e-6) at a masked key
 NUM_CLASSES = {'gtea': 11, '50salads': 19, 'breakfast': 48}

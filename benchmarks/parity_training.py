@@ -42,9 +42,12 @@ import torch
 
 import polyseg
 from polyseg.configlib import load_config
+from polyseg.engine import parallel
 from polyseg.engine import train
 from polyseg.methods.diffact import task as diffact
 from polyseg.report import tables
+
+parallel.keep_ynnpack_to_matmuls()  # as `python -m polyseg.main` runs, before any device is used
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import parity_diffact  # the reference's model arguments, masks and loss weights

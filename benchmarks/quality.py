@@ -62,6 +62,7 @@ from polyseg import methods
 from polyseg.configlib import load_config
 from polyseg.core import postprocess
 from polyseg.data import formats
+from polyseg.engine import parallel
 from polyseg.engine import train
 from polyseg.methods.diffact import task as diffact
 from polyseg.methods.hal import task as hal
@@ -69,6 +70,8 @@ from polyseg.methods.hopadiff import task as hopadiff
 from polyseg.methods.polyphony import stage1
 from polyseg.methods.polyphony import task as polyphony
 from polyseg.report import tables
+
+parallel.keep_ynnpack_to_matmuls()  # as `python -m polyseg.main` runs, before any device is used
 
 
 def linear_baseline(config, steps: int) -> dict[str, float]:

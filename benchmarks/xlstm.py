@@ -19,7 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from polyseg.engine import parallel
 from polyseg.methods.hopadiff import xlstm
+
+parallel.keep_ynnpack_to_matmuls()  # as `python -m polyseg.main` runs, before any device is used
 
 
 def cell_inputs(batch: int, heads: int, num_frames: int, head_dim: int, seed: int = 0):

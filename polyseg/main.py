@@ -72,6 +72,7 @@ def main(argv):
       data_check.run(method, config, FLAGS.workdir)
       return
     use_compilation_cache(FLAGS.compilation_cache)
+    parallel.keep_ynnpack_to_matmuls()
     parallel.initialize(config)  # before anything touches a device
     if FLAGS.mode == 'train':
       train.train_and_evaluate(method, config, FLAGS.workdir)

@@ -20,6 +20,11 @@ import jax
 import pytest
 
 from polyseg.configlib import load_config
+from polyseg.engine import parallel
+
+# As `python -m polyseg.main` runs: in this process and, through the environment, in every
+# subprocess a test starts.
+parallel.keep_ynnpack_to_matmuls()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -10,6 +10,7 @@ import pytest
 
 from polyseg.data import formats
 from polyseg.data.formats import DataError
+from polyseg.data.formats import base
 
 CLASSES = ['background', 'cut', 'pour']
 DIM = 4
@@ -371,7 +372,7 @@ def test_write_single_stream_leaves_nothing_on_failure(tmp_path, monkeypatch):
       raise OSError('disk full')
     np.save(path, features.T)
 
-  monkeypatch.setattr(formats, '_save_features', failing_save)
+  monkeypatch.setattr('polyseg.data.formats.base.save_features', failing_save)
   dataset = formats.Dataset(CLASSES, [make_video('x', [0]), make_video('y', [1])])
   with pytest.raises(OSError, match='disk full'):
     formats.write_single_stream(tmp_path / 'data', {'train': dataset})
@@ -419,7 +420,7 @@ def test_atomic_writes_have_the_usual_permissions(tmp_path):
   previous = os.umask(0o022)
   try:
     formats.write_atomic(tmp_path / 'a.json', b'{}')
-    with formats._atomic_dir(tmp_path / 'dataset') as folder:
+    with base.atomic_dir(tmp_path / 'dataset') as folder:
       (folder / 'x.txt').write_text('x')
   finally:
     os.umask(previous)

@@ -3,6 +3,7 @@ own folder, without a cycle), so the data layer never reaches the engine and the
 method up."""
 
 import ast
+import os
 import pathlib
 import subprocess
 import sys
@@ -117,3 +118,18 @@ def test_the_methods_load_without_tensorflow_datasets():
   )
   assert done.returncode == 0, done.stderr[-2000:]
   assert done.stdout.strip() == 'False'
+
+
+def test_importing_polyseg_leaves_xla_flags_alone():
+  """Importing the library (every method too) changes no environment variable; the entry point
+  adds its one XLA flag when it starts."""
+  code = (
+    'import os; before = dict(os.environ); import polyseg, polyseg.main; from polyseg import methods; '
+    '[methods.get(name) for name in methods.REGISTRY]; print(dict(os.environ) == before)'
+  )
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  done = subprocess.run(
+    [sys.executable, '-c', code], capture_output=True, text=True, timeout=300, check=False, env=env
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.strip() == 'True'

@@ -40,6 +40,26 @@ def _free_port() -> int:
 # ------------------------------------------------------------------------------- pure logic --
 
 
+@pytest.mark.parametrize(
+  'jaxlib, flags, expected',
+  [
+    ('0.10.2', '', '--xla_cpu_experimental_ynn_fusion_type=dot'),
+    ('0.10.2', '--xla_a=1', '--xla_a=1 --xla_cpu_experimental_ynn_fusion_type=dot'),
+    (
+      '0.10.2',
+      '--xla_cpu_experimental_ynn_fusion_type=all',
+      '--xla_cpu_experimental_ynn_fusion_type=all',
+    ),
+    ('0.11.2', '--xla_a=1', '--xla_a=1'),
+  ],
+)
+def test_ynnpack_kept_to_matmuls_on_jaxlib_0_10_only(monkeypatch, jaxlib, flags, expected):
+  monkeypatch.setattr(parallel.importlib.metadata, 'version', lambda name: jaxlib)
+  monkeypatch.setenv('XLA_FLAGS', flags)
+  parallel.keep_ynnpack_to_matmuls()
+  assert os.environ['XLA_FLAGS'] == expected
+
+
 def test_fsdp_spec_splits_the_largest_divisible_axis():
   assert parallel.fsdp_spec((64, 24), fsdp=2, min_size=0) == P('fsdp')
   assert parallel.fsdp_spec((5, 24), fsdp=2, min_size=0) == P(None, 'fsdp')

@@ -356,7 +356,7 @@ def test_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     if len(calls) == 3:
       raise OSError('disk full')
 
-  monkeypatch.setattr(formats, '_save_features', failing_save)
+  monkeypatch.setattr('polyseg.data.formats.base.save_features', failing_save)
   with pytest.raises(OSError, match='disk full'):
     formats.write_referring(tmp_path / 'data', make_dataset())
   assert list(tmp_path.iterdir()) == []
@@ -758,7 +758,9 @@ def test_ensure_referring_caches(tmp_path, monkeypatch):
   assert synthetic.ensure_referring(tmp_path, seed=1, match_beta=1.0, **TINY) == root
   assert synthetic.ensure_referring(tmp_path, seed=2, **TINY) != root
   assert root.name != synthetic.cache_name()  # single-stream caches live under another name
-  monkeypatch.setattr(synthetic, 'referring', lambda *a, **k: pytest.fail('regenerated'))
+  monkeypatch.setattr(
+    'polyseg.data.synthetic.people.referring', lambda *a, **k: pytest.fail('regenerated')
+  )
   assert synthetic.ensure_referring(tmp_path, seed=1, **TINY) == root
   assert len(formats.read_referring(root).samples) >= 6
   assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
@@ -774,7 +776,7 @@ def test_ensure_referring_reuses_a_concurrent_winner(tmp_path, monkeypatch):
     real_referring(target, **kwargs)  # another process finishes first ...
     return real_referring(target, **kwargs)  # ... so this write is refused
 
-  monkeypatch.setattr(synthetic, 'referring', lose_the_race)
+  monkeypatch.setattr('polyseg.data.synthetic.people.referring', lose_the_race)
   assert synthetic.ensure_referring(tmp_path, **TINY) == root
   assert [p.name for p in tmp_path.iterdir()] == [root.name]
 

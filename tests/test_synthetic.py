@@ -123,7 +123,9 @@ def test_ensure_single_stream_generates_once_and_keys_on_arguments(tmp_path, mon
   # Defaults filled in: spelling out a default gives the same dataset.
   assert synthetic.ensure_single_stream(tmp_path, seed=1, num_classes=11, **SMALL) == root
   assert synthetic.ensure_single_stream(tmp_path, seed=2, **SMALL) != root
-  monkeypatch.setattr(synthetic, 'single_stream', lambda *a, **k: pytest.fail('regenerated'))
+  monkeypatch.setattr(
+    'polyseg.data.synthetic.activities.single_stream', lambda *a, **k: pytest.fail('regenerated')
+  )
   assert synthetic.ensure_single_stream(tmp_path, seed=1, **SMALL) == root
   assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
     [root.name, synthetic.cache_name(seed=2, **SMALL)]
@@ -145,7 +147,7 @@ def test_ensure_single_stream_reuses_a_concurrent_winner(tmp_path, monkeypatch):
     real_single_stream(target, **kwargs)  # another process finishes first ...
     return real_single_stream(target, **kwargs)  # ... so this write is refused
 
-  monkeypatch.setattr(synthetic, 'single_stream', lose_the_race)
+  monkeypatch.setattr('polyseg.data.synthetic.activities.single_stream', lose_the_race)
   assert synthetic.ensure_single_stream(tmp_path, **SMALL) == root
   assert [p.name for p in tmp_path.iterdir()] == [root.name]
 

@@ -195,7 +195,9 @@ def test_writer_refuses_to_overwrite_and_cleans_up_after_a_crash(tmp_path, monke
 
   with pytest.raises(KeyboardInterrupt):
     formats.write_two_hands(tmp_path / 'other', CLASSES, SPLITS, crashing())
-  monkeypatch.setattr(formats, '_save_features', lambda *a: (_ for _ in ()).throw(OSError('full')))
+  monkeypatch.setattr(
+    'polyseg.data.formats.base.save_features', lambda *a: (_ for _ in ()).throw(OSError('full'))
+  )
   with pytest.raises(OSError, match='full'):
     write(tmp_path / 'third')
   assert [p.name for p in tmp_path.iterdir()] == ['data']

@@ -1,4 +1,4 @@
-"""Tests for polyseg.data.tfds (and the readers it added to formats.py): every layout converts to
+"""Tests for polyseg.data.tfds (and the readers it added to the formats): every layout converts to
 array_record and reads back as the folder reader's objects, identical train batches, host sharding,
 the data.format switch of the tasks, the command, and failures that leave nothing behind."""
 

@@ -333,7 +333,9 @@ def test_ensure_two_streams_generates_once_and_keys_on_arguments(tmp_path, monke
   assert synthetic.ensure_two_streams(tmp_path, seed=1, num_motions=3, **SMALL) == root
   other = synthetic.ensure_two_streams(tmp_path, seed=1, burst_len=2, **SMALL)
   assert other != root
-  monkeypatch.setattr(synthetic, 'two_streams', lambda *a, **k: pytest.fail('regenerated'))
+  monkeypatch.setattr(
+    'polyseg.data.synthetic.motion.two_streams', lambda *a, **k: pytest.fail('regenerated')
+  )
   assert synthetic.ensure_two_streams(tmp_path, seed=1, **SMALL) == root
   assert sorted(p.name for p in tmp_path.iterdir()) == sorted([root.name, other.name])
   assert synthetic.two_streams_cache_name(seed=1, **SMALL) == root.name

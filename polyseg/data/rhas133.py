@@ -1,4 +1,4 @@
-r"""RHAS133 release -> the referring layout of formats.py (the data of HopaDIFF, docs/methods/hopadiff.md).
+r"""RHAS133 release -> the referring layout (formats/referring.py; the data of HopaDIFF, docs/methods/hopadiff.md).
 
   python -m polyseg.data.rhas133 --src=RELEASE_DIR --out=DATASET_DIR --features=blip2 \
       --trust-pickles
@@ -78,6 +78,7 @@ import numpy as np
 import tqdm
 
 from polyseg.data import formats
+from polyseg.data.formats import base
 
 DataError = formats.DataError
 
@@ -240,7 +241,7 @@ def _load_features(path: pathlib.Path, dim: int) -> np.ndarray:
   if isinstance(shape, str) or len(shape) not in (2, 3) or shape[-1] != dim or 0 in shape:
     raise DataError(f'{path}: expected a non-empty [T, {dim}] or [T, Q, {dim}] array, got {shape}')
   # formats checks the dtype and finite values (per frame) of [T, Q * dim] as a [D, T] file.
-  frames = formats._as_features(array.reshape(len(array), -1).T, path, None)
+  frames = base.as_features(array.reshape(len(array), -1).T, path, None)
   return frames.reshape(shape).mean(1) if len(shape) == 3 else frames
 
 

@@ -2,7 +2,7 @@ r"""TFDS input: a dataset folder of any on-disk layout as array_record shards, r
 
   python -m polyseg.data.tfds --layout=single_stream --root=DATASET_DIR --out=TFDS_DIR --split=1
 
-One builder serves every layout (formats.py: single_stream, two_hands, two_streams, referring,
+One builder serves every layout (polyseg/data/formats: single_stream, two_hands, two_streams, referring,
 transcripts). A `Spec` (the layout and its split parameters) names the TFDS config, so conversions
 with other parameters live side by side: `TFDS_DIR/polyseg/<spec.name>/1.0.0/`.
 

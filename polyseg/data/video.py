@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from polyseg.data import formats
+from polyseg.data.formats import base
 
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov')
 DECODE_CHUNK = 64  # frames decoded (and resized) at a time
@@ -61,12 +62,12 @@ def read_raw_videos(
   """(classes, videos of `splits/{subset}.split{split}.bundle`): labels read and checked (equal
   length per hand, names in mapping.txt), each video file located (its frames are read later)."""
   root = pathlib.Path(root)
-  mapping = formats._read_mapping_as(root, classes)
+  mapping = base.read_mapping_as(root, classes)
   videos = []
   for name in formats.read_split(root, subset, split):
     paths = [root / 'groundTruth' / hand / f'{name}.txt' for hand in formats.HANDS]
     tracks = [formats.read_labels(path, mapping) for path in paths]
-    formats._check_same_length(list(zip(paths, tracks, strict=True)))
+    base.check_same_length(list(zip(paths, tracks, strict=True)))
     videos.append(RawVideo(name, find_video(root, name), np.stack(tracks, axis=1)))
   return mapping, videos
 

@@ -12,6 +12,7 @@ pods and SLURM); each process then builds the rows of the global batch it owns a
 `global_batch` assembles them with `jax.make_array_from_process_local_data`.
 """
 
+import importlib.metadata
 import os
 from typing import Any
 
@@ -34,6 +35,22 @@ ENV_NUM_PROCESSES = 'JAX_NUM_PROCESSES'
 ENV_PROCESS_ID = 'JAX_PROCESS_ID'
 # Set by the cluster managers that jax.distributed.initialize() configures itself from.
 CLUSTER_ENV = ('SLURM_JOB_ID', 'SLURM_NTASKS', 'TPU_WORKER_HOSTNAMES')
+
+
+def keep_ynnpack_to_matmuls() -> None:
+  """On jaxlib 0.10.x, XLA:CPU hands reductions (instance norm's mean / variance over time) to
+  YNNPACK, whose cost per frame grows with the video: DDIM sampling of 32k frames took 35x the time
+  of 2k frames instead of 16x. This keeps YNNPACK to matmuls there (docs/benchmarks.md: 86 s -> 51 s
+  at 32k frames) by adding a flag to XLA_FLAGS, which XLA reads when its CPU backend starts: the
+  entry points (`python -m polyseg.main`, the benchmarks) call it before any device is used. The
+  user's own setting of that flag wins; other jaxlib versions need nothing."""
+  try:
+    version = importlib.metadata.version('jaxlib')
+  except importlib.metadata.PackageNotFoundError:
+    return
+  flags = os.environ.get('XLA_FLAGS', '')
+  if version.startswith('0.10.') and 'xla_cpu_experimental_ynn_fusion_type' not in flags:
+    os.environ['XLA_FLAGS'] = f'{flags} --xla_cpu_experimental_ynn_fusion_type=dot'.strip()
 
 
 def default_config() -> ml_collections.ConfigDict:
