@@ -23,6 +23,7 @@ from ml_collections import config_flags
 from polyseg import configlib
 from polyseg import methods
 from polyseg.data import formats
+from polyseg.engine import checkpoint as checkpoint_lib
 from polyseg.engine import data_check
 from polyseg.engine import parallel
 from polyseg.engine import train
@@ -38,8 +39,15 @@ flags.DEFINE_enum(
   ['train', 'eval', 'predict'],
   'train (resumes from the latest checkpoint), eval or predict.',
 )
-flags.DEFINE_enum(
-  'checkpoint', 'latest', ['latest', 'best'], 'Which checkpoint --mode=eval/predict uses.'
+flags.DEFINE_string(
+  'checkpoint',
+  'latest',
+  'Which checkpoint --mode=eval/predict uses: latest, best (on val) or a step number.',
+)
+flags.register_validator(
+  'checkpoint',
+  lambda value: value in ('latest', 'best') or value.isdigit(),
+  message='--checkpoint must be latest, best or a step number',
 )
 flags.DEFINE_string(
   'compilation_cache',
@@ -74,13 +82,14 @@ def main(argv):
     use_compilation_cache(FLAGS.compilation_cache)
     parallel.keep_ynnpack_to_matmuls()
     parallel.initialize(config)  # before anything touches a device
+    which = int(FLAGS.checkpoint) if FLAGS.checkpoint.isdigit() else FLAGS.checkpoint
     if FLAGS.mode == 'train':
       train.train_and_evaluate(method, config, FLAGS.workdir)
     elif FLAGS.mode == 'eval':
-      train.evaluate(method, config, FLAGS.workdir, FLAGS.checkpoint)
+      train.evaluate(method, config, FLAGS.workdir, which)
     else:
-      train.predict(method, config, FLAGS.workdir, FLAGS.checkpoint)
-  except (formats.DataError, train.NonFiniteError, OSError) as e:  # the user's input, not a bug
+      train.predict(method, config, FLAGS.workdir, which)
+  except (formats.DataError, train.NonFiniteError, checkpoint_lib.CheckpointMismatch, OSError) as e:
     sys.exit(f'polyseg: {type(e).__name__}: {e}')
   except train.Interrupted as e:  # SIGTERM / Ctrl-C: checkpoint saved; the shell's exit status
     print(f'polyseg: {e}', file=sys.stderr, flush=True)

@@ -23,20 +23,27 @@ from polyseg.engine import train
 STEPS = 10
 
 
-def _driver(fault: str, workdir, cache_dir, wait: bool = True):
-  """tests/fault_driver.py: the CLI on the tiny DiffAct config with `fault` injected."""
-  command = [
-    sys.executable,
-    str(REPO / 'tests' / 'fault_driver.py'),
-    fault,
+def _driver_flags(cache_dir) -> list[str]:
+  return [
     '--config=configs/diffact.py:runlocal=True',
-    f'--workdir={workdir}',
     f'--config.data.cache_dir={cache_dir}',
     f'--config.train.num_steps={STEPS}',
     '--config.train.log_every=1',
     f'--config.train.eval_every={STEPS}',
     '--config.train.checkpoint_every=2',
     '--config.train.keep_checkpoints=10',
+  ]
+
+
+def _driver(fault: str, workdir, cache_dir, wait: bool = True, *flags: str):
+  """tests/fault_driver.py: the CLI on the tiny DiffAct config with `fault` injected."""
+  command = [
+    sys.executable,
+    str(REPO / 'tests' / 'fault_driver.py'),
+    fault,
+    f'--workdir={workdir}',
+    *_driver_flags(cache_dir),
+    *flags,
   ]
   process = subprocess.Popen(
     command,
@@ -100,17 +107,101 @@ def test_killed_and_stopped_run_resumes_bitwise(tiny_config, cache_dir, tmp_path
 
   code, stderr = _finish(uninterrupted)
   assert code == 0, stderr[-3000:]
-  _, _, task = train.setup(methods.get(tiny_config.task), tiny_config, str(straight))
-  step_a, params_a = train.restore_params(task, tiny_config, str(straight))
-  step_b, params_b = train.restore_params(task, tiny_config, str(chained))
-  assert step_a == step_b == STEPS
-  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
-    np.testing.assert_array_equal(a, b)
-  # Same seed, same device: identical metrics, step by step, each step logged once.
+  # Same seed, same device: identical params, metrics step by step (each step logged once), results.
   metrics = _metrics_without_timing(straight)
   assert [m['step'] for m in metrics if 'train/loss' in m] == list(range(1, STEPS + 1))
-  assert _metrics_without_timing(chained) == metrics
-  results = [json.loads((w / 'eval' / 'results.json').read_text()) for w in (straight, chained)]
+  _assert_same_run(tiny_config, straight, chained)
+
+  # The latest checkpoint damaged on disk afterwards (a file cut short): asked for by number, it
+  # is a clear error; a resume reports it in one line, sets it aside and falls back to step 9,
+  # redoing the last step: the same run again.
+  folder = chained / 'checkpoints' / str(STEPS)
+  manifest = json.loads((folder / 'polyseg_files.json').read_text())
+  name = max(manifest, key=lambda n: manifest[n][0])
+  os.truncate(folder / name, manifest[name][0] // 2)
+  damage = f'has {manifest[name][0] // 2} bytes, {manifest[name][0]} were written'
+  code, stderr = _finish(
+    _driver('none', chained, cache_dir, False, '--mode=eval', f'--checkpoint={STEPS}')
+  )
+  assert code == 1 and stderr.strip().splitlines()[-1] == (
+    f'polyseg: DamagedCheckpoint: checkpoint {STEPS} in {chained / "checkpoints"} is damaged: '
+    f'{name} {damage}'
+  )
+  out, stderr = _driver('none', chained, cache_dir, False).communicate(timeout=600)
+  assert 'Traceback' not in stderr, stderr[-3000:]
+  assert f'is damaged: {name} {damage}; moved it to {chained}/checkpoints_damaged/{STEPS}-' in out
+  assert 'resuming from checkpoint 9' in out
+  assert [p.name.split('-')[0] for p in (chained / 'checkpoints_damaged').iterdir()] == [str(STEPS)]
+  _assert_same_run(tiny_config, straight, chained)
+
+
+SMALL_DISK = """set -u
+mount -t tmpfs -o size=100m tmpfs "$FS" || exit 90
+"$PY" tests/fault_driver.py diskfull@5:32 "$@" --workdir="$FS/run" 2>"$OUT/first.err" >/dev/null
+echo $? >"$OUT/first.rc"
+ls "$FS/run/checkpoints" >"$OUT/after_full.txt"
+rm "$FS/filler"
+"$PY" tests/fault_driver.py none "$@" --workdir="$FS/run" 2>"$OUT/second.err" >/dev/null
+echo $? >"$OUT/second.rc"
+cp -a "$FS/run" "$OUT/run"
+"""
+
+
+def _on_a_small_disk(cache_dir, tmp_path) -> pathlib.Path:
+  """Runs SMALL_DISK: the tiny run on a 100 MiB file system of its own (a tmpfs mounted in a new
+  user and mount namespace, so no privileges are needed), filled before step 6 with 32 KiB left,
+  then, the filler deleted, the same command again. Returns the folder of its outputs."""
+  out, fs = tmp_path / 'out', tmp_path / 'fs'
+  out.mkdir()
+  fs.mkdir()
+  flags = _driver_flags(cache_dir)
+  done = subprocess.run(
+    ['unshare', '--user', '--map-root-user', '--mount', 'sh', '-c', SMALL_DISK, 'sh', *flags],
+    cwd=REPO,
+    env=dict(os.environ, JAX_PLATFORMS='cpu', FS=str(fs), OUT=str(out), PY=sys.executable),
+    capture_output=True,
+    text=True,
+    timeout=900,
+    check=False,
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  return out
+
+
+def test_a_full_disk_ends_the_run_in_one_line_and_the_rerun_finishes_it_bitwise(
+  tiny_config, cache_dir, tmp_path
+):
+  methods.get('diffact').load_data(tiny_config)
+  straight = _driver('none', tmp_path / 'straight', cache_dir, wait=False)
+  out = _on_a_small_disk(cache_dir, tmp_path)
+  assert _finish(straight)[0] == 0
+  assert (out / 'first.rc').read_text().strip() == '1'
+  last = (out / 'first.err').read_text().strip().splitlines()[-1]
+  run = tmp_path / 'fs' / 'run'
+  assert last.startswith(
+    f'polyseg: DiskFull: workdir {run}: the disk is full (no space left to write checkpoint 6: '
+  )
+  assert last.endswith(
+    f'{run}/checkpoints); its newest checkpoint is 4: free some space, then run the same command '
+    'again to resume'
+  )
+  assert 'Traceback' not in (out / 'first.err').read_text()
+  assert (out / 'after_full.txt').read_text().split() == ['2', '4']  # 4 stays the latest
+  assert (out / 'second.rc').read_text().strip() == '0', (out / 'second.err').read_text()[-2000:]
+  _assert_same_run(tiny_config, tmp_path / 'straight', out / 'run')
+
+
+def _assert_same_run(config, a, b) -> None:
+  """Bitwise the same params of the last checkpoint, the same metrics step by step and the same
+  test results in the workdirs `a` and `b`."""
+  _, _, task = train.setup(methods.get(config.task), config, str(a))
+  step_a, params_a = train.restore_params(task, config, str(a))
+  step_b, params_b = train.restore_params(task, config, str(b))
+  assert step_a == step_b == STEPS
+  for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
+    np.testing.assert_array_equal(x, y)
+  assert _metrics_without_timing(b) == _metrics_without_timing(a)
+  results = [json.loads((w / 'eval' / 'results.json').read_text()) for w in (a, b)]
   assert results[0] == results[1]
 
 

@@ -121,15 +121,15 @@ def test_the_methods_load_without_tensorflow_datasets():
 
 
 def test_importing_polyseg_leaves_xla_flags_alone():
-  """Importing the library (every method too) changes no environment variable; the entry point
-  adds its one XLA flag when it starts."""
+  """Importing the library (every method too) leaves XLA_FLAGS as the user set it (here: unset);
+  the entry point adds its one XLA flag when it starts."""
   code = (
-    'import os; before = dict(os.environ); import polyseg, polyseg.main; from polyseg import methods; '
-    '[methods.get(name) for name in methods.REGISTRY]; print(dict(os.environ) == before)'
+    'import os, polyseg, polyseg.main; from polyseg import methods; '
+    '[methods.get(name) for name in methods.REGISTRY]; print(os.environ.get("XLA_FLAGS"))'
   )
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   done = subprocess.run(
     [sys.executable, '-c', code], capture_output=True, text=True, timeout=300, check=False, env=env
   )
   assert done.returncode == 0, done.stderr[-2000:]
-  assert done.stdout.strip() == 'True'
+  assert done.stdout.strip() == 'None'

@@ -19,6 +19,7 @@ from polyseg.configlib import load_config
 from polyseg.data import formats
 from polyseg.engine import checkpoint as checkpoint_lib
 from polyseg.engine import train
+from polyseg.engine import workdir as workdir_lib
 
 
 def _params_equal(a, b):
@@ -175,22 +176,28 @@ def test_unwritable_workdir_fails_before_training(tiny_config, tmp_path):
 def test_a_full_disk_fails_at_start_up_naming_the_sizes(tiny_config, tmp_path, monkeypatch):
   state = {'params': np.zeros((1024, 256), np.float32), 'step': np.zeros((), np.int32)}  # 1 MiB
   usage = collections.namedtuple('usage', 'total used free')
-  monkeypatch.setattr(train.shutil, 'disk_usage', lambda path: usage(0, 0, 70 << 20))
-  train.check_free_space(str(tmp_path), state, keep=3)  # enough: 5 checkpoints + 64 MiB < 70 MiB
-  monkeypatch.setattr(train.shutil, 'disk_usage', lambda path: usage(0, 0, 60 << 20))
+  monkeypatch.setattr(workdir_lib.shutil, 'disk_usage', lambda path: usage(0, 0, 70 << 20))
+  workdir_lib.check_free_space(
+    str(tmp_path), state, keep=3
+  )  # enough: 5 checkpoints + 64 MiB < 70 MiB
+  monkeypatch.setattr(workdir_lib.shutil, 'disk_usage', lambda path: usage(0, 0, 60 << 20))
   with pytest.raises(
     OSError, match=r'60 MiB free .* needs about 69 MiB more \(5 checkpoints of 1.0 MiB'
   ):
-    train.check_free_space(str(tmp_path), state, keep=3)
+    workdir_lib.check_free_space(str(tmp_path), state, keep=3)
   # A resumed run's checkpoints are already on disk: with 3.5 MiB of them, 1.5 MiB more is enough.
   (tmp_path / 'checkpoints' / '4').mkdir(parents=True)
   (tmp_path / 'checkpoints' / '4' / 'data').write_bytes(bytes(7 << 19))
-  monkeypatch.setattr(train.shutil, 'disk_usage', lambda path: usage(0, 0, (64 << 20) + (2 << 20)))
-  train.check_free_space(str(tmp_path), state, keep=3)
-  monkeypatch.setattr(train.shutil, 'disk_usage', lambda path: usage(0, 0, (64 << 20) + (1 << 20)))
+  monkeypatch.setattr(
+    workdir_lib.shutil, 'disk_usage', lambda path: usage(0, 0, (64 << 20) + (2 << 20))
+  )
+  workdir_lib.check_free_space(str(tmp_path), state, keep=3)
+  monkeypatch.setattr(
+    workdir_lib.shutil, 'disk_usage', lambda path: usage(0, 0, (64 << 20) + (1 << 20))
+  )
   with pytest.raises(OSError, match=r'3.5 MiB of them already written'):
-    train.check_free_space(str(tmp_path), state, keep=3)
-  monkeypatch.setattr(train.shutil, 'disk_usage', lambda path: usage(0, 0, 60 << 20))
+    workdir_lib.check_free_space(str(tmp_path), state, keep=3)
+  monkeypatch.setattr(workdir_lib.shutil, 'disk_usage', lambda path: usage(0, 0, 60 << 20))
   workdir = tmp_path / 'run'
   with pytest.raises(OSError, match='MiB free'):  # before the first checkpoint or step
     polyseg.train_and_evaluate(tiny_config, str(workdir))

@@ -1,11 +1,84 @@
-"""Orbax checkpoints of the train state: keep the last N, keep the best by an eval metric, resume."""
+"""Orbax checkpoints of the train state: keep the last N, keep the best by an eval metric, verify
+what is restored, resume from the newest intact one."""
 
+import errno
+import json
 import os
+import shutil
+import time
+import zlib
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+from polyseg.data import formats
+
+MANIFEST = 'polyseg_files.json'  # in each step folder: {relative path: [bytes, crc32]}
+DAMAGED_DIR = 'checkpoints_damaged'  # beside `checkpoints/`: damaged step folders set aside
+
+
+class DamagedCheckpoint(OSError):
+  """A checkpoint's files are not those that were written (or cannot be read)."""
+
+  def __init__(self, directory: str, step: int, problem: str):
+    self.step = step
+    super().__init__(f'checkpoint {step} in {directory} is damaged: {problem}')
+
+
+class CheckpointMismatch(ValueError):
+  """A checkpoint holds other arrays than the config builds (another model or config)."""
+
+
+def _file_record(path: str) -> list[int]:
+  """[size in bytes, crc32] of a file."""
+  crc = 0
+  with open(path, 'rb') as f:
+    while chunk := f.read(1 << 22):
+      crc = zlib.crc32(chunk, crc)
+  return [os.path.getsize(path), crc]
+
+
+def _files(folder: str) -> list[str]:
+  """The files below `folder`, as sorted paths relative to it."""
+  return sorted(
+    os.path.relpath(os.path.join(root, name), folder)
+    for root, _, names in os.walk(folder)
+    for name in names
+  )
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {text[0] if text else ""}'[:300]
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+  """Whether `error` (or an error it was raised from) says the disk or the quota is full."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if 'No space left on device' in str(error) or 'Disk quota exceeded' in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _path_name(path) -> str:
+  """'opt_state/1/0/mu/...' of a pytree path, whatever its keys' kinds (orbax's metadata tree
+  holds a namedtuple's fields as dict keys, the state as attributes)."""
+  parts = (getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k))) for k in path)
+  return '/'.join(str(part) for part in parts)
+
+
+def _leaves(tree) -> list:
+  """(path, leaf) of the leaves that have a shape (arrays, their metadata, shape structs)."""
+  return [
+    (path, leaf)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    if hasattr(leaf, 'shape')
+  ]
 
 
 class Checkpointer:
@@ -13,9 +86,16 @@ class Checkpointer:
 
   Keeps the `keep` latest checkpoints plus the best one by `best_metric` (higher is better).
   Every write is atomic (orbax writes to a temporary folder and renames it when complete), so a
-  run killed mid-write resumes from the last complete checkpoint. `remove_partial_writes` deletes
-  the temporary folders such a kill left behind: only for the process that trains (an evaluation
-  running beside it would delete the write in progress).
+  run killed mid-write resumes from the last complete checkpoint; after each write the size and
+  CRC-32 of every file go to the step's `polyseg_files.json`, which `restore` checks first, so a
+  file damaged later (truncated, overwritten) is found and named. A write that the disk cannot
+  hold raises OSError(ENOSPC) naming the step, before it starts when the free space says so,
+  else when the disk fills during it (the temporary folder is then not a checkpoint).
+
+  `owner`: this process trains in the workdir. It deletes the temporary folders a killed write
+  left behind, and `resume` sets a damaged checkpoint aside (to `<workdir>/checkpoints_damaged/`)
+  and falls back to the newest intact one. Other processes (an evaluation beside the training)
+  leave the folder as it is.
   """
 
   def __init__(
@@ -23,10 +103,11 @@ class Checkpointer:
     workdir: str,
     keep: int = 3,
     best_metric: str = 'F1@50',
-    remove_partial_writes: bool = False,
+    owner: bool = False,
   ):
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-    self.best_metric = best_metric
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, 'checkpoints')
+    self.best_metric, self.owner = best_metric, owner
     metric = lambda metrics: metrics[best_metric]
     options = ocp.CheckpointManagerOptions(
       best_fn=metric,
@@ -38,7 +119,7 @@ class Checkpointer:
         ]
       ),
       enable_async_checkpointing=False,
-      cleanup_tmp_directories=remove_partial_writes,
+      cleanup_tmp_directories=owner,
       create=True,
     )
     self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -49,20 +130,138 @@ class Checkpointer:
   def best_step(self) -> int | None:
     return self.manager.best_step()
 
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
   def save(self, step: int, state: Any, metrics: dict[str, float] | None = None) -> None:
-    """Writes `state` as checkpoint `step` (overwrites nothing: a step already saved is skipped)."""
+    """Writes `state` as checkpoint `step` (overwrites nothing: a step already saved is skipped),
+    then its manifest."""
     if step in self.manager.all_steps():
       return
-    self.manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
-    self.manager.wait_until_finished()
+    self._check_room(step, state)
+    try:
+      self.manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+      self.manager.wait_until_finished()
+      if jax.process_index() == 0:
+        folder = self.step_dir(step)
+        manifest = {name: _file_record(os.path.join(folder, name)) for name in _files(folder)}
+        formats.write_atomic(os.path.join(folder, MANIFEST), json.dumps(manifest).encode())
+    except Exception as error:
+      if is_disk_full(error):
+        raise OSError(
+          errno.ENOSPC, f'no space left to write checkpoint {step}', self.directory
+        ) from error
+      raise
+
+  def _check_room(self, step: int, state: Any) -> None:
+    """OSError(ENOSPC) before a write that cannot fit: checkpoint `step` needs about the size of
+    the newest one (the state's bytes for the first) and a MiB more. Stopping here, orbax starts
+    no write that would fail half-way on a full disk."""
+    steps = self.manager.all_steps()
+    if steps:
+      folder = self.step_dir(max(steps))
+      needed = sum(os.path.getsize(os.path.join(folder, name)) for name in _files(folder))
+    else:
+      needed = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    needed += 1 << 20
+    free = shutil.disk_usage(self.directory).free
+    if free < needed:
+      raise OSError(
+        errno.ENOSPC,
+        f'no space left to write checkpoint {step}: {free / 2**20:.1f} MiB free, it needs '
+        f'about {needed / 2**20:.1f} MiB',
+        self.directory,
+      )
+
+  def verify(self, step: int) -> None:
+    """DamagedCheckpoint naming the first file of checkpoint `step` that is missing or differs
+    from its manifest (a checkpoint written before manifests existed passes)."""
+    folder = self.step_dir(step)
+    try:
+      with open(os.path.join(folder, MANIFEST)) as f:
+        manifest = json.load(f)
+    except FileNotFoundError:
+      return
+    except (OSError, ValueError) as error:
+      raise DamagedCheckpoint(self.directory, step, f'{MANIFEST}: {_first_line(error)}') from None
+    for name, (size, crc) in manifest.items():
+      path = os.path.join(folder, name)
+      if not os.path.isfile(path):
+        raise DamagedCheckpoint(self.directory, step, f'{name} is missing')
+      found_size, found_crc = _file_record(path)
+      if found_size != size:
+        raise DamagedCheckpoint(
+          self.directory, step, f'{name} has {found_size} bytes, {size} were written'
+        )
+      if found_crc != crc:
+        raise DamagedCheckpoint(
+          self.directory, step, f'{name} does not hold the bytes that were written (CRC-32)'
+        )
+
+  def _check_structure(self, step: int, abstract: Any) -> None:
+    """CheckpointMismatch when checkpoint `step` holds other arrays than `abstract` (another model or
+    config: not damage); DamagedCheckpoint when its metadata cannot be read."""
+    try:
+      metadata = self.manager.item_metadata(step)
+    except Exception as error:  # noqa: BLE001  (orbax raises plain Exception for unreadable files)
+      raise DamagedCheckpoint(
+        self.directory, step, f'its metadata cannot be read ({_first_line(error)})'
+      ) from None
+    tree = getattr(metadata, 'tree', None)
+    if tree is None:
+      return
+    shapes = lambda t: {_path_name(path): tuple(leaf.shape) for path, leaf in _leaves(t)}
+    saved, expected = shapes(tree), shapes(abstract)
+    if saved != expected:
+      differ = sorted(k for k in saved.keys() | expected.keys() if saved.get(k) != expected.get(k))
+      name = differ[0]
+      raise CheckpointMismatch(
+        f'checkpoint {step} in {self.directory} holds other arrays than this config builds '
+        f'({len(differ)} differ, e.g. {name}: saved {saved.get(name)}, expected '
+        f'{expected.get(name)}); use the config it was trained with, or another --workdir'
+      )
 
   def restore(self, target: Any, step: int | None = None) -> Any:
-    """Restores checkpoint `step` (default: the latest) into the structure of `target`."""
+    """Restores checkpoint `step` (default: the latest) into the structure of `target`, after
+    `verify`; DamagedCheckpoint when its files are damaged."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.directory}')
+    if step not in self.manager.all_steps():
+      raise FileNotFoundError(
+        f'no checkpoint {step} in {self.directory} (it has {list(self.manager.all_steps())})'
+      )
+    self.verify(step)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    self._check_structure(step, abstract)
+    try:
+      return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as error:  # noqa: BLE001  (orbax / tensorstore read errors of any type)
+      raise DamagedCheckpoint(self.directory, step, _first_line(error)) from None
+
+  def resume(self, target: Any) -> tuple[Any, bool]:
+    """(state, resumed): the newest intact checkpoint restored into `target`'s structure, or
+    `target` itself when there is none. Each damaged newer one is reported in one line and, by
+    the owner, set aside; another process stops with DamagedCheckpoint."""
+    while (step := self.latest_step()) is not None:
+      try:
+        return self.restore(target, step), True
+      except DamagedCheckpoint as damaged:
+        if not self.owner:
+          raise
+        aside = self._set_aside(step)
+        older = [s for s in self.manager.all_steps() if s < step]
+        then = f'resuming from checkpoint {max(older)}' if older else 'starting from scratch'
+        print(f'{damaged}; moved it to {aside}; {then}', flush=True)
+    return target, False
+
+  def _set_aside(self, step: int) -> str:
+    """Moves checkpoint `step` to `<workdir>/checkpoints_damaged/<step>-<time>`; its path."""
+    aside = os.path.join(self.workdir, DAMAGED_DIR, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    os.makedirs(os.path.dirname(aside), exist_ok=True)
+    shutil.move(self.step_dir(step), aside)
+    self.manager.reload()
+    return aside
 
   def close(self) -> None:
     self.manager.close()

@@ -17,6 +17,7 @@ import ml_collections
 
 from polyseg.data import check
 from polyseg.engine import train
+from polyseg.engine import workdir as workdir_lib
 from polyseg.report import data_check
 
 JSON_FILE, PNG_FILE = 'data_check.json', 'data_check.png'
@@ -25,7 +26,7 @@ JSON_FILE, PNG_FILE = 'data_check.json', 'data_check.png'
 def run(method, config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Reads the data of `config` as training would (DataError on a problem), prints its statistics
   and warnings and writes <workdir>/data_check.json and data_check.png. Returns the statistics."""
-  workdir = train.prepare_workdir(workdir)
+  workdir = workdir_lib.prepare_workdir(workdir)
   if hasattr(method, 'check_data'):
     data = method.check_data(config, workdir)
   else:

@@ -56,8 +56,11 @@ class MetricWriter:
         values[name] = float(value)
       except (TypeError, ValueError) as error:
         raise ValueError(f'metric {name!r} at step {step} is not a scalar: {value!r}') from error
-    with open(self.jsonl_path, 'a') as f:
-      f.write(json.dumps({'step': int(step), **values}) + '\n')
+    try:
+      with open(self.jsonl_path, 'a') as f:
+        f.write(json.dumps({'step': int(step), **values}) + '\n')
+    except OSError as error:  # e.g. a full disk: say which file (a cut line is dropped on resume)
+      raise OSError(error.errno, error.strerror, self.jsonl_path) from error
     for name, value in values.items():
       self.tensorboard.add_scalar(name, value, int(step))
 

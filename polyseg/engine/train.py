@@ -10,7 +10,6 @@ the model, the loss and the per-video prediction.
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import threading
 import time
@@ -30,6 +29,7 @@ from polyseg.data import pipeline
 from polyseg.engine import checkpoint as checkpoint_lib
 from polyseg.engine import metric_writer
 from polyseg.engine import parallel
+from polyseg.engine import workdir as workdir_lib
 from polyseg.nn import layers
 from polyseg.report import plots
 from polyseg.report import segment_files
@@ -97,51 +97,6 @@ class StopSignals:
     if jax.process_count() == 1:
       return self.received
     return parallel.max_over_processes(self.received) if at_log_step else 0
-
-
-# ---------------------------------------------------------------------------------------------
-# Workdir.
-
-
-def prepare_workdir(workdir: str) -> str:
-  """Creates `workdir` and checks it is writable, before any data is read or step is run."""
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise OSError(f'workdir {workdir} is not writable: {e}') from e
-  return workdir
-
-
-def folder_bytes(path: str) -> int:
-  """The size of the files below `path` (0 when it does not exist)."""
-  return sum(
-    os.path.getsize(os.path.join(folder, name))
-    for folder, _, names in os.walk(path)
-    for name in names
-  )
-
-
-def check_free_space(workdir: str, state: Any, keep: int, margin: int = 64 << 20) -> None:
-  """OSError at start-up, not a crash mid-run, when the disk of `workdir` cannot hold the
-  checkpoints the run will keep: (keep + 2) copies of `state` (the kept ones, the best one and the
-  one being written) plus `margin` bytes for metrics, predictions and plots. The checkpoints a
-  resumed run finds count as written (it replaces them), but at least one more copy must fit."""
-  state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
-  existing = folder_bytes(os.path.join(workdir, 'checkpoints'))
-  needed = max((keep + 2) * state_bytes - existing, state_bytes) + margin
-  free = shutil.disk_usage(workdir).free
-  if free < needed:
-    raise OSError(
-      f'workdir {workdir}: {free / 2**20:.0f} MiB free on its disk, but this run needs about '
-      f'{needed / 2**20:.0f} MiB more ({keep + 2} checkpoints of {state_bytes / 2**20:.1f} MiB, '
-      f'train.keep_checkpoints={keep}, {existing / 2**20:.1f} MiB of them already written, and '
-      f'{margin >> 20} MiB for outputs): free some space or use another --workdir'
-    )
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -599,13 +554,13 @@ def prepare_stages(method, config: ml_collections.ConfigDict, workdir: str, mode
   the segmenter reads). None when the engine has nothing left to do (only earlier stages asked)."""
   if not hasattr(method, 'prepare'):
     return config
-  return method.prepare(config, prepare_workdir(workdir), mode)
+  return method.prepare(config, workdir_lib.prepare_workdir(workdir), mode)
 
 
 def setup(method, config: ml_collections.ConfigDict, workdir: str, with_data: bool = True):
   """Workdir check, data (validated before anything runs; `data.train` is this process's share),
   task. Returns (workdir, data, task)."""
-  workdir = prepare_workdir(workdir)
+  workdir = workdir_lib.prepare_workdir(workdir)
   info_path = os.path.join(workdir, 'data.json')
   if with_data:
     data = method.load_data(config)
@@ -633,11 +588,20 @@ def setup(method, config: ml_collections.ConfigDict, workdir: str, with_data: bo
 
 
 def train_and_evaluate(method, config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
-  """Trains `config.task` (resuming from the latest checkpoint in `workdir`), evaluating the val
-  split every `eval_every` steps (the best checkpoint is kept by it); then reads the test split
+  """Trains `config.task` (resuming from the newest intact checkpoint in `workdir`), evaluating the
+  val split every `eval_every` steps (the best checkpoint is kept by it); then reads the test split
   once and scores the checkpoint `eval.test_checkpoint` chose on val ('best', or 'latest').
   Returns those test results ({} when the config asks only for a multi-stage task's earlier
-  stages)."""
+  stages). The workdir has this one writer (`workdir.Lock`: WorkdirBusy before anything is read or
+  written when another process trains in it); a disk that fills ends the run with one DiskFull error."""
+  with (
+    workdir_lib.Lock(workdir, 'train', enabled=is_main_process()),
+    workdir_lib.disk_full_reported(workdir),
+  ):
+    return _train_and_evaluate(method, config, workdir)
+
+
+def _train_and_evaluate(method, config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   config = prepare_stages(method, config, workdir, 'train')
   if config is None:
     return {}
@@ -661,16 +625,15 @@ def train_and_evaluate(method, config: ml_collections.ConfigDict, workdir: str) 
       flush=True,
     )
 
-  check_free_space(workdir, state, config.train.keep_checkpoints)
+  workdir_lib.check_free_space(workdir, state, config.train.keep_checkpoints)
   ckpt = checkpoint_lib.Checkpointer(
     workdir,
     keep=config.train.keep_checkpoints,
     best_metric=config.train.best_metric,
-    remove_partial_writes=True,
+    owner=True,
   )
-  resumed = ckpt.latest_step() is not None
+  state, resumed = ckpt.resume(state)
   if resumed:
-    state = ckpt.restore(state)
     print(f'Resumed from {ckpt.directory} at step {int(state["step"])}', flush=True)
   step = int(state['step'])
   writer = metric_writer.MetricWriter(
@@ -760,11 +723,18 @@ def restore_params(task, config, workdir: str, which: str | int = 'latest'):
   return step, state['params']
 
 
-def evaluate(method, config: ml_collections.ConfigDict, workdir: str, which: str = 'latest'):
-  """Evaluates the latest (or best on val) checkpoint of `workdir` on the val and test splits;
-  outputs go to `eval_<which>/` (and `eval_<which>_val/`). Returns the test results."""
-  config = prepare_stages(method, config, workdir, 'eval')
+def evaluate(method, config: ml_collections.ConfigDict, workdir: str, which: str | int = 'latest'):
+  """Evaluates the latest (or best on val, or step `which`) checkpoint of `workdir` on the val and
+  test splits; outputs go to `eval_<which>/` (and `eval_<which>_val/`), which this process holds
+  (`workdir.Lock`). Returns the test results."""
   require_checkpoints(workdir)
+  outdir = os.path.join(os.path.abspath(os.path.expanduser(workdir)), f'eval_{which}')
+  with workdir_lib.Lock(outdir, 'eval', enabled=is_main_process()):
+    return _evaluate(method, config, workdir, which)
+
+
+def _evaluate(method, config: ml_collections.ConfigDict, workdir: str, which: str | int):
+  config = prepare_stages(method, config, workdir, 'eval')
   workdir, data, task = setup(method, config, workdir)
   step, params = restore_params(task, config, workdir, which)
   outdir_of = lambda split: os.path.join(
@@ -829,9 +799,12 @@ def predict_videos(
   return predictions
 
 
-def predict(method, config: ml_collections.ConfigDict, workdir: str, which: str = 'latest') -> str:
+def predict(
+  method, config: ml_collections.ConfigDict, workdir: str, which: str | int = 'latest'
+) -> str:
   """--mode=predict: `predict_videos` written to `config.predict.output` (default
   <workdir>/predict); returns that folder."""
   outdir = config.predict.output or os.path.join(os.path.abspath(workdir), 'predict')
-  predict_videos(method, config, workdir, which, outdir)
+  with workdir_lib.Lock(outdir, 'predict', enabled=is_main_process()):
+    predict_videos(method, config, workdir, which, outdir)
   return outdir

@@ -254,9 +254,11 @@ def write_atomic(path: PathLike, data: bytes) -> None:
       f.write(data)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private (0600): make it a usual one
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as error:
     with contextlib.suppress(FileNotFoundError):
       os.unlink(tmp)
+    if isinstance(error, OSError) and error.errno and not error.filename:  # say which file failed
+      raise OSError(error.errno, error.strerror, str(path)) from error
     raise
 
 

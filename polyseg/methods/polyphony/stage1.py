@@ -49,6 +49,7 @@ from polyseg.engine import checkpoint as checkpoint_lib
 from polyseg.engine import metric_writer
 from polyseg.engine import task as task_lib
 from polyseg.engine import train as train_lib
+from polyseg.engine import workdir as workdir_lib
 from polyseg.methods.polyphony import vit
 from polyseg.nn import layers
 
@@ -332,11 +333,10 @@ def fit(
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   state = train_lib.init_state(task, tx, init_rng)
   ckpt = checkpoint_lib.Checkpointer(
-    str(stage_dir), config.keep_checkpoints, BEST_METRIC, remove_partial_writes=True
+    str(stage_dir), config.keep_checkpoints, BEST_METRIC, owner=True
   )
-  resumed = ckpt.latest_step() is not None
+  state, resumed = ckpt.resume(state)
   if resumed:
-    state = ckpt.restore(state)
     print(f'Stage 1: resumed from {ckpt.directory} at step {int(state["step"])}', flush=True)
   elif config.pretrained:
     state['params'] = vit.load_pretrained(state['params'], os.path.expanduser(config.pretrained))
@@ -418,7 +418,7 @@ def write_features(
 def run(config: ml_collections.ConfigDict, workdir: str, root: str) -> pathlib.Path:
   """Stage 1 on the raw-video root `root`: ViT training (resumable), then the per-frame features
   at `<workdir>/stage1/dataset`, which it returns (as is when already complete)."""
-  stage_dir = pathlib.Path(train_lib.prepare_workdir(str(pathlib.Path(workdir) / 'stage1')))
+  stage_dir = pathlib.Path(workdir_lib.prepare_workdir(str(pathlib.Path(workdir) / 'stage1')))
   out = stage_dir / 'dataset'
   if (out / 'mapping.txt').is_file():  # written atomically: present means complete
     return out

@@ -45,6 +45,7 @@ from polyseg.engine import checkpoint as checkpoint_lib
 from polyseg.engine import metric_writer
 from polyseg.engine import task as task_lib
 from polyseg.engine import train as train_lib
+from polyseg.engine import workdir as workdir_lib
 from polyseg.methods.polyphony import tcn
 from polyseg.nn import layers
 from polyseg.nn import text
@@ -354,13 +355,10 @@ def fit(
   tx = train_lib.make_optimizer(config)
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   state = train_lib.init_state(objective, tx, init_rng)
-  ckpt = checkpoint_lib.Checkpointer(
-    str(stage_dir), t.keep_checkpoints, BEST_METRIC, remove_partial_writes=True
-  )
+  ckpt = checkpoint_lib.Checkpointer(str(stage_dir), t.keep_checkpoints, BEST_METRIC, owner=True)
   best = None  # (validation loss, step) of the best checkpoint
-  resumed = ckpt.latest_step() is not None
+  state, resumed = ckpt.resume(state)
   if resumed:
-    state = ckpt.restore(state)
     best_step = ckpt.best_step()  # None when interrupted before the first validation
     if best_step is not None:
       best = (
@@ -482,7 +480,7 @@ def write_mas(
 def run(config: ml_collections.ConfigDict, workdir: str, root: str) -> pathlib.Path:
   """Stage 2 on the stage-1 output `root`: label vectors, TCN training (resumable), and the MAS
   dataset at `<workdir>/stage2/dataset`, which it returns (as is when already complete)."""
-  stage_dir = pathlib.Path(train_lib.prepare_workdir(str(pathlib.Path(workdir) / 'stage2')))
+  stage_dir = pathlib.Path(workdir_lib.prepare_workdir(str(pathlib.Path(workdir) / 'stage2')))
   out = stage_dir / 'dataset'
   if (out / 'mas.json').is_file():
     return out
