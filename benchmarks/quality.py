@@ -38,6 +38,13 @@ and DiffAct trained on the frame labels of the same videos (the fully supervised
 segmentation from the video alone (Acc = MoF, Edit, F1) and alignment given the transcript (MoF,
 IoU, IoD), on test.
 
+--task=watch: real sensor data, seglearn's smartwatch recordings (polyseg/data/watch.py: 10
+subjects, both wrists, 7 shoulder exercises joined into one sequence per subject and side;
+cross-subject train / val / test): a constant baseline, the per-frame linear classifier, DiffAct,
+2s-DAS (accelerometer and gyroscope as its two streams: each alone and fused) and HAL (from the
+transcripts only), each with its config's defaults and `--config.data.root` the converted data
+(`--data_root`, default: converted from the installed seglearn into --workdir); on test.
+
 --task=hal_defaults: how HAL's alignment defaults were chosen, on val only — uniform against
 least-squares mean lengths, scaled likelihoods against posteriors — each scored on the val split at
 every 250 steps up to --steps (1500).
@@ -51,6 +58,7 @@ Prints one table and one JSON line per model (and split). Finished runs in --wor
 import argparse
 import json
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -461,6 +469,45 @@ def hal_defaults_table(args) -> None:
     print(json.dumps({'benchmark': 'quality', 'task': 'hal_defaults', 'model': name, **result}))
 
 
+WATCH_ROWS = {  # --ablations name -> (config, table rows: {result row: table row})
+  'diffact': ('diffact', {'DiffAct': 'DiffAct'}),
+  'twostream': (
+    'twostream',
+    {'RGB': '2s-DAS, accelerometer alone', 'Flow': '2s-DAS, gyroscope alone', 'Fused': '2s-DAS'},
+  ),
+  'hal': ('hal', {'Segmentation': 'HAL (transcripts only)'}),
+}
+
+
+def watch_table(args) -> None:
+  """Trains each method on the converted smartwatch data with its config's defaults; prints the
+  test results of the checkpoint each picked on val, with the constant and linear baselines."""
+  from polyseg.data import watch
+
+  root = args.data_root or os.path.join(args.workdir, 'watch_data')
+  if not os.path.isdir(root):
+    watch.convert(watch.installed_file(), pathlib.Path(root))
+  table = {}
+  base = load_config('diffact')
+  base.data.root = root
+  table[MAJORITY_ROW] = majority_baseline(base)['test']['DiffAct']
+  table['per-frame linear (all 24 features)'] = linear_baseline(base, args.steps or 2000)
+  for ablation in args.ablations.split(','):
+    name, rows = WATCH_ROWS[ablation]
+    config = load_config(name)
+    config.data.root = root
+    steps = args.steps or config.train.num_steps
+    workdir = os.path.join(args.workdir, f'watch_{ablation}')
+    _train_once(config, workdir, steps, next(iter(rows)))
+    with open(os.path.join(workdir, 'eval', 'results.json')) as f:
+      saved = json.load(f)
+    for row, title in rows.items():
+      table[f'{title}, step {saved["step"]} of {steps}'] = saved['results'][row]
+  print(f'test (subjects 9, 10):\n{tables.format_table(table)}\n')
+  for row, result in table.items():
+    print(json.dumps({'benchmark': 'quality', 'task': 'watch', 'model': row, **result}))
+
+
 ABLATIONS = {
   'hopadiff': HOPADIFF_ROWS,
   'polyphony': POLYPHONY_ROWS,
@@ -468,6 +515,7 @@ ABLATIONS = {
   'hal': HAL_ROWS,
   'hal_defaults': HAL_DEFAULTS,
   'stage1': STAGE1_ROWS,
+  'watch': WATCH_ROWS,
 }
 TABLES = {
   'hopadiff': hopadiff_table,
@@ -476,6 +524,7 @@ TABLES = {
   'hal': hal_table,
   'hal_defaults': hal_defaults_table,
   'stage1': stage1_table,
+  'watch': watch_table,
 }
 
 
@@ -484,6 +533,7 @@ def main():
   parser.add_argument('--task', choices=('diffact', *ABLATIONS), default='diffact')
   parser.add_argument('--steps', type=int, default=None, help='training steps (default: config)')
   parser.add_argument('--workdir', default='/tmp/polyseg-quality')
+  parser.add_argument('--data_root', default=None, help='--task=watch: the converted data')
   parser.add_argument(
     '--ablations',
     default=None,

