@@ -355,3 +355,22 @@ def test_frame_views_of_several_arrays():
   np.testing.assert_array_equal(views['b'][1, :3, 0], [2, 8, 14])
   with pytest.raises(ValueError, match="'v' has 10 frames"):
     pipeline.frame_views({'a': a}, 11, 'v')
+
+
+def test_padded_lengths_are_the_buckets_of_every_crop_at_every_offset():
+  def loader(lengths, **kwargs):
+    videos = [make_video(i, n) for i, n in enumerate(lengths)]
+    return pipeline.TrainLoader(
+      videos, batch_size=2, sample_rate=2, boundary_sigma=1.0, seed=0, **kwargs
+    )
+
+  # 100 -> 50 frames at either offset -> 64; 130 -> 65 -> 128; 701 -> 351 or 350 -> 384
+  assert loader([100, 130, 701]).padded_lengths() == [64, 128, 384]
+  # 257 -> 129 frames at offset 0 (bucket 192), 128 at offset 1 (bucket 128): both can occur
+  assert loader([257]).padded_lengths() == [128, 192]
+  assert loader([100, 130, 701], max_len=100).padded_lengths() == [64, 128]  # crops <= 100
+  assert loader([100, 701], pad_to=512).padded_lengths() == [512]
+  for lengths in ([100, 130, 701], [257]):  # every batch it makes has one of those lengths
+    one = loader(lengths)
+    seen = {one.batch(step)['mask'].shape[1] for step in range(40)}
+    assert seen <= set(one.padded_lengths())

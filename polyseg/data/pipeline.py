@@ -180,6 +180,17 @@ class TrainLoader:
     if boundary is not None:
       self.boundaries = [boundary(v.labels, boundary_sigma) for v in self.videos]
 
+  def padded_lengths(self) -> list[int]:
+    """The padded lengths its batches can have, sorted: `pad_to`, else the bucket of every
+    video's crop at every sampling offset (each is one compilation of the train step)."""
+    if self.pad_to is not None:
+      return [self.pad_to]
+    r = self.sample_rate
+    crops = {-(-(num_frames(v) - o) // r) for v in self.videos for o in range(r)}
+    if self.max_len is not None:
+      crops = {min(crop, self.max_len) for crop in crops}
+    return sorted({bucket_length(crop) for crop in crops})
+
   @classmethod
   def from_config(
     cls, videos: Sequence[Any], config, fields: Fields = video_fields, **overrides

@@ -624,6 +624,12 @@ def _train_and_evaluate(method, config: ml_collections.ConfigDict, workdir: str)
       f'process(es), mesh {dict(mesh.shape)}\n{selection_message(task, data, config)}',
       flush=True,
     )
+    lengths = loader.padded_lengths()
+    print(
+      f'{len(lengths)} length bucket(s) in training ({", ".join(map(str, lengths))} frames after '
+      'the sample rate): the train step compiles once for each',
+      flush=True,
+    )
 
   workdir_lib.check_free_space(workdir, state, config.train.keep_checkpoints)
   ckpt = checkpoint_lib.Checkpointer(
