@@ -129,13 +129,8 @@ def convert(
     }
     videos[name] = (subset_of(subject), features, labels[::stride].astype(np.int32))
   train = [f for subset, f, _ in videos.values() if subset == 'train']
-  stats = {
-    s: (
-      np.concatenate([f[s] for f in train]).mean(0),
-      np.concatenate([f[s] for f in train]).std(0) + 1e-6,
-    )
-    for s in SENSORS
-  }
+  train_frames = {s: np.concatenate([f[s] for f in train]) for s in SENSORS}
+  stats = {s: (x.mean(0), x.std(0) + 1e-6) for s, x in train_frames.items()}
   datasets = {
     subset: formats.MultiStreamDataset(recordings['classes'], [])
     for subset in ('train', 'val', 'test')

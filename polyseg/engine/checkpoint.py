@@ -49,6 +49,20 @@ def _files(folder: str) -> list[str]:
   )
 
 
+def folder_bytes(path: str) -> int:
+  """The size of the files below `path` (0 when it does not exist)."""
+  return sum(
+    os.path.getsize(os.path.join(folder, name))
+    for folder, _, names in os.walk(path)
+    for name in names
+  )
+
+
+def state_bytes(state: Any) -> int:
+  """The bytes of a pytree's arrays: what one checkpoint of it holds, before compression."""
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+
+
 def _first_line(error: BaseException) -> str:
   text = str(error).strip().splitlines()
   return f'{type(error).__name__}: {text[0] if text else ""}'[:300]
@@ -158,11 +172,7 @@ class Checkpointer:
     the newest one (the state's bytes for the first) and a MiB more. Stopping here, orbax starts
     no write that would fail half-way on a full disk."""
     steps = self.manager.all_steps()
-    if steps:
-      folder = self.step_dir(max(steps))
-      needed = sum(os.path.getsize(os.path.join(folder, name)) for name in _files(folder))
-    else:
-      needed = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    needed = folder_bytes(self.step_dir(max(steps))) if steps else state_bytes(state)
     needed += 1 << 20
     free = shutil.disk_usage(self.directory).free
     if free < needed:

@@ -31,8 +31,6 @@ import uuid
 from typing import Any
 from typing import Self
 
-import jax
-
 from polyseg.engine import checkpoint as checkpoint_lib
 
 LOCK_NAME = 'polyseg.lock'
@@ -84,22 +82,13 @@ def prepare_workdir(workdir: str) -> str:
   return workdir
 
 
-def folder_bytes(path: str) -> int:
-  """The size of the files below `path` (0 when it does not exist)."""
-  return sum(
-    os.path.getsize(os.path.join(folder, name))
-    for folder, _, names in os.walk(path)
-    for name in names
-  )
-
-
 def check_free_space(workdir: str, state: Any, keep: int, margin: int = 64 << 20) -> None:
   """OSError at start-up, not a crash mid-run, when the disk of `workdir` cannot hold the
   checkpoints the run will keep: (keep + 2) copies of `state` (the kept ones, the best one and the
   one being written) plus `margin` bytes for metrics, predictions and plots. The checkpoints a
   resumed run finds count as written (it replaces them), but at least one more copy must fit."""
-  state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
-  existing = folder_bytes(os.path.join(workdir, 'checkpoints'))
+  state_bytes = checkpoint_lib.state_bytes(state)
+  existing = checkpoint_lib.folder_bytes(os.path.join(workdir, 'checkpoints'))
   needed = max((keep + 2) * state_bytes - existing, state_bytes) + margin
   free = shutil.disk_usage(workdir).free
   if free < needed:
