@@ -24,7 +24,8 @@ weighting, w/o both; per hand Acc, the gap RH - LH and the hands' mean F1@50, on
 
 --task=stage1: Polyphony's stage 1 (the tiny ADH-ViT on the synthetic two-hand frames, the config's
 600 steps) with the paper's alternating hands (Delta = 50) against joint training (both hands in
-every batch, `alternate_every=0`): each hand head's frame accuracy on val and test, and the gap.
+every batch, `alternate_every=0`), once per seed of `--seeds=0,1,2`: each hand head's frame
+accuracy on val and test, and the gap, the mean over the seeds.
 
 --task=twostream: 2s-DAS on the synthetic two-stream data — RGB alone, flow alone and the fused
 output (fusion weights searched on val), with the paper's random condition-mask selection (full,
@@ -326,37 +327,47 @@ def _hand_columns(videos, predict) -> dict[str, float]:
 
 def stage1_table(args) -> None:
   """Polyphony's stage 1 (the tiny ADH-ViT on the synthetic two-hand frames) trained with
-  alternating hands and jointly; per-hand frame accuracy of its hand heads (argmax of the logits
-  it writes for every frame) on val and test, with each hand's most frequent training class."""
+  alternating hands and jointly, once per seed of --seeds (initialisation, data order and the
+  held-out val videos); per-hand frame accuracy of its hand heads (argmax of the logits it writes
+  for every frame) on val and test, the mean over the seeds, with each hand's most frequent
+  training class."""
   config = load_config('polyphony')
   steps = args.steps or config.stage1.num_steps
   root = polyphony.input_root(config, frames=True)
-  outputs = {}
+  seeds = [int(s) for s in args.seeds.split(',')]
+  read = lambda out, split: formats.read_hand_streams(out, split, config.stage1.split).videos
+  runs = {}  # (row, seed) -> the run's output root
   for ablation in args.ablations.split(','):
     every, row = STAGE1_ROWS[ablation]
-    settings = config.stage1.copy_and_resolve_references()
-    settings.update(alternate_every=every, num_steps=steps)
-    outputs[row] = stage1.run(settings, os.path.join(args.workdir, f'stage1_{ablation}'), str(root))
-  # Every run splits the same videos (the split is seeded by the config), so any output will do.
-  read = lambda out, split: formats.read_hand_streams(out, split, config.stage1.split).videos
-  first = next(iter(outputs.values()))
+    for seed in seeds:
+      settings = config.stage1.copy_and_resolve_references()
+      settings.update(alternate_every=every, num_steps=steps, seed=seed)
+      name = f'stage1_{ablation}' + (f'_seed{seed}' if seed else '')
+      runs[row, seed] = stage1.run(settings, os.path.join(args.workdir, name), str(root))
+  first = runs[next(iter(runs))]
   train_videos = read(first, 'train')
   majority = [
     np.bincount(np.concatenate([v.labels[:, h] for v in train_videos])).argmax()
     for h in range(len(formats.HANDS))
   ]
   for split in ('val', 'test'):
+    per_run = {
+      key: _hand_columns(read(out, split), lambda v, h: v.features[formats.HANDS[h]].argmax(-1))
+      for key, out in runs.items()
+    }
     table = {
-      row: _hand_columns(read(out, split), lambda v, h: v.features[formats.HANDS[h]].argmax(-1))
-      for row, out in outputs.items()
+      row: {c: float(np.mean([per_run[row, s][c] for s in seeds])) for c in per_run[row, seeds[0]]}
+      for row in dict.fromkeys(row for row, _ in runs)
     }
     table[MAJORITY_ROW] = _hand_columns(
       read(first, split), lambda v, h: np.full(len(v.labels), majority[h])
     )
-    print(f'{split} ({steps} steps):\n{tables.format_table(table, ["lh Acc", "rh Acc", "gap"])}\n')
-    for name, result in table.items():
-      record = {'benchmark': 'quality', 'task': 'stage1', 'split': split, 'model': name}
-      print(json.dumps({**record, 'steps': steps, **result}))
+    title = f'{split} ({steps} steps, mean over seeds {args.seeds})'
+    print(f'{title}:\n{tables.format_table(table, ["lh Acc", "rh Acc", "gap"])}\n')
+    record = {'benchmark': 'quality', 'task': 'stage1', 'split': split, 'steps': steps}
+    for (row, seed), result in per_run.items():
+      print(json.dumps({**record, 'model': row, 'seed': seed, **result}))
+    print(json.dumps({**record, 'model': MAJORITY_ROW, **table[MAJORITY_ROW]}))
 
 
 TWOSTREAM_ROWS = {  # --ablations name -> condition masks of configs/twostream.py (the masks= arg)
@@ -534,6 +545,7 @@ def main():
   parser.add_argument('--steps', type=int, default=None, help='training steps (default: config)')
   parser.add_argument('--workdir', default='/tmp/polyseg-quality')
   parser.add_argument('--data_root', default=None, help='--task=watch: the converted data')
+  parser.add_argument('--seeds', default='0', help='--task=stage1: comma-separated seeds')
   parser.add_argument(
     '--ablations',
     default=None,

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import re
 import tempfile
 
 # Before jax is imported: CPU only, and a persistent compilation cache shared by the test processes
@@ -20,6 +21,7 @@ import jax
 import pytest
 
 from polyseg.configlib import load_config
+from polyseg.data import formats
 from polyseg.engine import parallel
 
 # As `python -m polyseg.main` runs: in this process and, through the environment, in every
@@ -50,3 +52,8 @@ def fast_compile():
   jax.config.update('jax_disable_most_optimizations', True)
   yield
   jax.config.update('jax_disable_most_optimizations', previous)
+
+
+def raises_data_error(match: str):
+  """pytest.raises(DataError) whose message must contain `match` literally."""
+  return pytest.raises(formats.DataError, match=re.escape(match))

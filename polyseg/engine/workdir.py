@@ -125,7 +125,11 @@ class Holder:
   token: str  # unique per holding
 
   def describe(self) -> str:
-    since = datetime.datetime.fromtimestamp(self.since).strftime('%Y-%m-%d %H:%M:%S')
+    since = (
+      datetime.datetime.fromtimestamp(self.since, datetime.UTC)
+      .astimezone()
+      .strftime('%Y-%m-%d %H:%M:%S')
+    )
     return f'process {self.pid} on host {self.host} ({self.purpose}, since {since})'
 
   def alive(self, now: float) -> bool:

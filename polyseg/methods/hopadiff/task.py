@@ -97,36 +97,26 @@ def load_unlabelled(config: ml_collections.ConfigDict, info: dataset_lib.DataInf
   return dataset.samples
 
 
+def _without(group: ml_collections.ConfigDict, *keys: str) -> dict:
+  """A config group's fields as keyword arguments, less `keys` (the switches that are not)."""
+  return {k: v for k, v in group.items() if k not in keys}
+
+
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> hopadiff.HopaDIFFModel:
   """The HopaDIFF networks for `config.model` (ablation switches included)."""
   m, dtype = config.model, layers.compute_dtype(config.model.dtype)
   encoder = lambda: asformer.make_encoder(m, num_classes)
   decoder = lambda: asformer.make_decoder(m, num_classes)
 
-  def dft():
-    return hopadiff.DFTCondition(
-      kind=m.dft.kind, parts=m.dft.parts, channels=m.dft.channels, window=m.dft.window
-    )
-
-  x = m.xlstm
+  dft = lambda: hopadiff.DFTCondition(**_without(m.dft, 'enabled'))
   partial = m.partial_branch
   return hopadiff.HopaDIFFModel(
     holistic_encoder=encoder(),
     holistic_decoder=decoder(),
     partial_encoder=encoder() if partial else None,
     partial_decoder=decoder() if partial else None,
-    hp_xlstm=xlstm.HPxLSTM(
-      features=x.features,
-      num_heads=x.num_heads,
-      form=x.form,
-      chunk_size=x.chunk_size,
-      forget_gate=x.forget_gate,
-      cross_attention=x.cross_attention,
-      window=x.window,
-      bidirectional=x.bidirectional,
-      dtype=dtype,
-    )
-    if x.enabled
+    hp_xlstm=xlstm.HPxLSTM(**_without(m.xlstm, 'enabled'), dtype=dtype)
+    if m.xlstm.enabled
     else None,
     holistic_dft=dft() if m.dft.enabled else None,
     partial_dft=dft() if m.dft.enabled and partial else None,

@@ -12,7 +12,7 @@ import pytest
 from polyseg.nn import text
 
 FIXTURE = json.loads(
-  (pathlib.Path(__file__).parent / 'data' / 'minilm_embeddings.json').read_text()
+  (pathlib.Path(__file__).parents[1] / 'assets' / 'minilm_embeddings.json').read_text()
 )
 SENTENCES = FIXTURE['sentences']
 

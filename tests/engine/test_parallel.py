@@ -1,6 +1,6 @@
 """Mesh, shardings and multi-host start-up (polyseg/engine/parallel.py) and the engine under them.
 
-The multi-device cases run in subprocesses (tests/parallel_driver.py) with
+The multi-device cases run in subprocesses (tests/engine/parallel_driver.py) with
 XLA_FLAGS=--xla_force_host_platform_device_count=N, or as two local processes joined by
 jax.distributed over 127.0.0.1 with CPU (gloo) collectives.
 """
@@ -21,7 +21,7 @@ from polyseg.configlib import load_config
 from polyseg.engine import parallel
 from polyseg.engine import train
 
-DRIVER = str(REPO / 'tests' / 'parallel_driver.py')
+DRIVER = str(REPO / 'tests' / 'engine' / 'parallel_driver.py')
 
 
 def _env(devices: int, **extra) -> dict[str, str]:
@@ -200,7 +200,7 @@ def test_two_processes_train_together_and_agree(cache_dir, tmp_path):
   np.testing.assert_array_equal(r0['params'], r1['params'])
 
   # The same global batches through the single-device step in this process.
-  sys.path.insert(0, str(REPO / 'tests'))
+  sys.path.insert(0, str(REPO / 'tests' / 'engine'))
   import parallel_driver
 
   config = parallel_driver.tiny_config('diffact', cache_dir)

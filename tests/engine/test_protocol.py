@@ -18,7 +18,7 @@ from polyseg.engine import train
 from polyseg.methods.diffact import task as diffact
 from polyseg.methods.hal import task as hal
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 _OPENED = []  # (event, path) while a test listens; None when no test does
 _listening = [False]

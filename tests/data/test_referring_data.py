@@ -2,15 +2,14 @@
 
 import json
 import pathlib
-import re
 
 import numpy as np
 import pytest
 import scipy.ndimage
+from conftest import raises_data_error
 
 from polyseg.data import formats
 from polyseg.data import synthetic
-from polyseg.data.formats import DataError
 from polyseg.data.formats import ReferringDataset
 from polyseg.data.formats import ReferringSample
 
@@ -24,11 +23,6 @@ TINY = {
   'partial_dim': 10,
   'latent_dim': 6,
 }
-
-
-def raises(match: str):
-  """pytest.raises(DataError) whose message must contain `match` literally."""
-  return pytest.raises(DataError, match=re.escape(match))
 
 
 def multi_hot(rows: list[list[int]]) -> np.ndarray:
@@ -145,12 +139,12 @@ def test_unlabelled_data_reads_no_labels(root):
   (root / 'mapping.txt').unlink()
   dataset = formats.read_referring(root, classes=CLASSES, labels=False)
   assert dataset.classes == CLASSES and all(s.labels is None for s in dataset.samples)
-  with raises(f'{root / "mapping.txt"}: class mapping file not found'):
+  with raises_data_error(f'{root / "mapping.txt"}: class mapping file not found'):
     formats.read_referring(root, labels=False)
 
 
 def test_classes_differ_from_mapping(root):
-  with raises(f'{root / "mapping.txt"}: classes'):
+  with raises_data_error(f'{root / "mapping.txt"}: classes'):
     formats.read_referring(root, classes=['run', 'walk', 'wave'])
 
 
@@ -187,20 +181,22 @@ def test_label_parsing(tmp_path, data, rows):
 def test_bad_label_file(tmp_path, data, message):
   path = tmp_path / 'labels.txt'
   path.write_bytes(data)
-  with raises(f'{path}{message}'):
+  with raises_data_error(f'{path}{message}'):
     formats.read_multilabels(path, CLASSES)
 
 
 def test_label_errors_through_the_reader(root):
   path = root / 'labels' / 'a__p1.txt'
   path.write_text('\n\nrun\n\n\n')
-  with raises(f'{path}: 5 label lines but {root / "features_partial" / "a__p1.npy"} has 4 frames'):
+  with raises_data_error(
+    f'{path}: 5 label lines but {root / "features_partial" / "a__p1.npy"} has 4 frames'
+  ):
     formats.read_referring(root)
   path.write_text('\n\nrun\nclap\n')
-  with raises(f"{path}:4: label 'clap' is not in the class mapping"):
+  with raises_data_error(f"{path}:4: label 'clap' is not in the class mapping"):
     formats.read_referring(root)
   path.unlink()
-  with raises(f'{path}: label file not found'):
+  with raises_data_error(f'{path}: label file not found'):
     formats.read_referring(root)
 
 
@@ -226,17 +222,17 @@ def test_label_errors_through_the_reader(root):
 def test_bad_references(root, text, message):
   path = root / 'references.json'
   path.write_text(text)
-  with raises(f'{path}{message}'):
+  with raises_data_error(f'{path}{message}'):
     formats.read_referring(root)
 
 
 def test_references_missing_or_not_utf8(root):
   path = root / 'references.json'
   path.write_bytes(b'{"a":\n {"p0": "the m\xe4n"}}')
-  with raises(f'{path}:2: not valid UTF-8'):
+  with raises_data_error(f'{path}:2: not valid UTF-8'):
     formats.read_referring(root)
   path.unlink()
-  with raises(f'{path}: references file not found'):
+  with raises_data_error(f'{path}: references file not found'):
     formats.read_referring(root)
 
 
@@ -246,7 +242,7 @@ def test_references_missing_or_not_utf8(root):
 def test_missing_holistic_names_both_candidates(root):
   (root / 'features_holistic' / 'b.npy').unlink()
   folder = root / 'features_holistic'
-  with raises(
+  with raises_data_error(
     f'{folder / "b__x.npy"}: holistic feature file not found (also tried {folder / "b.npy"})'
   ):
     formats.read_referring(root)
@@ -255,14 +251,16 @@ def test_missing_holistic_names_both_candidates(root):
 def test_missing_partial(root):
   path = root / 'features_partial' / 'a__p0.npy'
   path.unlink()
-  with raises(f'{path}: feature file not found'):
+  with raises_data_error(f'{path}: feature file not found'):
     formats.read_referring(root)
 
 
 def test_holistic_and_partial_lengths_differ(root):
   path = root / 'features_partial' / 'b__x.npy'
   save_npy(path, np.zeros((DP, 4), np.float32))
-  with raises(f'{path}: 4 frames but {root / "features_holistic" / "b.npy"} has 3 frames'):
+  with raises_data_error(
+    f'{path}: 4 frames but {root / "features_holistic" / "b.npy"} has 3 frames'
+  ):
     formats.read_referring(root)
 
 
@@ -278,38 +276,38 @@ def test_holistic_and_partial_lengths_differ(root):
 def test_bad_partial_array(root, array, message):
   path = root / 'features_partial' / 'a__p1.npy'
   save_npy(path, array)
-  with raises(f'{path}: {message}'):
+  with raises_data_error(f'{path}: {message}'):
     formats.read_referring(root)
 
 
 def test_bad_holistic_array(root):
   path = root / 'features_holistic' / 'b.npy'
   save_npy(path, np.array([[np.inf, 0.0, 0.0]] * DH))
-  with raises(f'{path}: non-finite feature value'):
+  with raises_data_error(f'{path}: non-finite feature value'):
     formats.read_referring(root)
 
 
 def test_dims_differ_across_files(root):
   holistic = root / 'features_holistic' / 'b.npy'
   save_npy(holistic, np.zeros((DH + 1, 3), np.float32))
-  with raises(
+  with raises_data_error(
     f'{holistic}: feature dimension D = {DH + 1} differs from D = {DH} of '
     f'{root / "features_holistic" / "a__p0.npy"}'
   ):
     formats.read_referring(root)
-  with raises(f'{root / "features_holistic" / "a__p0.npy"}: feature dimension D = {DH}'):
+  with raises_data_error(f'{root / "features_holistic" / "a__p0.npy"}: feature dimension D = {DH}'):
     formats.read_referring(root, holistic_dim=DH + 1)
   save_npy(holistic, np.zeros((DH, 3), np.float32))
   partial = root / 'features_partial' / 'a__p1.npy'
   save_npy(partial, np.zeros((DP + 2, 4), np.float32))
-  with raises(f'{partial}: feature dimension D = {DP + 2} differs from D = {DP}'):
+  with raises_data_error(f'{partial}: feature dimension D = {DP + 2} differs from D = {DP}'):
     formats.read_referring(root)
-  with raises(f'!= input_dim {DP + 1}'):
+  with raises_data_error(f'!= input_dim {DP + 1}'):
     formats.read_referring(root, partial_dim=DP + 1)
 
 
 def test_empty_dataset_has_no_dims():
-  with raises('no samples'):
+  with raises_data_error('no samples'):
     _ = ReferringDataset(CLASSES, []).holistic_dim
 
 
@@ -330,7 +328,7 @@ def test_empty_dataset_has_no_dims():
 def test_write_rejects_bad_samples(tmp_path, change, message):
   dataset = make_dataset()
   dataset.samples[0] = ReferringSample(**{**vars(dataset.samples[0]), **change})
-  with raises(message):
+  with raises_data_error(message):
     formats.write_referring(tmp_path / 'data', dataset)
   assert list(tmp_path.iterdir()) == []
 
@@ -338,13 +336,13 @@ def test_write_rejects_bad_samples(tmp_path, change, message):
 def test_write_rejects_unwritable_class_names_and_overwrites(tmp_path, root):
   dataset = make_dataset()
   dataset.classes = ['walk', 'run,fast', 'wave']
-  with raises("class name 'run,fast' cannot be written"):
+  with raises_data_error("class name 'run,fast' cannot be written"):
     formats.write_referring(tmp_path / 'new', dataset)
-  with raises(f'{root}: already exists'):
+  with raises_data_error(f'{root}: already exists'):
     formats.write_referring(root, make_dataset())
   with pytest.raises(ValueError, match='protocol must be one of'):
     formats.write_referring(tmp_path / 'new', make_dataset(), splits={'cross': {}})
-  with raises("split subset must be one of ('train', 'val', 'test'), got 'dev'"):
+  with raises_data_error("split subset must be one of ('train', 'val', 'test'), got 'dev'"):
     formats.write_referring(tmp_path / 'new', make_dataset(), splits={'random': {'dev': []}})
 
 
@@ -459,7 +457,7 @@ def test_random_split_covers_windows_once():
 
 def test_split_needs_three_units_and_valid_arguments():
   samples = split_samples()[:3]  # videos v0 and v1
-  with raises('split_referring: no split files, and 2 videos cannot be split'):
+  with raises_data_error('split_referring: no split files, and 2 videos cannot be split'):
     formats.split_referring(None, samples, 'cross_video', seed=0)
   assert [len(m) for m in formats.split_referring(None, samples, 'random', 0).values()] == [1, 1, 1]
   with pytest.raises(ValueError, match='protocol must be one of'):
@@ -502,7 +500,7 @@ def test_bad_split_files(tmp_path, files, where, message):
   contents = {'train': 'v0\nv1\n', 'val': 'v3\nv5\n', 'test': 'v2\nv4\n', **files}
   for subset, text in contents.items():
     (folder / f'{subset}.txt').write_text(text)
-  with raises(f'{tmp_path / "splits" / where}: {message}'):
+  with raises_data_error(f'{tmp_path / "splits" / where}: {message}'):
     formats.split_referring(tmp_path, split_samples(), 'cross_video', seed=0)
 
 
@@ -510,7 +508,7 @@ def test_missing_split_file(tmp_path):
   folder = tmp_path / 'splits' / 'random'
   folder.mkdir(parents=True)
   (folder / 'train.txt').write_text('v0__p0\n')
-  with raises(f'{folder / "val.txt"}: split file not found'):
+  with raises_data_error(f'{folder / "val.txt"}: split file not found'):
     formats.split_referring(tmp_path, split_samples(), 'random', seed=0)
 
 

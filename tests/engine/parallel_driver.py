@@ -1,10 +1,10 @@
-r"""Runs the engine's train step under a mesh in a process of its own (tests/test_parallel.py).
+r"""Runs the engine's train step under a mesh in a process of its own (tests/engine/test_parallel.py).
 
-python tests/parallel_driver.py sharded TASK CACHE OUT FSDP [FSDP ...]
+python tests/engine/parallel_driver.py sharded TASK CACHE OUT FSDP [FSDP ...]
     one process with XLA_FLAGS=--xla_force_host_platform_device_count=4: the same global batch
     through the single-device step and the step sharded over a (4 / FSDP, FSDP) mesh for each
     FSDP size; writes the loss and params of each to OUT.npz.
-python tests/parallel_driver.py multiprocess TASK CACHE OUT
+python tests/engine/parallel_driver.py multiprocess TASK CACHE OUT
     one of several processes (JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set):
     trains STEPS steps together through the engine's loader and step; writes this process's copy
     of the params and the global batches it saw to OUT.<process id>.npz.

@@ -1,5 +1,5 @@
 """Real camera footage: OpenCV's two documentation videos (a hand grasping and turning a cup, a box
-moved by hand; H.264, 640 x 480; tests/data/opencv/LICENSE.txt) decoded by polyseg/data/video.py
+moved by hand; H.264, 640 x 480; tests/assets/opencv/LICENSE.txt) decoded by polyseg/data/video.py
 as PyAV decodes them, then through Polyphony's stage 1 (a tiny ADH-ViT) and its per-frame feature
 extraction end to end."""
 
@@ -17,7 +17,7 @@ from polyseg.data import formats
 from polyseg.data import video
 from polyseg.methods.polyphony import stage1
 
-FOOTAGE = REPO / 'tests' / 'data' / 'opencv'
+FOOTAGE = REPO / 'tests' / 'assets' / 'opencv'
 FRAMES = {'cup': 217, 'box': 455}  # frames decoded (box's stream header says 456)
 
 pytestmark = pytest.mark.usefixtures('fast_compile')

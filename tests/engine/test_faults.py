@@ -36,10 +36,10 @@ def _driver_flags(cache_dir) -> list[str]:
 
 
 def _driver(fault: str, workdir, cache_dir, wait: bool = True, *flags: str):
-  """tests/fault_driver.py: the CLI on the tiny DiffAct config with `fault` injected."""
+  """tests/engine/fault_driver.py: the CLI on the tiny DiffAct config with `fault` injected."""
   command = [
     sys.executable,
-    str(REPO / 'tests' / 'fault_driver.py'),
+    str(REPO / 'tests' / 'engine' / 'fault_driver.py'),
     fault,
     f'--workdir={workdir}',
     *_driver_flags(cache_dir),
@@ -137,11 +137,11 @@ def test_killed_and_stopped_run_resumes_bitwise(tiny_config, cache_dir, tmp_path
 
 SMALL_DISK = """set -u
 mount -t tmpfs -o size=100m tmpfs "$FS" || exit 90
-"$PY" tests/fault_driver.py diskfull@5:32 "$@" --workdir="$FS/run" 2>"$OUT/first.err" >/dev/null
+"$PY" tests/engine/fault_driver.py diskfull@5:32 "$@" --workdir="$FS/run" 2>"$OUT/first.err" >/dev/null
 echo $? >"$OUT/first.rc"
 ls "$FS/run/checkpoints" >"$OUT/after_full.txt"
 rm "$FS/filler"
-"$PY" tests/fault_driver.py none "$@" --workdir="$FS/run" 2>"$OUT/second.err" >/dev/null
+"$PY" tests/engine/fault_driver.py none "$@" --workdir="$FS/run" 2>"$OUT/second.err" >/dev/null
 echo $? >"$OUT/second.rc"
 cp -a "$FS/run" "$OUT/run"
 """

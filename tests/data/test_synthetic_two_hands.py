@@ -4,23 +4,17 @@ ensure_two_hands (determinism, layout, coupled hands, LH harder, confusable clas
 
 import json
 import pathlib
-import re
 import time
 
 import numpy as np
 import pytest
+from conftest import raises_data_error
 
 from polyseg.data import formats
 from polyseg.data import synthetic
-from polyseg.data.formats import DataError
 
 CLASSES = ['background', 'take cup', 'place lid onto box']
 SPLITS = {'train': ['a', 'b'], 'test': ['c']}
-
-
-def raises(match: str):
-  """pytest.raises(DataError) whose message must contain `match` literally."""
-  return pytest.raises(DataError, match=re.escape(match))
 
 
 def hand_video(name: str, lh: list[int], rh: list[int], shared_dim: int = 2):
@@ -179,14 +173,14 @@ def with_stream(index: int, stream: str, array) -> list[formats.MultiStreamVideo
   ],
 )
 def test_writer_rejects_bad_input_and_leaves_nothing(tmp_path, kwargs, message):
-  with raises(message):
+  with raises_data_error(message):
     write(tmp_path / 'data', **kwargs)
   assert list(tmp_path.iterdir()) == []
 
 
 def test_writer_refuses_to_overwrite_and_cleans_up_after_a_crash(tmp_path, monkeypatch):
   root = write(tmp_path / 'data')
-  with raises(f'{root}: already exists'):
+  with raises_data_error(f'{root}: already exists'):
     write(root)
 
   def crashing():
@@ -209,24 +203,28 @@ def test_reader_errors(tmp_path):
     for v in three_videos()
   ]
   root = write(tmp_path / 'data', videos)
-  with raises(f'{root}/features/lh/a.npy: feature dimension D = 4'):
+  with raises_data_error(f'{root}/features/lh/a.npy: feature dimension D = 4'):
     formats.read_hand_streams(root, 'train', 1)  # logits must have C = 3 by default ...
   train = formats.read_hand_streams(root, 'train', 1, dims={'lh': None})  # ... unless unchecked
   assert train.videos[1].features['lh'].shape == (2, 4)
   np.save(root / 'features' / 'lh' / 'b.npy', np.zeros((5, 2), np.float32))  # [D, T]
-  with raises(f'{root}/features/lh/b.npy: feature dimension D = 5 differs from D = 4 of'):
+  with raises_data_error(
+    f'{root}/features/lh/b.npy: feature dimension D = 5 differs from D = 4 of'
+  ):
     formats.read_hand_streams(root, 'train', 1, dims={'lh': None})
-  with raises(f'{root}/features/shared/c.npy: feature dimension D = 2'):
+  with raises_data_error(f'{root}/features/shared/c.npy: feature dimension D = 2'):
     formats.read_hand_streams(root, 'test', 1, dims={'shared': 5, 'lh': None})
   with pytest.raises(ValueError, match='unknown streams'):
     formats.read_hand_streams(root, 'test', 1, dims={'rgb': 5})
-  with raises('differ from the expected'):
+  with raises_data_error('differ from the expected'):
     formats.read_hand_streams(root, 'test', 1, classes=CLASSES[:2])
   np.save(root / 'features' / 'rh' / 'c.npy', np.zeros((3, 4), np.float32))
-  with raises(f'{root}/features/rh/c.npy: 4 frames but {root}/groundTruth/lh/c.txt has 3'):
+  with raises_data_error(
+    f'{root}/features/rh/c.npy: 4 frames but {root}/groundTruth/lh/c.txt has 3'
+  ):
     formats.read_hand_streams(root, 'test', 1, dims={'lh': None})
   (root / 'features' / 'shared' / 'c.npy').unlink()
-  with raises(f'{root}/features/shared/c.npy: feature file not found'):
+  with raises_data_error(f'{root}/features/shared/c.npy: feature file not found'):
     formats.read_hand_streams(root, 'test', 1, dims={'lh': None})
 
 

@@ -5,14 +5,13 @@ determinism, caching)."""
 
 import logging
 import pathlib
-import re
 
 import numpy as np
 import pytest
+from conftest import raises_data_error
 
 from polyseg.data import formats
 from polyseg.data import synthetic
-from polyseg.data.formats import DataError
 
 CLASSES = ['background', 'cut', 'pour']
 RGB_DIM, FLOW_DIM = 4, 3
@@ -24,11 +23,6 @@ SMALL = {
   'rgb_dim': 12,
   'flow_dim': 8,
 }
-
-
-def raises(match: str):
-  """pytest.raises(DataError) whose message must contain `match` literally."""
-  return pytest.raises(DataError, match=re.escape(match))
 
 
 def video(name: str, label_ids: list[int], rgb_len: int | None = None, flow_len: int | None = None):
@@ -95,7 +89,7 @@ def test_write_read_round_trip_with_different_dims(tmp_path):
 
 def test_reader_checks_each_stream_dim(tmp_path):
   root = formats.write_two_streams(tmp_path / 'data', datasets())
-  with raises(f'{root / "features_flow" / "a.npy"}: feature dimension D = 3'):
+  with raises_data_error(f'{root / "features_flow" / "a.npy"}: feature dimension D = 3'):
     formats.read_two_streams(root, 'train', 1, flow_dim=RGB_DIM)
 
 
@@ -122,14 +116,14 @@ def test_reader_checks_each_stream_dim(tmp_path):
   ],
 )
 def test_writer_rejects_bad_datasets_and_leaves_nothing(tmp_path, train, message):
-  with raises(message):
+  with raises_data_error(message):
     formats.write_two_streams(tmp_path / 'data', datasets(*train))
   assert list(tmp_path.iterdir()) == []
 
 
 def test_writer_refuses_to_overwrite(tmp_path):
   root = formats.write_two_streams(tmp_path / 'data', datasets())
-  with raises(f'{root}: already exists'):
+  with raises_data_error(f'{root}: already exists'):
     formats.write_two_streams(root, datasets())
 
 
@@ -185,13 +179,15 @@ def test_rgb_and_labels_are_aligned_to_the_flow_length(tmp_path, caplog, rgb_len
 def test_length_difference_beyond_the_tolerance_names_files_and_lengths(tmp_path):
   root = write_lengths(tmp_path / 'data', 13, 10, 10)
   flow, rgb = root / 'features_flow' / 'a.npy', root / 'features_rgb' / 'a.npy'
-  with raises(
+  with raises_data_error(
     f'{flow}: 10 frames but {rgb} has 13 frames (they differ by 3 > length_tolerance 2); '
     f'raise data.length_tolerance to align them'
   ):
     formats.read_two_streams(root, 'train', 1, length_tolerance=2)
   root = write_lengths(tmp_path / 'labels', 10, 10, 9)
-  with raises(f'{root / "groundTruth" / "a.txt"} has 9 frames (they differ by 1 > length_tol'):
+  with raises_data_error(
+    f'{root / "groundTruth" / "a.txt"} has 9 frames (they differ by 1 > length_tol'
+  ):
     formats.read_two_streams(root, 'train', 1)  # default tolerance 0: lengths must be equal
 
 

@@ -3,10 +3,10 @@
 import os
 import pathlib
 import pickle
-import re
 
 import numpy as np
 import pytest
+from conftest import raises_data_error
 
 from polyseg.data import formats
 from polyseg.data.formats import DataError
@@ -99,55 +99,50 @@ def test_read_feature_folder(tmp_path):
 # -------------------------------------------------------------------- errors
 
 
-def raises(match: str):
-  """pytest.raises(DataError) whose message must contain `match` literally."""
-  return pytest.raises(DataError, match=re.escape(match))
-
-
 def test_data_error_is_value_error():
   assert issubclass(DataError, ValueError)
 
 
 def test_missing_feature_file(root):
   os.remove(root / 'features' / 'b.npy')
-  with raises(f'{root / "features" / "b.npy"}: feature file not found'):
+  with raises_data_error(f'{root / "features" / "b.npy"}: feature file not found'):
     read_train(root)
 
 
 def test_missing_label_file(root):
   os.remove(root / 'groundTruth' / 'a.txt')
-  with raises(f'{root / "groundTruth" / "a.txt"}: label file not found'):
+  with raises_data_error(f'{root / "groundTruth" / "a.txt"}: label file not found'):
     read_train(root)
 
 
 def test_missing_mapping(root):
   os.remove(root / 'mapping.txt')
-  with raises(f'{root / "mapping.txt"}: class mapping file not found'):
+  with raises_data_error(f'{root / "mapping.txt"}: class mapping file not found'):
     read_train(root)
 
 
 def test_missing_split(root):
-  with raises(f'{root / "splits" / "train.split3.bundle"}: split file not found'):
+  with raises_data_error(f'{root / "splits" / "train.split3.bundle"}: split file not found'):
     formats.read_single_stream(root, 'train', 3)
 
 
 def test_empty_split(root):
   path = root / 'splits' / 'train.split1.bundle'
   path.write_text('\n\n')
-  with raises(f'{path}: split lists no videos'):
+  with raises_data_error(f'{path}: split lists no videos'):
     read_train(root)
 
 
 def test_duplicate_video_in_split(root):
   path = root / 'splits' / 'train.split1.bundle'
   path.write_text('a.txt\nb.txt\na\n')
-  with raises(f"{path}:3: duplicate video 'a' (first listed on line 1)"):
+  with raises_data_error(f"{path}:3: duplicate video 'a' (first listed on line 1)"):
     read_train(root)
 
 
 def test_label_length_differs_from_feature_length(root):
   (root / 'groundTruth' / 'b.txt').write_text('background\npour\n')
-  with raises(
+  with raises_data_error(
     f'{root / "groundTruth" / "b.txt"}: 2 labels but {root / "features" / "b.npy"} has 3 frames'
   ):
     read_train(root)
@@ -155,7 +150,9 @@ def test_label_length_differs_from_feature_length(root):
 
 def test_label_not_in_mapping(root):
   (root / 'groundTruth' / 'a.txt').write_text('background\nbackground\ncut\nstir\npour\n')
-  with raises(f"{root / 'groundTruth' / 'a.txt'}:4: label 'stir' is not in the class mapping"):
+  with raises_data_error(
+    f"{root / 'groundTruth' / 'a.txt'}:4: label 'stir' is not in the class mapping"
+  ):
     read_train(root)
 
 
@@ -166,23 +163,23 @@ def test_non_finite_features(root, bad):
   features[2, 3] = bad  # channel 2, frame 3
   features[0, 4] = bad
   save_npy(path, features)
-  with raises(f'{path}: non-finite feature value'):
+  with raises_data_error(f'{path}: non-finite feature value'):
     read_train(root)
-  with raises('at frame 3 (2 bad frames)'):
+  with raises_data_error('at frame 3 (2 bad frames)'):
     read_train(root)
 
 
 def test_empty_feature_file(root):
   path = root / 'features' / 'a.npy'
   save_npy(path, np.zeros((DIM, 0), np.float32))
-  with raises(f'{path}: empty video (T = 0 frames'):
+  with raises_data_error(f'{path}: empty video (T = 0 frames'):
     read_train(root)
 
 
 def test_empty_label_file(root):
   path = root / 'groundTruth' / 'a.txt'
   path.write_text('\n')
-  with raises(f'{path}: empty label file (T = 0 frames)'):
+  with raises_data_error(f'{path}: empty label file (T = 0 frames)'):
     read_train(root)
 
 
@@ -190,7 +187,7 @@ def test_empty_label_file(root):
 def test_wrong_rank(root, shape):
   path = root / 'features' / 'a.npy'
   save_npy(path, np.zeros(shape, np.float32))
-  with raises(f'{path}: features must have rank 2 [D, T], got shape {shape}'):
+  with raises_data_error(f'{path}: features must have rank 2 [D, T], got shape {shape}'):
     read_train(root)
 
 
@@ -200,14 +197,16 @@ def test_wrong_rank(root, shape):
 def test_non_numeric_dtype(root, array):
   path = root / 'features' / 'a.npy'
   save_npy(path, array)
-  with raises(f'{path}: features must be numeric (int or float), got dtype {array.dtype}'):
+  with raises_data_error(
+    f'{path}: features must be numeric (int or float), got dtype {array.dtype}'
+  ):
     read_train(root)
 
 
 def test_feature_dim_differs_from_input_dim(root):
-  with raises(f'{root / "features" / "a.npy"}: feature dimension D = {DIM}'):
+  with raises_data_error(f'{root / "features" / "a.npy"}: feature dimension D = {DIM}'):
     read_train(root, input_dim=DIM + 1)
-  with raises(f'!= input_dim {DIM + 1}'):
+  with raises_data_error(f'!= input_dim {DIM + 1}'):
     formats.read_feature_folder(root / 'features', input_dim=DIM + 1)
 
 
@@ -218,30 +217,30 @@ def test_inconsistent_feature_dim(root):
     f'{path}: feature dimension D = {DIM + 2} differs from D = {DIM} of '
     f'{root / "features" / "a.npy"}'
   )
-  with raises(message):
+  with raises_data_error(message):
     read_train(root)
-  with raises(message):
+  with raises_data_error(message):
     formats.read_feature_folder(root / 'features')
 
 
 def test_non_utf8_label_file(root):
   path = root / 'groundTruth' / 'a.txt'
   path.write_bytes(b'background\nbackground\ncut\ncut\npour\xff\n')
-  with raises(f'{path}:5: not valid UTF-8'):
+  with raises_data_error(f'{path}:5: not valid UTF-8'):
     read_train(root)
 
 
 def test_non_utf8_mapping(root):
   path = root / 'mapping.txt'
   path.write_bytes(b'0 background\n1 c\xe9t\n2 pour\n')
-  with raises(f'{path}:2: not valid UTF-8'):
+  with raises_data_error(f'{path}:2: not valid UTF-8'):
     read_train(root)
 
 
 def test_object_npy_is_refused(root):
   path = root / 'features' / 'a.npy'
   np.save(path, np.array([{'a': 1}, None], dtype=object), allow_pickle=True)
-  with raises(f'{path}: not a plain numeric .npy array'):
+  with raises_data_error(f'{path}: not a plain numeric .npy array'):
     read_train(root)
 
 
@@ -259,7 +258,7 @@ def test_raw_pickle_is_never_unpickled(root):
   path = root / 'features' / 'a.npy'
   marker = root.parent / 'unpickled'
   path.write_bytes(pickle.dumps(_Trap(marker)))
-  with raises(f'{path}: not a plain numeric .npy array'):
+  with raises_data_error(f'{path}: not a plain numeric .npy array'):
     read_train(root)
   assert not marker.exists()
 
@@ -268,14 +267,14 @@ def test_npz_is_refused(tmp_path):
   path = tmp_path / 'x.npy'
   with open(path, 'wb') as f:
     np.savez(f, features=np.zeros((DIM, 3)))
-  with raises(f'{path}: expected a single .npy array, got an .npz archive'):
+  with raises_data_error(f'{path}: expected a single .npy array, got an .npz archive'):
     formats.read_features(path)
 
 
 def test_truncated_npy(root):
   path = root / 'features' / 'a.npy'
   path.write_bytes(path.read_bytes()[:-7])
-  with raises(f'{path}: not a plain numeric .npy array'):
+  with raises_data_error(f'{path}: not a plain numeric .npy array'):
     read_train(root)
 
 
@@ -292,7 +291,7 @@ def test_truncated_npy(root):
 def test_bad_mapping(tmp_path, text, message):
   path = tmp_path / 'mapping.txt'
   path.write_text(text)
-  with raises(f'{path}{message}'):
+  with raises_data_error(f'{path}{message}'):
     formats.read_mapping(path)
 
 
@@ -303,19 +302,19 @@ def test_mapping_names_may_contain_spaces(tmp_path):
 
 
 def test_classes_differ_from_mapping(root):
-  with raises(f'{root / "mapping.txt"}: classes'):
+  with raises_data_error(f'{root / "mapping.txt"}: classes'):
     read_train(root, classes=['background', 'pour', 'cut'])
 
 
 def test_feature_folder_missing_or_empty(tmp_path):
-  with raises(f'{tmp_path / "nope"}: feature folder not found'):
+  with raises_data_error(f'{tmp_path / "nope"}: feature folder not found'):
     formats.read_feature_folder(tmp_path / 'nope')
-  with raises(f'{tmp_path}: no .npy feature files'):
+  with raises_data_error(f'{tmp_path}: no .npy feature files'):
     formats.read_feature_folder(tmp_path)
 
 
 def test_empty_dataset_has_no_input_dim():
-  with raises('dataset has no videos'):
+  with raises_data_error('dataset has no videos'):
     _ = formats.Dataset(CLASSES, []).input_dim
 
 
@@ -324,7 +323,7 @@ def test_empty_dataset_has_no_input_dim():
 
 def test_write_refuses_to_overwrite(root):
   dataset = formats.Dataset(CLASSES, [make_video('x', [0])])
-  with raises(f'{root}: already exists'):
+  with raises_data_error(f'{root}: already exists'):
     formats.write_single_stream(root, {'train': dataset})
 
 
@@ -358,7 +357,7 @@ def test_write_into_empty_folder(tmp_path):
   ],
 )
 def test_write_rejects_inconsistent_datasets(tmp_path, datasets, message):
-  with raises(message):
+  with raises_data_error(message):
     formats.write_single_stream(tmp_path / 'data', datasets)
   assert list(tmp_path.iterdir()) == []
 

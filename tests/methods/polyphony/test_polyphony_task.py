@@ -25,7 +25,7 @@ from polyseg.methods.polyphony import model as polyphony_model
 from polyseg.methods.polyphony import task as polyphony
 from polyseg.nn import asformer
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[3]
 CLASSES = ['background', 'take cup', 'pour water into cup', 'screw lid onto box using wrench']
 PARTS = {'shared': 6, 'logits': len(CLASSES), 'semantic': 5}
 

@@ -1,6 +1,6 @@
-r"""The command line (`python -m polyseg.main`) with one fault injected, for tests/test_faults.py.
+r"""The command line (`python -m polyseg.main`) with one fault injected, for tests/engine/test_faults.py.
 
-python tests/fault_driver.py FAULT [polyseg.main flags...]
+python tests/engine/fault_driver.py FAULT [polyseg.main flags...]
 
 FAULT is 'none' or KIND@STEP, where the fault strikes when the training loop asks for the batch of
 STEP (that is, after STEP steps are done; the batch the first step is compiled for does not count):
