@@ -21,6 +21,7 @@ setuptools.setup(
     "absl-py>=2.1",
     "tensorflow-datasets>=4.9.7",
     "tqdm>=4.66",
+    "grain>=0.2.12",  # prefetching of training batches (polyseg/data/pipeline.py Prefetcher)
     "matplotlib>=3.9",
     "tensorboardX>=2.6.2",
   ],

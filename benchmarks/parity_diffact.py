@@ -506,6 +506,27 @@ def compare(
   return rows
 
 
+def reference_terms(model, features, event_gt, boundary_gt, class_weights, soft_label) -> dict:
+  """The reference's loss terms (its `get_training_loss` with the criteria its trainer builds) of
+  one video: features [1, D, T], event_gt one-hot [1, C, T], boundary_gt [1, 1, T], torch tensors
+  of one dtype; class_weights [C] (numpy) or None."""
+  weight = None if class_weights is None else torch.from_numpy(class_weights).to(features.dtype)
+  ce = torch.nn.CrossEntropyLoss(weight=weight, reduction='none')
+  mse, bce = torch.nn.MSELoss(reduction='none'), torch.nn.BCELoss(reduction='none')
+  return model.get_training_loss(
+    features,
+    event_gt=event_gt,
+    boundary_gt=boundary_gt,
+    encoder_ce_criterion=ce,
+    encoder_mse_criterion=mse,
+    encoder_boundary_criterion=bce,
+    decoder_ce_criterion=ce,
+    decoder_mse_criterion=mse,
+    decoder_boundary_criterion=bce,
+    soft_label=soft_label,
+  )
+
+
 def reference_loss(model, video, class_weights, loss_weights, soft_label, draws):
   """The reference's loss terms of one video (features [T, D], one-hot labels [T, C], boundary
   target [T]), backpropagated: the .grad of `model` (float32 or float64). draws: (its condition
@@ -514,23 +535,17 @@ def reference_loss(model, video, class_weights, loss_weights, soft_label, draws)
   kind, dropped_class, noise, t = draws
   dtype = next(model.parameters()).dtype
   model.zero_grad()
-  ce = torch.nn.CrossEntropyLoss(weight=torch.from_numpy(class_weights).to(dtype), reduction='none')
-  mse, bce = torch.nn.MSELoss(reduction='none'), torch.nn.BCELoss(reduction='none')
   fixed_t = _patched(torch, 'randint', lambda *a, **k: torch.tensor([t]))
   # The reference casts the decoder's input with .float(); in float64 that cast keeps float64.
   cast = _patched(torch.Tensor, 'float', lambda x: x.to(dtype))
   with fixed_draws(kind, dropped_class, [noise.T[None]]), fixed_t, cast:
-    terms = model.get_training_loss(
+    terms = reference_terms(
+      model,
       _to_torch(features).to(dtype),
-      event_gt=torch.from_numpy(onehot.T[None]).to(dtype),
-      boundary_gt=torch.from_numpy(boundary)[None, None].to(dtype),
-      encoder_ce_criterion=ce,
-      encoder_mse_criterion=mse,
-      encoder_boundary_criterion=bce,
-      decoder_ce_criterion=ce,
-      decoder_mse_criterion=mse,
-      decoder_boundary_criterion=bce,
-      soft_label=soft_label,
+      torch.from_numpy(onehot.T[None]).to(dtype),
+      torch.from_numpy(boundary)[None, None].to(dtype),
+      class_weights,
+      soft_label,
     )
   sum(loss_weights[k] * v for k, v in terms.items()).backward()
   return terms

@@ -251,3 +251,41 @@ def test_quality_majority_baseline_predicts_each_rows_most_frequent_training_cla
     for video in videos:
       scores.add(np.full(len(video.labels), majority), video.labels)
     assert results[split]['Fused'] == pytest.approx(scores.result())
+
+
+def test_vs_reference_table_gives_medians_and_ratios_per_video_and_per_valid_frame():
+  """vs_reference.py's table from rows as its worker processes print them (the reference itself
+  needs PyTorch, an optional extra): medians over rounds, the ratio reference / polyseg per video,
+  and per 1,000 valid frames against the batched step."""
+  vs_reference = load_benchmark('vs_reference')
+  row = {'size': 'gtea', 'frames': 1000, 'what': 'train'}
+  runs = [
+    ('reference', 0.9, 1000),
+    ('polyseg', 0.2, 1000),
+    ('polyseg_batched', 0.6, 4000),
+    ('reference', 1.1, 1000),
+    ('polyseg', 0.3, 1000),
+    ('polyseg_batched', 0.8, 4000),
+  ]
+  rows = [{**row, 'implementation': i, 'seconds': s, 'valid_frames': f} for i, s, f in runs]
+  rows += [
+    {**row, 'what': 'ddim', 'implementation': 'reference', 'seconds': 2.0, 'valid_frames': 1000}
+  ]
+  rows += [
+    {**row, 'what': 'ddim', 'implementation': 'polyseg', 'seconds': 0.25, 'valid_frames': 1000}
+  ]
+  header, train, ddim = vs_reference.table(rows).splitlines()
+  # train: medians 1.0 s and 0.25 s per video -> 4.00x; batched 0.175 s per 1,000 valid frames
+  # against the reference's 1.0 -> 5.71x.
+  assert train.split() == [
+    'gtea,',
+    '1,000',
+    'train',
+    '1.000s',
+    '0.250s',
+    '4.00x',
+    '0.175s',
+    '5.71x',
+  ]
+  assert ddim.split() == ['gtea,', '1,000', 'ddim', '2.000s', '0.250s', '8.00x']
+  assert 'ratio' in header

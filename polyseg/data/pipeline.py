@@ -259,6 +259,38 @@ class TrainLoader:
     return batch
 
 
+class Prefetcher:
+  """`batch_of(step)`, built ahead of the train step on a background thread by grain.
+
+  The steps `step, step + 1, ..., num_steps - 1` form a grain `MapDataset` mapped by `batch_of`,
+  read through an iterator that keeps `ahead` batches ready (`threads` threads build them). A call
+  for the step after the last one takes the next batch of that iterator; any other step (the
+  first call, a resume, a repeated step) starts a new iterator there. `batch_of` must be a pure
+  function of the step (TrainLoader.batch is), so the batches are exactly those of `batch_of` in
+  any case: the order is deterministic, and the iterator's position is the step a checkpoint
+  stores, so a resumed run continues the same data order.
+  """
+
+  def __init__(
+    self, batch_of: Callable[[int], Any], num_steps: int, *, ahead: int = 2, threads: int = 1
+  ):
+    if ahead < 1 or threads < 1:
+      raise ValueError(f'ahead and threads must be >= 1, got {ahead}, {threads}')
+    import grain  # here: importing it costs most of a second, and only training needs it
+
+    options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=ahead)
+    steps_from = lambda step: grain.MapDataset.range(step, max(step + 1, num_steps))
+    self.start = lambda step: iter(steps_from(step).map(batch_of).to_iter_dataset(options))
+    self.iterator = None
+    self.next_step = None
+
+  def __call__(self, step: int) -> Any:
+    if step != self.next_step:
+      self.iterator = self.start(step)
+    self.next_step = step + 1
+    return next(self.iterator)
+
+
 def longest_crop(videos: Sequence[Any], sample_rate: int, max_len: int | None) -> int:
   """The most frames a training crop of `videos` can have: max ceil(T / rate), capped at max_len."""
   longest = max(-(-num_frames(v) // sample_rate) for v in videos)

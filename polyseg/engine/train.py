@@ -7,6 +7,7 @@ the engine a method (a module with the interface of `polyseg.engine.task`), whic
 the model, the loss and the per-video prediction.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -661,10 +662,13 @@ def _train_and_evaluate(method, config: ml_collections.ConfigDict, workdir: str)
       state['task_state'] = update_task_state(state['task_state'], val)
     return state, val[task.main_row]
 
+  batch_of = loader.batch
+  if config.data.get('prefetch', 0):  # absent in runs saved before it
+    batch_of = pipeline.Prefetcher(batch_of, config.train.num_steps, ahead=config.data.prefetch)
   state, val_step = train_loop(  # val_step: the step whose val evaluation this process did last
     state,
     train_step,
-    lambda step: parallel.global_batch(loader.batch(step), mesh),
+    lambda step: parallel.global_batch(batch_of(step), mesh),
     config.train,
     ckpt=ckpt,
     writer=writer,
@@ -783,26 +787,29 @@ def predict_videos(
   """{video: {row: prediction}} of the latest (or best) checkpoint on the unlabelled inputs of
   `config.predict.features` (the task says what they are: a folder of `<vid>.npy`, or a dataset
   folder without labels), with a progress bar. With `outdir`, the predictions (in the
-  ground-truth format) and timelines are also written there."""
-  if not config.predict.features:
-    raise ValueError('prediction needs inputs: --config.predict.features=DIR')
-  config = prepare_stages(method, config, workdir, 'predict')
-  require_checkpoints(workdir)
-  workdir, _, task = setup(method, config, workdir, with_data=False)
-  videos = method.load_unlabelled(config, task.info)
-  if not videos:
-    raise formats.DataError(f'{config.predict.features}: no videos to predict')
-  step, params = restore_params(task, config, workdir, which)
-  if task.calibrates:  # its choices for this checkpoint come from the val split
-    val = method.load_data(config).val
-    task.calibrate(params, val, jax.random.PRNGKey(config.eval.seed), outdir)
-  predictions = run_predictions(
-    task, params, videos, jax.random.PRNGKey(config.eval.seed), desc='predict'
-  )
-  if outdir is not None and is_main_process():
-    write_outputs(task, outdir, videos, predictions, config.eval.num_timelines)
-    print(f'Wrote predictions of {len(videos)} videos (checkpoint step {step}) to {outdir}')
-  return predictions
+  ground-truth format) and timelines are also written there, its one writer (`workdir.Lock`,
+  taken before anything is read)."""
+  lock = workdir_lib.Lock(outdir, 'predict', enabled=is_main_process()) if outdir else None
+  with lock or contextlib.nullcontext():
+    if not config.predict.features:
+      raise ValueError('prediction needs inputs: --config.predict.features=DIR')
+    config = prepare_stages(method, config, workdir, 'predict')
+    require_checkpoints(workdir)
+    workdir, _, task = setup(method, config, workdir, with_data=False)
+    videos = method.load_unlabelled(config, task.info)
+    if not videos:
+      raise formats.DataError(f'{config.predict.features}: no videos to predict')
+    step, params = restore_params(task, config, workdir, which)
+    if task.calibrates:  # its choices for this checkpoint come from the val split
+      val = method.load_data(config).val
+      task.calibrate(params, val, jax.random.PRNGKey(config.eval.seed), outdir)
+    predictions = run_predictions(
+      task, params, videos, jax.random.PRNGKey(config.eval.seed), desc='predict'
+    )
+    if outdir is not None and is_main_process():
+      write_outputs(task, outdir, videos, predictions, config.eval.num_timelines)
+      print(f'Wrote predictions of {len(videos)} videos (checkpoint step {step}) to {outdir}')
+    return predictions
 
 
 def predict(
@@ -811,6 +818,5 @@ def predict(
   """--mode=predict: `predict_videos` written to `config.predict.output` (default
   <workdir>/predict); returns that folder."""
   outdir = config.predict.output or os.path.join(os.path.abspath(workdir), 'predict')
-  with workdir_lib.Lock(outdir, 'predict', enabled=is_main_process()):
-    predict_videos(method, config, workdir, which, outdir)
+  predict_videos(method, config, workdir, which, outdir)
   return outdir

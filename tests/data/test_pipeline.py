@@ -1,5 +1,7 @@
 """Tests for polyseg.data.pipeline: boundary targets, class weights, buckets, loader, test views."""
 
+import threading
+
 import numpy as np
 import pytest
 import scipy.ndimage
@@ -374,3 +376,42 @@ def test_padded_lengths_are_the_buckets_of_every_crop_at_every_offset():
     one = loader(lengths)
     seen = {one.batch(step)['mask'].shape[1] for step in range(40)}
     assert seen <= set(one.padded_lengths())
+
+
+def test_prefetcher_serves_the_loaders_batches_in_any_order():
+  """Consecutive steps from grain's buffer, a jump (a resume), a repeat and the last step: every
+  batch bitwise the loader's own."""
+  loader = make_loader(sample_rate=2, length_grouping=2)
+  prefetch = pipeline.Prefetcher(loader.batch, num_steps=12, ahead=3)
+  for step in (0, 1, 2, 3, 7, 8, 8, 2, 11, 11):
+    got, want = prefetch(step), loader.batch(step)
+    assert got.keys() == want.keys()
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_prefetcher_builds_batches_before_they_are_asked_for():
+  built = {step: threading.Event() for step in range(6)}
+
+  def batch_of(step):
+    built[step].set()
+    return step
+
+  prefetch = pipeline.Prefetcher(batch_of, num_steps=6, ahead=2)
+  assert prefetch(0) == 0
+  assert built[1].wait(10) and built[2].wait(10)  # on grain's thread, before step 1 is asked
+  assert [prefetch(s) for s in range(1, 6)] == [1, 2, 3, 4, 5]
+
+
+def test_prefetcher_raises_the_batch_functions_error_and_rejects_bad_arguments():
+  def batch_of(step):
+    if step == 2:
+      raise ValueError('video v7: broken')
+    return step
+
+  prefetch = pipeline.Prefetcher(batch_of, num_steps=4)
+  assert [prefetch(0), prefetch(1)] == [0, 1]
+  with pytest.raises(ValueError, match='video v7: broken'):
+    prefetch(2)
+  with pytest.raises(ValueError, match='ahead and threads must be >= 1'):
+    pipeline.Prefetcher(batch_of, num_steps=4, ahead=0)

@@ -3,7 +3,7 @@ r"""The command line (`python -m polyseg.main`) with one fault injected, for tes
 python tests/engine/fault_driver.py FAULT [polyseg.main flags...]
 
 FAULT is 'none' or KIND@STEP, where the fault strikes when the training loop asks for the batch of
-STEP (that is, after STEP steps are done; the batch the first step is compiled for does not count):
+STEP (that is, after STEP steps are done; see `at_loop_batch`):
   sigkill@S       SIGKILL: the process dies at once, mid-training
   checkpoint@S    SIGKILL inside the write of checkpoint S, after its files are written to orbax's
                   temporary folder and before the rename that completes it
@@ -26,38 +26,30 @@ from polyseg.data import pipeline
 SIGNALS = {'sigkill': signal.SIGKILL, 'sigterm': signal.SIGTERM, 'sigint': signal.SIGINT}
 
 
-def strike_at_batch(signum: int, step: int) -> None:
-  """Sends `signum` to this process when the loop asks for the batch of `step`."""
-  batch, calls = pipeline.TrainLoader.batch, []
+def at_loop_batch(step: int, action) -> None:
+  """Runs `action()` when the training loop asks for the batch of `step`: the loop asks
+  `pipeline.Prefetcher` (data.prefetch > 0, the default), in the main thread; the batches it
+  builds ahead and the one the first step is compiled for do not count."""
+  ask = pipeline.Prefetcher.__call__
 
   def patched(self, at):
-    calls.append(at)
-    if at == step and len(calls) > 1:  # calls[0] is the batch the step is compiled for
-      os.kill(os.getpid(), signum)
-    return batch(self, at)
+    if at == step:
+      action()
+    return ask(self, at)
 
-  pipeline.TrainLoader.batch = patched
+  pipeline.Prefetcher.__call__ = patched
 
 
-def fill_disk_at_batch(step: int, free_kib: int, workdir: str) -> None:
-  """Fills the file system of `workdir` when the loop asks for the batch of `step`, leaving
-  `free_kib` KiB free."""
-  batch, calls = pipeline.TrainLoader.batch, []
-
-  def patched(self, at):
-    calls.append(at)
-    if at == step and len(calls) > 1:
-      path = os.path.join(os.path.dirname(os.path.abspath(workdir)), 'filler')
-      with open(path, 'wb', buffering=0) as f:
-        try:
-          while f.write(b'\1' * (1 << 20)):
-            pass
-        except OSError:  # ENOSPC: the file system is full
-          pass
-        f.truncate(max(0, os.fstat(f.fileno()).st_size - free_kib * 1024))
-    return batch(self, at)
-
-  pipeline.TrainLoader.batch = patched
+def fill_disk(workdir: str, free_kib: int) -> None:
+  """Fills the file system of `workdir` with `<workdir>/../filler`, leaving `free_kib` KiB free."""
+  path = os.path.join(os.path.dirname(os.path.abspath(workdir)), 'filler')
+  with open(path, 'wb', buffering=0) as f:
+    try:
+      while f.write(b'\1' * (1 << 20)):
+        pass
+    except OSError:  # ENOSPC: the file system is full
+      pass
+    f.truncate(max(0, os.fstat(f.fileno()).st_size - free_kib * 1024))
 
 
 def kill_in_checkpoint_write(step: int) -> None:
@@ -81,7 +73,7 @@ if __name__ == '__main__':
     elif kind == 'diskfull':
       at, free_kib = step.split(':')
       workdir = next(a.split('=', 1)[1] for a in sys.argv if a.startswith('--workdir='))
-      fill_disk_at_batch(int(at), int(free_kib), workdir)
+      at_loop_batch(int(at), lambda: fill_disk(workdir, int(free_kib)))
     else:
-      strike_at_batch(SIGNALS[kind], int(step))
+      at_loop_batch(int(step), lambda: os.kill(os.getpid(), SIGNALS[kind]))
   app.run(main.main)

@@ -10,9 +10,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from conftest import REPO
 
+import polyseg
 from polyseg.engine import workdir
 
 HOLD = (
@@ -160,3 +162,16 @@ def test_a_second_training_on_a_workdir_in_use_stops_at_once_and_writes_nothing(
     assert not (tmp_path / 'cache').exists()  # not even the data read
   finally:
     proc.communicate('\n', timeout=60)
+
+
+def test_python_predict_into_a_folder_in_use_stops_before_reading_anything(tmp_path, tiny_config):
+  """polyseg.predict(..., output=F) holds F as --mode=predict does: refused while F is held, and
+  nothing is read (the run named does not even exist)."""
+  out = tmp_path / 'predictions'
+  with workdir.Lock(out, 'predict'):
+    with pytest.raises(workdir.WorkdirBusy, match=f'{out} is in use by process {os.getpid()}'):
+      polyseg.predict(
+        str(tmp_path / 'no_run'), {'v1': np.zeros((8, 4))}, config=tiny_config, output=str(out)
+      )
+    assert sorted(p.name for p in out.iterdir()) == [workdir.LOCK_NAME]
+  assert not (tmp_path / 'no_run').exists()
