@@ -79,12 +79,21 @@ def parse_ints(text: str) -> list[int]:
   return [int(x) for x in text.split(',') if x]
 
 
-def size_config(name: str) -> ml_collections.ConfigDict:
-  """The config of `SIZES[name]`."""
+def size_config(name: str, scan_layers: bool = False) -> ml_collections.ConfigDict:
+  """The config of `SIZES[name]` (`scan_layers`: its model.scan_layers)."""
   from polyseg.configlib import load_config  # here: importing polyseg.main defines its absl flags
 
   size = SIZES[name]
-  return load_config(size.config, size.arg)
+  config = load_config(size.config, size.arg)
+  config.model.scan_layers = scan_layers
+  return config
+
+
+def add_scan_argument(parser: argparse.ArgumentParser) -> None:
+  """--scan_layers: the configs' model.scan_layers (the layers as one lax.scan)."""
+  parser.add_argument(
+    '--scan_layers', action='store_true', help='model.scan_layers=True: layers as one lax.scan'
+  )
 
 
 def data_info(config: ml_collections.ConfigDict, num_classes: int, input_dim: int | None):

@@ -41,11 +41,14 @@ def main():
   common.add_models_argument(parser, default='breakfast,blip2')
   parser.add_argument('--lengths', type=common.parse_ints, default='1000,2000,4000,8000')
   parser.add_argument('--repeats', type=int, default=1, help='timed runs after one warm-up')
+  common.add_scan_argument(parser)
   args = parser.parse_args()
   common.emit(common.header('ddim', repeats=args.repeats))
   for name in args.models:
     size = common.SIZES[name]
-    task = common.build_task(common.size_config(name), size.num_classes, size.input_dim)
+    task = common.build_task(
+      common.size_config(name, args.scan_layers), size.num_classes, size.input_dim
+    )
     for num_frames in args.lengths:
       row = benchmark(task, num_frames, args.repeats)
       common.emit({'model': name, 'task': task.config.task, **row})

@@ -24,7 +24,9 @@ from polyseg.nn import layers
 
 def benchmark(name: str, args: argparse.Namespace) -> dict:
   size = common.SIZES[name]
-  task = common.build_task(common.size_config(name), size.num_classes, size.input_dim)
+  task = common.build_task(
+    common.size_config(name, args.scan_layers), size.num_classes, size.input_dim
+  )
   batch_size = args.batch_size or task.config.train.batch_size
   program = common.train_step_program(task, args.frames or size.frames, batch_size)
   _, compiled, lower_s, compile_s = common.compile_timed(program.jitted, *program.args)
@@ -58,6 +60,7 @@ def main():
   parser.add_argument(
     '--frames', type=int, default=0, help='frames per video; 0: the size\'s typical'
   )
+  common.add_scan_argument(parser)
   args = parser.parse_args()
   common.emit(common.header('train_step', steps=args.steps, warmup=args.warmup))
   for name in args.models:

@@ -114,6 +114,10 @@ def get_config(arg=None):
 
   c.model = ml_collections.ConfigDict()
   c.model.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
+  # True: the encoder's and decoders' layers run as one lax.scan with the dilation as data, so a
+  # train step or sampler compiles each layer once (polyseg/nn/asformer.py scan_layers; the same
+  # parameters and outputs to float32 rounding; dropout draws other masks).
+  c.model.scan_layers = False
   c.model.partial_branch = ablation not in ('no_partial', 'no_all')
   c.model.encoder = ml_collections.ConfigDict(
     {

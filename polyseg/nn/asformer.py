@@ -20,6 +20,62 @@ ENCODER_PROBS = -2  # feature_layer_indices entry: softmax of the encoder logits
 CondProjection = tuple[layers.ConditionProjection, ...]  # one entry per decoder layer
 
 
+def stack_layer(
+  module: nn.Module, dilation: int = 1, max_dilation: int | None = None, **kwargs
+) -> layers.ConvAttentionLayer:
+  """A layer of the stack of `module` (an Encoder or a Decoder): layer i has dilation 2^i; the
+  layer of `scan_layers` has max_dilation 2^(L-1) and takes its dilation as data."""
+  return layers.ConvAttentionLayer(
+    module.num_f_maps,
+    module.kernel_size,
+    dilation,
+    module.dropout,
+    condition_in_value=getattr(module, 'condition_in_value', False),
+    outside_logit=module.outside_logit,
+    dtype=module.dtype,
+    max_dilation=max_dilation,
+    **kwargs,
+  )
+
+
+def scan_layers(
+  module: nn.Module,
+  layer: layers.ConvAttentionLayer,
+  h: jax.Array,
+  mask: jax.Array,
+  train: bool,
+  projections: CondProjection | None = None,
+  keep_outputs: bool = False,
+) -> tuple[jax.Array, jax.Array | None]:
+  """h [B, T, F] through `module`'s layers `layers_0 .. layers_{L-1}` (their parameters, as the
+  unrolled loop made them) as one `lax.scan` over the layers, the dilation 2^i as data: `layer`
+  (unbound, with max_dilation 2^(L-1)) is compiled once however deep the stack. Dropout draws one
+  key per layer from the module's 'dropout' stream. Returns (the last layer's output, every
+  layer's output [L, B, T, F] when `keep_outputs`, else None)."""
+  params = module.variables['params']
+  names = sorted((k for k in params if k.startswith('layers_')), key=lambda k: int(k[7:]))
+  stacked = jax.tree.map(lambda *a: jnp.stack(a), *[params[k] for k in names])
+  rngs = jax.random.split(module.make_rng('dropout'), len(names)) if train else None
+  if projections is not None:
+    projections = jax.tree.map(lambda *a: jnp.stack(a), *projections)
+
+  def body(h, inputs):
+    p, dilation, rng, projection = inputs
+    out = layer.apply(
+      {'params': p},
+      h,
+      mask,
+      train,
+      projection,
+      dilation,
+      rngs=None if rng is None else {'dropout': rng},
+    )
+    return out, out if keep_outputs else None
+
+  dilations = 2 ** jnp.arange(len(names), dtype=jnp.int32)
+  return jax.lax.scan(body, h, (stacked, dilations, rngs, projections))
+
+
 class Encoder(nn.Module):
   """Features [B, T, D] -> (logits [B, T, C], condition [B, T, Fc]).
 
@@ -38,6 +94,7 @@ class Encoder(nn.Module):
   feature_layer_indices: tuple[int, ...]
   outside_logit: float | None = None  # see layers.window_attention; DiffAct's reference: log(1e-6)
   dtype: layers.Dtype = jnp.float32
+  scan: bool = False  # the layers as one lax.scan (`scan_layers`): compiled once, not L times
 
   def _check_feature_layers(self) -> None:
     bad = [i for i in self.feature_layer_indices if not ENCODER_PROBS <= i < self.num_layers]
@@ -58,18 +115,15 @@ class Encoder(nn.Module):
     h = layers.temporal_dropout(self.temporal_dropout)(h, deterministic=not train)
     h = nn.Dense(self.num_f_maps, dtype=self.dtype, name="input_proj")(h) * valid
     features = [raw] if RAW_INPUT in self.feature_layer_indices else []
-    for i in range(self.num_layers):
-      h = layers.ConvAttentionLayer(
-        self.num_f_maps,
-        self.kernel_size,
-        2**i,
-        self.dropout,
-        outside_logit=self.outside_logit,
-        dtype=self.dtype,
-        name=f"layers_{i}",
-      )(h, mask, train)
-      if i in self.feature_layer_indices:
-        features.append(h)
+    if self.scan and not self.is_initializing():
+      layer = stack_layer(self, max_dilation=2 ** (self.num_layers - 1), parent=None)
+      h, outputs = scan_layers(self, layer, h, mask, train, keep_outputs=True)
+      features += [outputs[i] for i in range(self.num_layers) if i in self.feature_layer_indices]
+    else:
+      for i in range(self.num_layers):
+        h = stack_layer(self, 2**i, name=f"layers_{i}")(h, mask, train)
+        if i in self.feature_layer_indices:
+          features.append(h)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="output")(h) * valid
     logits = logits.astype(jnp.float32)
     if ENCODER_PROBS in self.feature_layer_indices:
@@ -94,24 +148,14 @@ class Decoder(nn.Module):
   condition_in_value: bool = False  # see layers.ConvAttentionLayer; DiffAct: False
   outside_logit: float | None = None  # see layers.window_attention; DiffAct's reference: log(1e-6)
   dtype: layers.Dtype = jnp.float32
+  scan: bool = False  # the layers as one lax.scan (`scan_layers`): compiled once, not L times
 
   def setup(self):
     self.time_hidden = nn.Dense(self.time_emb_dim, dtype=self.dtype)
     self.time_out = nn.Dense(self.time_emb_dim, dtype=self.dtype)
     self.input_proj = nn.Dense(self.num_f_maps, dtype=self.dtype)
     self.time_proj = nn.Dense(self.num_f_maps, dtype=self.dtype)
-    self.layers = [
-      layers.ConvAttentionLayer(
-        self.num_f_maps,
-        self.kernel_size,
-        2**i,
-        self.dropout,
-        condition_in_value=self.condition_in_value,
-        outside_logit=self.outside_logit,
-        dtype=self.dtype,
-      )
-      for i in range(self.num_layers)
-    ]
+    self.layers = [stack_layer(self, 2**i) for i in range(self.num_layers)]
     self.output = nn.Dense(self.num_classes, dtype=self.dtype)
 
   def project_condition(self, cond: jax.Array, train: bool) -> CondProjection:
@@ -132,8 +176,12 @@ class Decoder(nn.Module):
     )
     valid = mask[..., None]
     h = (self.input_proj(x01) + self.time_proj(nn.swish(temb))[:, None, :]) * valid
-    for layer, proj in zip(self.layers, cond_proj):
-      h = layer(h, mask, train, proj)
+    if self.scan and not self.is_initializing():
+      layer = stack_layer(self, max_dilation=2 ** (self.num_layers - 1), parent=None)
+      h, _ = scan_layers(self, layer, h, mask, train, cond_proj)
+    else:
+      for layer, proj in zip(self.layers, cond_proj):
+        h = layer(h, mask, train, proj)
     return (self.output(h) * valid).astype(jnp.float32)
 
   def __call__(
@@ -143,13 +191,17 @@ class Decoder(nn.Module):
     return self.denoise(x01, t, self.project_condition(cond, train), mask, train)
 
 
+def _common(model) -> dict:
+  """What a config's `model` section sets for every stack: its `dtype` and `scan_layers` (absent in
+  runs saved before it: off)."""
+  return {'dtype': layers.compute_dtype(model.dtype), 'scan': model.get('scan_layers', False)}
+
+
 def make_encoder(model, num_classes: int) -> Encoder:
-  """The encoder a config's `model` section describes (its `encoder` fields, its `dtype`)."""
-  dtype = layers.compute_dtype(model.dtype)
-  return Encoder(num_classes=num_classes, dtype=dtype, **model.encoder.to_dict())
+  """The encoder a config's `model` section describes (its `encoder` fields, `dtype`, `scan_layers`)."""
+  return Encoder(num_classes=num_classes, **_common(model), **model.encoder.to_dict())
 
 
 def make_decoder(model, num_classes: int) -> Decoder:
-  """The decoder a config's `model` section describes (its `decoder` fields, its `dtype`)."""
-  dtype = layers.compute_dtype(model.dtype)
-  return Decoder(num_classes=num_classes, dtype=dtype, **model.decoder.to_dict())
+  """The decoder a config's `model` section describes (its `decoder` fields, `dtype`, `scan_layers`)."""
+  return Decoder(num_classes=num_classes, **_common(model), **model.decoder.to_dict())

@@ -141,15 +141,28 @@ def dilated_windows(x: jax.Array, kernel_size: int, dilation: int) -> jax.Array:
   Entry j of frame t is x[t + (j - k//2) * dilation], zero where that index is outside [0, T).
   Built from k static slices of a zero-padded copy: O(T * k) memory.
   """
+  return jnp.stack(shifted_copies(x, kernel_size, dilation), axis=2)
+
+
+def shifted_copies(
+  x: jax.Array, kernel_size: int, dilation: int | jax.Array, max_dilation: int | None = None
+) -> list[jax.Array]:
+  """The k copies x[t + (j - k//2) * dilation] of x [B, T, ...] along T, zero outside [0, T).
+
+  A Python int `dilation`: static slices of a copy padded by the reach. With `max_dilation` set,
+  `dilation` may be traced (a layer of a scan over layers, up to max_dilation): the copy is padded
+  by min(T, reach of max_dilation) and sliced at traced offsets; an offset of T or more lands, as
+  dynamic_slice clamps it, wholly in the padding (zeros), as it should.
+  """
   _check_odd_kernel(kernel_size)
-  num_frames = x.shape[1]
-  reach = (kernel_size // 2) * dilation
-  padded = jnp.pad(x, [(0, 0), (reach, reach)] + [(0, 0)] * (x.ndim - 2))
-  shifted = [
-    jax.lax.slice_in_dim(padded, j * dilation, j * dilation + num_frames, axis=1)
-    for j in range(kernel_size)
-  ]
-  return jnp.stack(shifted, axis=2)
+  num_frames, half = x.shape[1], kernel_size // 2
+  pad = half * dilation if max_dilation is None else min(num_frames, half * max_dilation)
+  padded = jnp.pad(x, [(0, 0), (pad, pad)] + [(0, 0)] * (x.ndim - 2))
+  if max_dilation is None:
+    starts = [j * dilation for j in range(kernel_size)]
+    return [jax.lax.slice_in_dim(padded, a, a + num_frames, axis=1) for a in starts]
+  starts = [pad + (j - half) * dilation for j in range(kernel_size)]
+  return [jax.lax.dynamic_slice_in_dim(padded, a, num_frames, axis=1) for a in starts]
 
 
 def window_attention(
@@ -158,8 +171,9 @@ def window_attention(
   v: jax.Array,
   mask: jax.Array,
   kernel_size: int,
-  dilation: int,
+  dilation: int | jax.Array,
   outside_logit: float | None = None,
+  max_dilation: int | None = None,
 ) -> jax.Array:
   """Single-head dilated window attention: q, k, v [B, T, F] -> [B, T, F].
 
@@ -169,28 +183,24 @@ def window_attention(
   can give weight to nothing (the DiffAct reference's masking, `log(mask + 1e-6)`, is
   `outside_logit=log(1e-6)`). Queries whose keys are all masked and padded queries give 0. Memory
   O(T * k): each of the k key / value offsets is a shifted slice of a zero-padded copy, used
-  directly (no [B, T, k, F] window array, no T x T matrix).
+  directly (no [B, T, k, F] window array, no T x T matrix). `max_dilation`: see `shifted_copies`.
   """
   chex.assert_rank(q, 3)
   chex.assert_equal_shape([q, k, v])
   chex.assert_shape(mask, q.shape[:2])
   _check_odd_kernel(kernel_size)
-  num_frames, reach = q.shape[1], (kernel_size // 2) * dilation
-  padded_k, padded_v = (jnp.pad(x, [(0, 0), (reach, reach), (0, 0)]) for x in (k, v))
-  padded_mask = jnp.pad(mask, [(0, 0), (reach, reach)])
-
-  def offset(x: jax.Array, j: int) -> jax.Array:
-    return jax.lax.slice_in_dim(x, j * dilation, j * dilation + num_frames, axis=1)
-
+  keys, values, valid = (
+    shifted_copies(x, kernel_size, dilation, max_dilation) for x in (k, v, mask)
+  )
   offsets = range(kernel_size)
   scores = jnp.stack(
-    [jnp.sum((q * offset(padded_k, j)).astype(jnp.float32), -1) for j in offsets], -1
+    [jnp.sum((q * keys[j]).astype(jnp.float32), -1) for j in offsets], -1
   ) / math.sqrt(q.shape[-1])  # [B, T, k]
-  key_valid = jnp.stack([offset(padded_mask, j) for j in offsets], -1) > 0  # [B, T, k]
+  key_valid = jnp.stack(valid, -1) > 0  # [B, T, k]
   fill = jnp.finfo(jnp.float32).min if outside_logit is None else outside_logit
   scores = jnp.where(key_valid, scores, fill)
   weights = (jax.nn.softmax(scores, axis=-1) * key_valid).astype(v.dtype)
-  out = sum(weights[..., j, None] * offset(padded_v, j) for j in offsets)
+  out = sum(weights[..., j, None] * values[j] for j in offsets)
   return out * mask[..., None].astype(out.dtype)
 
 
@@ -208,16 +218,20 @@ class DilatedConv(nn.Module):
   """1-D convolution over T, zero 'same' padding, with bias: [B, T, Fin] -> [B, T, features].
 
   The input is masked first (padding acts like the zero padding of the unpadded video); the
-  output is masked too.
+  output is masked too. With `max_dilation` set, the dilation is a call argument that may be
+  traced (a layer of a scan over layers): the sum of the k kernel taps over `shifted_copies`.
   """
 
   features: int
   kernel_size: int
   dilation: int
   dtype: Dtype = jnp.float32
+  max_dilation: int | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, mask: jax.Array, dilation: int | jax.Array | None = None
+  ) -> jax.Array:
     chex.assert_rank(x, 3)
     chex.assert_shape(mask, x.shape[:2])
     _check_odd_kernel(self.kernel_size)
@@ -226,15 +240,20 @@ class DilatedConv(nn.Module):
     )
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
     x, kernel, bias = nn.dtypes.promote_dtype(x * mask[..., None], kernel, bias, dtype=self.dtype)
-    reach = (self.kernel_size // 2) * self.dilation
-    y = jax.lax.conv_general_dilated(
-      x,
-      kernel,
-      window_strides=(1,),
-      padding=[(reach, reach)],
-      rhs_dilation=(self.dilation,),
-      dimension_numbers=("NWC", "WIO", "NWC"),
-    )
+    dilation = self.dilation if dilation is None else dilation
+    if self.max_dilation is not None:
+      taps = shifted_copies(x, self.kernel_size, dilation, self.max_dilation)
+      y = sum(tap @ kernel[j] for j, tap in enumerate(taps))
+    else:
+      reach = (self.kernel_size // 2) * dilation
+      y = jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(1,),
+        padding=[(reach, reach)],
+        rhs_dilation=(dilation,),
+        dimension_numbers=("NWC", "WIO", "NWC"),
+      )
     return (y + bias) * mask[..., None].astype(y.dtype)
 
 
@@ -257,7 +276,8 @@ class ConvAttentionLayer(nn.Module):
 
   `condition_in_value=True` (not in DiffAct) lets V see the condition too: with V of x' alone the
   condition reaches the output only through the attention weights. `outside_logit`: see
-  `window_attention`.
+  `window_attention`. With `max_dilation` set, the call's `dilation` (traced, up to max_dilation)
+  replaces the attribute: one layer of a scan over layers (`polyseg/nn/asformer.py`).
   """
 
   features: int
@@ -267,12 +287,15 @@ class ConvAttentionLayer(nn.Module):
   condition_in_value: bool = False
   outside_logit: float | None = None
   dtype: Dtype = jnp.float32
+  max_dilation: int | None = None
 
   def setup(self):
     def dense(use_bias=True):
       return nn.Dense(self.features, use_bias=use_bias, dtype=self.dtype)
 
-    self.conv = DilatedConv(self.features, self.kernel_size, self.dilation, dtype=self.dtype)
+    self.conv = DilatedConv(
+      self.features, self.kernel_size, self.dilation, self.dtype, self.max_dilation
+    )
     self.query, self.key, self.value = dense(), dense(), dense()
     self.query_cond, self.key_cond = dense(use_bias=False), dense(use_bias=False)
     self.value_cond = dense(use_bias=False) if self.condition_in_value else None
@@ -287,7 +310,12 @@ class ConvAttentionLayer(nn.Module):
     return ConditionProjection(query=self.query_cond(cond), key=self.key_cond(cond), value=value)
 
   def __call__(
-    self, x: jax.Array, mask: jax.Array, train: bool, cond_proj: ConditionProjection | None = None
+    self,
+    x: jax.Array,
+    mask: jax.Array,
+    train: bool,
+    cond_proj: ConditionProjection | None = None,
+    dilation: int | jax.Array | None = None,
   ) -> jax.Array:
     """x [B, T, F], mask [B, T] -> [B, T, F]; cond_proj only for decoder layers."""
     chex.assert_shape(x, (None, None, self.features))
@@ -299,7 +327,10 @@ class ConvAttentionLayer(nn.Module):
       q, k = q + cond_proj.query, k + cond_proj.key
       if cond_proj.value is not None:
         v = v + cond_proj.value
-    attn = window_attention(q, k, v, mask, self.kernel_size, self.dilation, self.outside_logit)
-    h = instance_norm(self.conv(x_drop, mask) + attn, mask)
+    dilation = self.dilation if dilation is None else dilation
+    attn = window_attention(
+      q, k, v, mask, self.kernel_size, dilation, self.outside_logit, self.max_dilation
+    )
+    h = instance_norm(self.conv(x_drop, mask, dilation) + attn, mask)
     out = self.ffn_out(nn.relu(self.ffn_hidden(h)))
     return fusion_fence((x + out) * mask[..., None].astype(out.dtype))

@@ -467,3 +467,37 @@ def test_padded_batch_is_the_mean_of_its_videos_in_loss_and_gradient(kind):
   scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(mean_grads))
   for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(mean_grads), strict=True):
     np.testing.assert_allclose(got, want, atol=1e-5 * scale)
+
+
+def test_scan_layers_gives_the_same_loss_gradients_and_sampling():
+  """model.scan_layers=True (the layers as one lax.scan) on the same parameters, dropout off: the
+  loss, its terms, every gradient and a whole DDIM sampling as the unrolled model's."""
+  config = _config()
+  config.model.encoder.update(dropout=0.0, channel_dropout=0.0, temporal_dropout=0.0)
+  config.model.decoder.dropout = 0.0
+  tasks = {}
+  for scan in (False, True):
+    c = config.copy_and_resolve_references()
+    c.model.scan_layers = scan
+    tasks[scan] = diffact.Task(c, INFO, TRAIN_VIDEOS)
+    assert tasks[scan].model.encoder.scan == tasks[scan].model.decoder.scan == scan
+  params = tasks[False].init(jax.random.PRNGKey(0), tasks[False].example_batch())
+  batch, rng = _batch(config), jax.random.PRNGKey(1)
+  results = {
+    scan: jax.value_and_grad(task.loss, has_aux=True)(params, batch, rng)
+    for scan, task in tasks.items()
+  }
+  (total, terms), grads = results[True]
+  (want_total, want_terms), want_grads = results[False]
+  np.testing.assert_allclose(total, want_total, rtol=1e-5)
+  for key in want_terms:
+    np.testing.assert_allclose(terms[key], want_terms[key], rtol=1e-5, atol=1e-7)
+  for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  video = formats.Video('v', np.asarray(batch['features'][0]), LABELS[0])
+  inputs, mask = tasks[True].view_inputs(video)
+  np.testing.assert_allclose(
+    tasks[True]._sample(params, inputs, mask, rng),
+    tasks[False]._sample(params, inputs, mask, rng),
+    atol=1e-5,
+  )
