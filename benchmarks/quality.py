@@ -344,7 +344,7 @@ def stage1_table(args) -> None:
       settings.update(alternate_every=every, num_steps=steps, seed=seed)
       name = f'stage1_{ablation}' + (f'_seed{seed}' if seed else '')
       runs[row, seed] = stage1.run(settings, os.path.join(args.workdir, name), str(root))
-  first = runs[next(iter(runs))]
+  first = runs[next(iter(runs))]  # the constant row: on the first run's held-out split
   train_videos = read(first, 'train')
   majority = [
     np.bincount(np.concatenate([v.labels[:, h] for v in train_videos])).argmax()

@@ -33,7 +33,6 @@ import time
 
 import numpy as np
 
-WHAT = ('train', 'ddim')
 IMPLEMENTATIONS = ('reference', 'polyseg', 'polyseg_batched')
 
 

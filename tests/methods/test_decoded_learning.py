@@ -93,9 +93,11 @@ def test_hopadiff_decoded_fused_row_learns(cache_dir):
 
 
 def test_polyphony_stage3_decoded_hands_learn(cache_dir):
-  # lr 5e-3: at 1e-2 the two-hand loss diverges near the end of the 150 steps on jax 0.10 / py3.12.
+  # lr 3e-3 for 300 steps: at 1e-2 the two-hand loss diverges on jax 0.10; with 5e-3 for 150 steps
+  # (the setting until 2026-12-04) a freshly installed environment left the decoded left hand at 34
+  # Acc, the code before and after that day alike.
   config = _tiny(
-    load_config('polyphony', 'runlocal=True,decoder=conditioned_values'), learning_rate=5e-3
+    load_config('polyphony', 'runlocal=True,decoder=conditioned_values'), learning_rate=3e-3
   )
   config.stage = '3'
   # The synthetic two-hand dataset (each hand's features: its noisy stage-1 logits), 9 short videos.
@@ -108,7 +110,7 @@ def test_polyphony_stage3_decoded_hands_learn(cache_dir):
   data = polyphony.load_data(config)
   task = polyphony.Task(config, data.info, data.train)
   videos = data.train  # 5 videos of 60-69 frames, 24 classes, sample rate 2
-  initial, trained = _train(task, config, videos, num_steps=150)
+  initial, trained = _train(task, config, videos, num_steps=300)
   before, after = _decoded(task, initial, videos), _decoded(task, trained, videos)
   # Trivial baseline: each hand's most frequent training class on every frame.
   majority = [
@@ -119,9 +121,8 @@ def test_polyphony_stage3_decoded_hands_learn(cache_dir):
     for v in videos
   }
   baseline = train.score(task, videos, constant)
-  # Observed Acc / F1@10: the majority class LH 42.2 / 0, RH 31.2 / 0; after training (lr 5e-3,
-  # deterministic DDIM, per-video losses) LH 81.6 / 83.3 (py3.11), 81.2 / 88.0 (py3.12), RH
-  # 75.6 / 91.4, 77.5 / 88.9.
+  # Observed Acc / F1@10: the majority class LH 42.2 / 0, RH 31.2 / 0; after training (lr 3e-3,
+  # 300 steps, deterministic DDIM, per-video losses) LH 80.6 / 78.3, RH 79.7 / 90.5 (py3.11).
   for row in polyphony.ROWS:
     assert after[row]['Acc'] > before[row]['Acc'] + 30, (row, before[row], after[row])
     assert after[row]['Acc'] > baseline[row]['Acc'] + 12, (row, baseline[row], after[row])
