@@ -57,3 +57,11 @@ def fast_compile():
 def raises_data_error(match: str):
   """pytest.raises(DataError) whose message must contain `match` literally."""
   return pytest.raises(formats.DataError, match=re.escape(match))
+
+
+def rejects_text(path, text: str, message: str, read) -> None:
+  """Writes `text` to `path`; `read()` must then raise a DataError that names the file:
+  f'{path}{message}'."""
+  path.write_text(text)
+  with raises_data_error(f'{path}{message}'):
+    read()

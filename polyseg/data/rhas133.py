@@ -416,6 +416,7 @@ def convert(
 # ------------------------------------------------------------------------------ command --
 
 
+@formats.reports_data_errors
 def main(argv: Sequence[str] | None = None) -> int:
   """`python -m polyseg.data.rhas133`: converts the RHAS133 release (see the module docstring)."""
   parser = argparse.ArgumentParser(
@@ -441,13 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   if not args.trust_pickles:
     parser.error(REFUSAL)
-  try:
-    conversion = convert(
-      args.src, args.out, args.features, trust_pickles=True, lenient=args.lenient
-    )
-  except DataError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+  conversion = convert(args.src, args.out, args.features, trust_pickles=True, lenient=args.lenient)
   counts = ', '.join(f'{n} {split}' for split, n in conversion.samples.items())
   print(f'converted {args.src} ({args.features}) to {conversion.root}: {counts} samples')
   for what, names in (

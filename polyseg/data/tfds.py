@@ -484,6 +484,7 @@ def load(
 # ------------------------------------------------------------------------------- command --
 
 
+@formats.reports_data_errors
 def main(argv: Sequence[str] | None = None) -> int:
   """`python -m polyseg.data.tfds`: converts a dataset folder (see the module docstring)."""
   parser = argparse.ArgumentParser(
@@ -529,11 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if is_converted(args.out, spec):
     print(f'{dataset_dir(args.out, spec)} exists: nothing to do (delete it to convert again)')
     return 0
-  try:
-    directory = convert(args.root, args.out, spec)
-  except DataError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+  directory = convert(args.root, args.out, spec)
   print(f'converted {args.root} ({spec.name}) to {directory}')
   return 0
 

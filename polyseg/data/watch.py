@@ -151,6 +151,7 @@ def convert(
   return {subset: len(d.videos) for subset, d in datasets.items()}
 
 
+@formats.reports_data_errors
 def main(argv: Sequence[str] | None = None) -> int:
   """`python -m polyseg.data.watch` (see the module docstring)."""
   parser = argparse.ArgumentParser(
@@ -167,12 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     help='unpickle a file other than seglearn 1.2.5\'s (only for a file from a trusted source)',
   )
   args = parser.parse_args(argv)
-  try:
-    src = pathlib.Path(args.src) if args.src else installed_file()
-    counts = convert(src, pathlib.Path(args.out), args.window, args.stride, args.trust_pickle)
-  except formats.DataError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+  src = pathlib.Path(args.src) if args.src else installed_file()
+  counts = convert(src, pathlib.Path(args.out), args.window, args.stride, args.trust_pickle)
   print(f'Wrote {args.out}: {counts} videos (cross-subject split 1), from {src}')
   return 0
 

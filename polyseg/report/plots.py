@@ -15,6 +15,10 @@ import numpy as np
 
 from polyseg.data import formats
 
+# What a timeline plot or segment file shows: per video (name, {row title: [T] labels or [T, C]
+# multi-hot}), the rows top to bottom in dict order.
+TimelineRows = list[tuple[str, dict[str, np.ndarray]]]
+
 BACKGROUND_COLOR = (0.85, 0.85, 0.85)
 CURVE_PREFIXES = ('train/', 'eval/', 'eval_val/')
 # timeline row kind -> (bar height in inches, colour and width of the lines between rows)
@@ -122,7 +126,7 @@ def check_timeline(name: str, rows: dict[str, np.ndarray], num_classes: int) -> 
 
 def plot_timelines(
   path: str,
-  videos: list[tuple[str, dict[str, np.ndarray]]],
+  videos: TimelineRows,
   classes: Sequence[str],
   background: Iterable[int] = (),
 ) -> None:

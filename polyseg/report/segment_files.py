@@ -42,7 +42,7 @@ def decode_segments(segments: np.ndarray, kind: str, length: int, num_classes: i
 
 def write_segments(
   path: str,
-  videos: list[tuple[str, dict[str, np.ndarray]]],
+  videos: plots.TimelineRows,
   classes: Sequence[str],
   background: Iterable[int] = (),
 ) -> None:

@@ -19,6 +19,11 @@ from polyseg.engine import data_check
 CLASSES = ['background', 'cut', 'pour', 'stir', 'wipe']
 
 
+def per_class(*counts: int) -> dict[str, int]:
+  """{class name: count} in the order of CLASSES."""
+  return dict(zip(CLASSES, counts, strict=True))
+
+
 def run_check(config, workdir: str) -> dict:
   """The dataset check of `config`'s method, as `--config.data.check_only` runs it."""
   return data_check.run(methods.get(config.task), config, workdir)
@@ -69,31 +74,13 @@ def test_single_stream_statistics_are_hand_counted(tmp_path, capsys):
   train, val, test = (stats['splits'][s] for s in ('train', 'val', 'test'))
   assert train['videos'] == 2 and train['labels'] == 'class ids'
   assert train['frames'] == {'min': 6, 'median': 7.0, 'mean': 7.0, 'max': 8, 'total': 14}
-  assert train['frames_per_class'] == {'background': 6, 'cut': 3, 'pour': 5, 'stir': 0, 'wipe': 0}
-  assert train['segments_per_class'] == {
-    'background': 3,
-    'cut': 1,
-    'pour': 2,
-    'stir': 0,
-    'wipe': 0,
-  }
+  assert train['frames_per_class'] == per_class(6, 3, 5, 0, 0)
+  assert train['segments_per_class'] == per_class(3, 1, 2, 0, 0)
   assert val['frames'] == {'min': 4, 'median': 4.0, 'mean': 4.0, 'max': 4, 'total': 4}
-  assert val['frames_per_class'] == {'background': 2, 'cut': 2, 'pour': 0, 'stir': 0, 'wipe': 0}
+  assert val['frames_per_class'] == per_class(2, 2, 0, 0, 0)
   assert test['frames'] == {'min': 100, 'median': 100.0, 'mean': 100.0, 'max': 100, 'total': 100}
-  assert test['frames_per_class'] == {
-    'background': 50,
-    'cut': 49,
-    'pour': 0,
-    'stir': 1,
-    'wipe': 0,
-  }
-  assert test['segments_per_class'] == {
-    'background': 1,
-    'cut': 1,
-    'pour': 0,
-    'stir': 1,
-    'wipe': 0,
-  }
+  assert test['frames_per_class'] == per_class(50, 49, 0, 1, 0)
+  assert test['segments_per_class'] == per_class(1, 1, 0, 1, 0)
   assert stats['warnings'] == [
     'classes never in train (2 of 5): stir, wipe',
     'classes in test but never in train (1): stir',

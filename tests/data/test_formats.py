@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 from conftest import raises_data_error
+from conftest import rejects_text
 
 from polyseg.data import formats
 from polyseg.data.formats import DataError
@@ -128,16 +129,13 @@ def test_missing_split(root):
 
 def test_empty_split(root):
   path = root / 'splits' / 'train.split1.bundle'
-  path.write_text('\n\n')
-  with raises_data_error(f'{path}: split lists no videos'):
-    read_train(root)
+  rejects_text(path, '\n\n', ': split lists no videos', lambda: read_train(root))
 
 
 def test_duplicate_video_in_split(root):
   path = root / 'splits' / 'train.split1.bundle'
-  path.write_text('a.txt\nb.txt\na\n')
-  with raises_data_error(f"{path}:3: duplicate video 'a' (first listed on line 1)"):
-    read_train(root)
+  message = ":3: duplicate video 'a' (first listed on line 1)"
+  rejects_text(path, 'a.txt\nb.txt\na\n', message, lambda: read_train(root))
 
 
 def test_label_length_differs_from_feature_length(root):
@@ -178,9 +176,7 @@ def test_empty_feature_file(root):
 
 def test_empty_label_file(root):
   path = root / 'groundTruth' / 'a.txt'
-  path.write_text('\n')
-  with raises_data_error(f'{path}: empty label file (T = 0 frames)'):
-    read_train(root)
+  rejects_text(path, '\n', ': empty label file (T = 0 frames)', lambda: read_train(root))
 
 
 @pytest.mark.parametrize('shape', [(20,), (DIM, 5, 1), ()])
@@ -290,9 +286,7 @@ def test_truncated_npy(root):
 )
 def test_bad_mapping(tmp_path, text, message):
   path = tmp_path / 'mapping.txt'
-  path.write_text(text)
-  with raises_data_error(f'{path}{message}'):
-    formats.read_mapping(path)
+  rejects_text(path, text, message, lambda: formats.read_mapping(path))
 
 
 def test_mapping_names_may_contain_spaces(tmp_path):

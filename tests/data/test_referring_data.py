@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 from conftest import raises_data_error
+from conftest import rejects_text
 
 from polyseg.data import formats
 from polyseg.data import synthetic
@@ -220,10 +221,7 @@ def test_label_errors_through_the_reader(root):
   ],
 )
 def test_bad_references(root, text, message):
-  path = root / 'references.json'
-  path.write_text(text)
-  with raises_data_error(f'{path}{message}'):
-    formats.read_referring(root)
+  rejects_text(root / 'references.json', text, message, lambda: formats.read_referring(root))
 
 
 def test_references_missing_or_not_utf8(root):
@@ -764,19 +762,6 @@ def test_ensure_referring_caches(tmp_path, monkeypatch):
   assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
     [root.name, synthetic.referring_cache_name(seed=2, **TINY)]
   )
-
-
-def test_ensure_referring_reuses_a_concurrent_winner(tmp_path, monkeypatch):
-  root = tmp_path / synthetic.referring_cache_name(**TINY)
-  real_referring = synthetic.referring
-
-  def lose_the_race(target, **kwargs):
-    real_referring(target, **kwargs)  # another process finishes first ...
-    return real_referring(target, **kwargs)  # ... so this write is refused
-
-  monkeypatch.setattr('polyseg.data.synthetic.people.referring', lose_the_race)
-  assert synthetic.ensure_referring(tmp_path, **TINY) == root
-  assert [p.name for p in tmp_path.iterdir()] == [root.name]
 
 
 @pytest.mark.parametrize(

@@ -139,16 +139,35 @@ def test_ensure_single_stream_fills_an_empty_leftover_folder(tmp_path):
   assert formats.read_split(root, 'train', 1) == [f'train{i:03d}' for i in range(4)]
 
 
-def test_ensure_single_stream_reuses_a_concurrent_winner(tmp_path, monkeypatch):
-  root = tmp_path / synthetic.cache_name(**SMALL)
-  real_single_stream = synthetic.single_stream
+TINY_REFERRING = {
+  'num_videos': 2,
+  'min_len': 60,
+  'max_len': 90,
+  'holistic_dim': 6,
+  'partial_dim': 5,
+}
+
+
+@pytest.mark.parametrize(
+  'ensure, cache_name, writer, kwargs',
+  [
+    ('ensure_single_stream', 'cache_name', 'activities.single_stream', SMALL),
+    ('ensure_referring', 'referring_cache_name', 'people.referring', TINY_REFERRING),
+  ],
+)
+def test_ensure_reuses_a_concurrent_winner(
+  tmp_path, monkeypatch, ensure, cache_name, writer, kwargs
+):
+  root = tmp_path / getattr(synthetic, cache_name)(**kwargs)
+  module, name = writer.split('.')
+  real_write = getattr(getattr(synthetic, module), name)
 
   def lose_the_race(target, **kwargs):
-    real_single_stream(target, **kwargs)  # another process finishes first ...
-    return real_single_stream(target, **kwargs)  # ... so this write is refused
+    real_write(target, **kwargs)  # another process finishes first ...
+    return real_write(target, **kwargs)  # ... so this write is refused
 
-  monkeypatch.setattr('polyseg.data.synthetic.activities.single_stream', lose_the_race)
-  assert synthetic.ensure_single_stream(tmp_path, **SMALL) == root
+  monkeypatch.setattr(f'polyseg.data.synthetic.{writer}', lose_the_race)
+  assert getattr(synthetic, ensure)(tmp_path, **kwargs) == root
   assert [p.name for p in tmp_path.iterdir()] == [root.name]
 
 

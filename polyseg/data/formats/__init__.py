@@ -17,6 +17,7 @@ from polyseg.data.formats.base import read_features  # noqa: F401
 from polyseg.data.formats.base import read_labels  # noqa: F401
 from polyseg.data.formats.base import read_mapping  # noqa: F401
 from polyseg.data.formats.base import read_split  # noqa: F401
+from polyseg.data.formats.base import reports_data_errors  # noqa: F401
 from polyseg.data.formats.base import require_split  # noqa: F401
 from polyseg.data.formats.base import segment_classes  # noqa: F401
 from polyseg.data.formats.base import split_path  # noqa: F401

@@ -11,10 +11,13 @@ from __future__ import annotations
 import codecs
 import contextlib
 import dataclasses
+import functools
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
+from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -28,6 +31,21 @@ PathLike = str | os.PathLike
 
 class DataError(ValueError):
   """A problem with data on disk; the message names the file (and line)."""
+
+
+def reports_data_errors(main: Callable[..., int]) -> Callable[..., int]:
+  """Wraps a command line's `main(argv) -> exit status`: a DataError is printed to stderr as
+  'error: <message>' (no traceback for a user's bad file) and the status is 1."""
+
+  @functools.wraps(main)
+  def wrapped(*args, **kwargs) -> int:
+    try:
+      return main(*args, **kwargs)
+    except DataError as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 1
+
+  return wrapped
 
 
 @dataclasses.dataclass

@@ -29,6 +29,7 @@ Class 0 is 'background'. Everything is a pure function of the arguments;
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 from collections.abc import Callable
@@ -323,13 +324,15 @@ def ensure_single_stream(cache_dir: str | os.PathLike, **kwargs) -> pathlib.Path
   Safe against concurrent callers: generation is atomic, and a loser of the
   race reuses the winner's (identical) dataset.
   """
-  root = pathlib.Path(cache_dir).expanduser() / cache_name(**kwargs)
-  return base.ensure(root, lambda: single_stream(root, **kwargs))
+  return base.ensure_generated(
+    cache_dir, 'single_stream', make_single_stream, GENERATOR_VERSION, single_stream, kwargs
+  )
 
 
 def ensure_transcripts(cache_dir: str | os.PathLike, **kwargs) -> pathlib.Path:
   """`ensure_single_stream` with `transcripts/` (HAL's weak supervision), in its own cache folder
   'transcripts-<hash>'."""
-  name = base.cache_key('transcripts', make_single_stream, GENERATOR_VERSION, kwargs)
-  root = pathlib.Path(cache_dir).expanduser() / name
-  return base.ensure(root, lambda: single_stream(root, transcripts=True, **kwargs))
+  write = functools.partial(single_stream, transcripts=True)
+  return base.ensure_generated(
+    cache_dir, 'transcripts', make_single_stream, GENERATOR_VERSION, write, kwargs
+  )

@@ -410,10 +410,12 @@ def make_two_hands(
   )
 
 
+_GENERATOR = functools.partial(make_two_hands, None)  # what a cache name hashes: all but the root
+
+
 def two_hands_cache_name(**kwargs) -> str:
   """'two_hands-<hash>' of all arguments (defaults filled in) and TWO_HANDS_VERSION."""
-  generator = functools.partial(make_two_hands, None)
-  return base.cache_key('two_hands', generator, TWO_HANDS_VERSION, kwargs)
+  return base.cache_key('two_hands', _GENERATOR, TWO_HANDS_VERSION, kwargs)
 
 
 def ensure_two_hands(cache_dir: str | os.PathLike, **kwargs) -> pathlib.Path:
@@ -422,5 +424,6 @@ def ensure_two_hands(cache_dir: str | os.PathLike, **kwargs) -> pathlib.Path:
   Takes the keyword arguments of `make_two_hands`; returns that root; safe against concurrent
   callers like `ensure_single_stream`.
   """
-  root = pathlib.Path(cache_dir).expanduser() / two_hands_cache_name(**kwargs)
-  return base.ensure(root, lambda: make_two_hands(root, **kwargs))
+  return base.ensure_generated(
+    cache_dir, 'two_hands', _GENERATOR, TWO_HANDS_VERSION, make_two_hands, kwargs
+  )

@@ -52,6 +52,13 @@ def ensure(root: pathlib.Path, write) -> pathlib.Path:
   return root
 
 
+def ensure_generated(cache_dir, prefix: str, generator, version: int, write, kwargs: dict):
+  """`ensure` of `write(root, **kwargs)` in `cache_dir/<cache_key(prefix, generator, version,
+  kwargs)>/`: the dataset is generated on first use and reused after; returns that root."""
+  root = pathlib.Path(cache_dir).expanduser() / cache_key(prefix, generator, version, kwargs)
+  return ensure(root, lambda: write(root, **kwargs))
+
+
 def random_directions(rng: np.random.Generator, count: int, dim: int, norm: float) -> np.ndarray:
   """[count, dim] random vectors of the given norm."""
   vectors = rng.standard_normal((count, dim))

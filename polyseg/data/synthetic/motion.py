@@ -197,5 +197,6 @@ def ensure_two_streams(cache_dir: str | os.PathLike, **kwargs) -> pathlib.Path:
   Takes the keyword arguments of `make_two_streams`; returns that root; safe against concurrent
   callers like `ensure_single_stream`.
   """
-  root = pathlib.Path(cache_dir).expanduser() / two_streams_cache_name(**kwargs)
-  return base.ensure(root, lambda: two_streams(root, **kwargs))
+  return base.ensure_generated(
+    cache_dir, 'two_streams', make_two_streams, TWO_STREAMS_VERSION, two_streams, kwargs
+  )

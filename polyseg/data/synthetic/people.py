@@ -440,5 +440,6 @@ def ensure_referring(cache_dir: str | os.PathLike, **kwargs) -> pathlib.Path:
 
   Returns that root; safe against concurrent callers like `ensure_single_stream`.
   """
-  root = pathlib.Path(cache_dir).expanduser() / referring_cache_name(**kwargs)
-  return base.ensure(root, lambda: referring(root, **kwargs))
+  return base.ensure_generated(
+    cache_dir, 'referring', make_referring, REFERRING_VERSION, referring, kwargs
+  )

@@ -88,6 +88,16 @@ def _recording_task(config, train_videos=TRAIN_VIDEOS):
   return task
 
 
+def _task_terms(config, seed):
+  """(task recording its model's calls, params, batch, loss terms) of `config`: params from
+  PRNGKey(0), the loss of `_batch(config)` at PRNGKey(seed)."""
+  task = _recording_task(config)
+  batch = _batch(config)
+  params = task.init(jax.random.PRNGKey(0), batch)
+  _, terms = task.loss(params, batch, jax.random.PRNGKey(seed))
+  return task, params, batch, terms
+
+
 def _logits(task):
   """(encoder logits, decoder logits) of the last loss call, float64 numpy."""
   calls, chain = task.model.calls, diffact_model.CHAIN
@@ -312,11 +322,8 @@ def test_class_weighted_cross_entropy_of_hard_labels():
   # Through the task: soft_label None, class weights from the training videos' label counts.
   config = _config(soft_label=None)
   assert config.loss.class_weighting
-  task = _recording_task(config)
+  task, params, batch, terms = _task_terms(config, seed=3)
   np.testing.assert_allclose(task.class_weights, CLASS_WEIGHTS, rtol=1e-6)
-  batch = _batch(config)
-  params = task.init(jax.random.PRNGKey(0), batch)
-  _, terms = task.loss(params, batch, jax.random.PRNGKey(3))
   enc, dec = _logits(task)
   np.testing.assert_allclose(terms['encoder_ce'], _weighted_ce(enc, CLASS_WEIGHTS), rtol=1e-5)
   np.testing.assert_allclose(terms['decoder_ce'], _weighted_ce(dec, CLASS_WEIGHTS), rtol=1e-5)
@@ -343,11 +350,8 @@ def test_soft_labels_are_class_weighted_only_when_asked():
   # loss.weight_soft_labels (Polyphony's configs: each hand's weights) weights it.
   assert load_config('polyphony', 'dataset=havid').loss.weight_soft_labels
   config = _config(weight_soft_labels=True)
-  task = _recording_task(config)
+  task, _, _, terms = _task_terms(config, seed=4)
   np.testing.assert_allclose(task.class_weights, CLASS_WEIGHTS, rtol=1e-6)
-  batch = _batch(config)
-  params = task.init(jax.random.PRNGKey(0), batch)
-  _, terms = task.loss(params, batch, jax.random.PRNGKey(4))
   enc, dec = _logits(task)
   np.testing.assert_allclose(terms['encoder_ce'], _soft_ce(enc, 1.4, CLASS_WEIGHTS), rtol=1e-5)
   np.testing.assert_allclose(terms['decoder_ce'], _soft_ce(dec, 1.4, CLASS_WEIGHTS), rtol=1e-5)
