@@ -5,9 +5,10 @@ minutes on 2 CPU cores:
 
   python -m polyseg.main --config=configs/diffact.py --workdir=runs/diffact
 
-It trains 800 steps (about 7 minutes on 2 quiet cores) and prints the test scores of the
-checkpoint val chose, near Acc 84, Edit 84, F1@50 84 (docs/methods/diffact.md: 84.4 / 83.5 / 84.0;
-the encoder alone reaches about 89 Acc at this budget).
+It trains 800 steps (3.5 minutes on 2 quiet cores, 2.5 with the compilation cache warm) and
+prints the test scores of the checkpoint val chose, near Acc 85, Edit 85, F1@50 84 (85.0 / 84.8 /
+84.3 in a fresh environment of 2026-12-05; docs/methods/diffact.md: 84.4 / 83.5 / 84.0 in an
+earlier one; the encoder alone reaches about 89 Acc at this budget).
 
 Published settings on your own features in the MS-TCN layout (docs/methods/diffact.md):
 

@@ -5,7 +5,7 @@ identity, flow motion and boundaries, different dimensions and noise):
 
   python -m polyseg.main --config=configs/twostream.py --workdir=runs/twostream
 
-It trains 800 steps of both streams (about 8 minutes on 2 cores), searches the fusion weights on
+It trains 800 steps of both streams (about 7 minutes on 2 quiet cores), searches the fusion weights on
 val and prints test rows Fused, RGB and Flow (at commit fe9fce7: Fused Acc 82.2, Edit 78.8, F1@50
 78.8; flow alone 87.0 / 81.8 / 81.4: the weights chosen on val, where fusion leads, did not carry
 over to test in this run; docs/methods/twostream.md).
