@@ -324,15 +324,12 @@ def ensure_single_stream(cache_dir: str | os.PathLike, **kwargs) -> pathlib.Path
   Safe against concurrent callers: generation is atomic, and a loser of the
   race reuses the winner's (identical) dataset.
   """
-  return base.ensure_generated(
-    cache_dir, 'single_stream', make_single_stream, GENERATOR_VERSION, single_stream, kwargs
-  )
+  return base.ensure_generated(cache_dir, cache_name(**kwargs), single_stream, kwargs)
 
 
 def ensure_transcripts(cache_dir: str | os.PathLike, **kwargs) -> pathlib.Path:
   """`ensure_single_stream` with `transcripts/` (HAL's weak supervision), in its own cache folder
   'transcripts-<hash>'."""
+  name = base.cache_key('transcripts', make_single_stream, GENERATOR_VERSION, kwargs)
   write = functools.partial(single_stream, transcripts=True)
-  return base.ensure_generated(
-    cache_dir, 'transcripts', make_single_stream, GENERATOR_VERSION, write, kwargs
-  )
+  return base.ensure_generated(cache_dir, name, write, kwargs)

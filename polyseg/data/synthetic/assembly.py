@@ -410,12 +410,10 @@ def make_two_hands(
   )
 
 
-_GENERATOR = functools.partial(make_two_hands, None)  # what a cache name hashes: all but the root
-
-
 def two_hands_cache_name(**kwargs) -> str:
   """'two_hands-<hash>' of all arguments (defaults filled in) and TWO_HANDS_VERSION."""
-  return base.cache_key('two_hands', _GENERATOR, TWO_HANDS_VERSION, kwargs)
+  generator = functools.partial(make_two_hands, None)
+  return base.cache_key('two_hands', generator, TWO_HANDS_VERSION, kwargs)
 
 
 def ensure_two_hands(cache_dir: str | os.PathLike, **kwargs) -> pathlib.Path:
@@ -424,6 +422,4 @@ def ensure_two_hands(cache_dir: str | os.PathLike, **kwargs) -> pathlib.Path:
   Takes the keyword arguments of `make_two_hands`; returns that root; safe against concurrent
   callers like `ensure_single_stream`.
   """
-  return base.ensure_generated(
-    cache_dir, 'two_hands', _GENERATOR, TWO_HANDS_VERSION, make_two_hands, kwargs
-  )
+  return base.ensure_generated(cache_dir, two_hands_cache_name(**kwargs), make_two_hands, kwargs)

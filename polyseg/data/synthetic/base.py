@@ -52,10 +52,10 @@ def ensure(root: pathlib.Path, write) -> pathlib.Path:
   return root
 
 
-def ensure_generated(cache_dir, prefix: str, generator, version: int, write, kwargs: dict):
-  """`ensure` of `write(root, **kwargs)` in `cache_dir/<cache_key(prefix, generator, version,
-  kwargs)>/`: the dataset is generated on first use and reused after; returns that root."""
-  root = pathlib.Path(cache_dir).expanduser() / cache_key(prefix, generator, version, kwargs)
+def ensure_generated(cache_dir, name: str, write, kwargs: dict) -> pathlib.Path:
+  """`ensure` of `write(root, **kwargs)` in root = `cache_dir/name` (a `cache_key`): the dataset is
+  generated on first use and reused after; returns that root."""
+  root = pathlib.Path(cache_dir).expanduser() / name
   return ensure(root, lambda: write(root, **kwargs))
 
 

@@ -197,6 +197,4 @@ def ensure_two_streams(cache_dir: str | os.PathLike, **kwargs) -> pathlib.Path:
   Takes the keyword arguments of `make_two_streams`; returns that root; safe against concurrent
   callers like `ensure_single_stream`.
   """
-  return base.ensure_generated(
-    cache_dir, 'two_streams', make_two_streams, TWO_STREAMS_VERSION, two_streams, kwargs
-  )
+  return base.ensure_generated(cache_dir, two_streams_cache_name(**kwargs), two_streams, kwargs)

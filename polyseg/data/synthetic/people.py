@@ -440,6 +440,4 @@ def ensure_referring(cache_dir: str | os.PathLike, **kwargs) -> pathlib.Path:
 
   Returns that root; safe against concurrent callers like `ensure_single_stream`.
   """
-  return base.ensure_generated(
-    cache_dir, 'referring', make_referring, REFERRING_VERSION, referring, kwargs
-  )
+  return base.ensure_generated(cache_dir, referring_cache_name(**kwargs), referring, kwargs)
