@@ -5,6 +5,7 @@ Every function here gives valid frames exactly what the unpadded video would get
 padded frames.
 """
 
+import functools
 import math
 import zlib
 from typing import Any
@@ -43,6 +44,10 @@ INITS = ('flax', 'torch')
 _CONDITION_SUFFIX = '_cond'
 
 
+def _uniform(key: jax.Array, bound: jax.Array, shape, dtype) -> jax.Array:
+  return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
 def torch_default_init(params: Any, rng: jax.Array) -> Any:
   """`params` re-drawn as PyTorch's default initialisation draws the same layers (DiffAct's and the
   other reference codes' init; `config.model.init='torch'`): every kernel (Dense [in, out], conv
@@ -55,31 +60,48 @@ def torch_default_init(params: Any, rng: jax.Array) -> Any:
   def fan_in(layer: dict) -> int:
     return math.prod(layer['kernel'].shape[:-1])
 
-  def redraw(tree: dict, path: str) -> dict:
-    out = {}
+  # Each leaf's own key and bound, grouped by (shape, dtype): one vmapped draw per group gives the
+  # values of one draw per leaf from a fraction of the program to compile.
+  groups: dict[tuple, list] = {}  # (shape, dtype) -> [(path names..., field), fold-in data, bound]
+
+  def collect(tree: dict, path: tuple[str, ...]) -> None:
     for name, value in tree.items():
       if not isinstance(value, dict):
-        out[name] = value
         continue
       if 'kernel' not in value:
-        out[name] = redraw(value, f'{path}/{name}')
+        collect(value, (*path, name))
         continue
       base = name.removesuffix(_CONDITION_SUFFIX)
       partner = tree.get(name + _CONDITION_SUFFIX) if base == name else tree.get(base)
       fans = fan_in(value) + (
         fan_in(partner) if isinstance(partner, dict) and 'kernel' in partner else 0
       )
-      bound = 1.0 / math.sqrt(fans)
-      layer = dict(value)
       for field in ('kernel', 'bias'):
-        if field in layer:
-          key = jax.random.fold_in(rng, zlib.crc32(f'{path}/{name}/{field}'.encode()))
-          shape, dtype = layer[field].shape, layer[field].dtype
-          layer[field] = jax.random.uniform(key, shape, dtype, -bound, bound)
-      out[name] = layer
-    return out
+        if field in value:
+          where = (*path, name, field)
+          data = zlib.crc32(('/' + '/'.join(where)).encode())
+          group = groups.setdefault((value[field].shape, value[field].dtype), [])
+          group.append((where, data, 1.0 / math.sqrt(fans)))
 
-  return redraw(params, '')
+  collect(params, ())
+  drawn = {}
+  for (shape, dtype), members in groups.items():
+    data = jnp.array([d for _, d, _ in members], jnp.uint32)
+    bounds = jnp.array([b for _, _, b in members], dtype)
+    keys = jax.vmap(lambda d: jax.random.fold_in(rng, d))(data)
+    uniform = functools.partial(_uniform, shape=shape, dtype=dtype)
+    for (where, _, _), value in zip(members, jax.vmap(uniform)(keys, bounds)):
+      drawn[where] = value
+
+  def rebuild(tree: dict, path: tuple[str, ...]) -> dict:
+    return {
+      name: rebuild(value, (*path, name))
+      if isinstance(value, dict)
+      else drawn.get((*path, name), value)
+      for name, value in tree.items()
+    }
+
+  return rebuild(params, ())
 
 
 def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:

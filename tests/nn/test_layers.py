@@ -1,6 +1,7 @@
 """Tests for polyseg.nn.layers against plain numpy / scipy references."""
 
 import math
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -306,3 +307,32 @@ def test_torch_default_init_draws_uniform_within_one_over_sqrt_fan_in():
   assert not np.allclose(p['proj']['bias'][:24], p['layer']['query']['bias'])  # own draws
   again = layers.torch_default_init(params, jax.random.key(3))
   np.testing.assert_array_equal(again['params']['conv']['kernel'], p['conv']['kernel'])
+
+
+def test_torch_default_init_draws_each_leaf_from_its_own_key_in_one_program_per_shape():
+  """Leaf `/params/<layer>/<field>` is U(-b, b) drawn with fold_in(key, crc32 of its path), as one
+  draw per leaf would give it (the values of earlier runs), while the compiled program draws each
+  shape once, vmapped over its leaves: as many loops for 8 same-shaped layers as for 2."""
+
+  def params(num_layers: int) -> dict:
+    layer = lambda: {'kernel': np.zeros((16, 8), np.float32), 'bias': np.zeros(8, np.float32)}
+    tree = {f'layer{i}': layer() for i in range(num_layers)}
+    return {'params': {**tree, 'head': {'kernel': np.zeros((4, 8), np.float32)}}}
+
+  key = jax.random.key(7)
+  out = jax.jit(layers.torch_default_init)(params(3), key)['params']
+  for name, field, fan_in in [
+    ('layer0', 'kernel', 16),
+    ('layer2', 'bias', 16),
+    ('head', 'kernel', 4),
+  ]:
+    own_key = jax.random.fold_in(key, zlib.crc32(f'/params/{name}/{field}'.encode()))
+    bound = 1 / math.sqrt(fan_in)
+    expected = jax.random.uniform(own_key, out[name][field].shape, jnp.float32, -bound, bound)
+    np.testing.assert_array_equal(out[name][field], expected)
+
+  def loops(num_layers: int) -> int:
+    program = jax.jit(layers.torch_default_init).lower(params(num_layers), key).compile()
+    return program.as_text().count(' while(')
+
+  assert loops(8) == loops(2) > 0
