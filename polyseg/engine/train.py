@@ -156,8 +156,9 @@ def init_state(task, tx, rng: jax.Array, shardings: Any = None) -> dict[str, Any
 
 
 def abstract_state(task, tx) -> dict[str, Any]:
-  """The shapes and dtypes of `init_state`'s state (jax.ShapeDtypeStruct leaves), traced once."""
-  return jax.eval_shape(_state_init(task, tx), jax.random.key(0))
+  """The shapes and dtypes of `init_state`'s state (jax.ShapeDtypeStruct leaves): traced, not
+  compiled."""
+  return jax.eval_shape(_state_init(task, tx), jax.random.PRNGKey(0))
 
 
 def state_shardings(task, tx, mesh, config) -> Any:
