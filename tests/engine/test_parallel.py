@@ -26,7 +26,7 @@ DRIVER = str(REPO / 'tests' / 'engine' / 'parallel_driver.py')
 
 def _env(devices: int, **extra) -> dict[str, str]:
   env = dict(os.environ, **extra)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env['XLA_FLAGS'] = f'{env.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count={devices}'
   env['PYTHONPATH'] = os.pathsep.join([str(REPO), env.get('PYTHONPATH', '')])
   return env
 
