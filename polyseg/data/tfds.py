@@ -355,7 +355,13 @@ def convert(root: PathLike, out: PathLike, spec: Spec) -> pathlib.Path:
   os.umask(umask)
   tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; it may become `out`
   try:
-    builder = builder_class()(spec=spec, subsets=subsets, structure=structure, data_dir=tmp)
+    # A new builder looks for published metadata on GCS and leaves the (empty) folder it made for
+    # it in the temp folder: made inside `tmp` instead, it goes with it.
+    system_temp, tempfile.tempdir = tempfile.tempdir, os.fspath(tmp)
+    try:
+      builder = builder_class()(spec=spec, subsets=subsets, structure=structure, data_dir=tmp)
+    finally:
+      tempfile.tempdir = system_temp
     builder.download_and_prepare(download_dir=os.fspath(tmp / 'downloads'))
     shutil.rmtree(tmp / 'downloads', ignore_errors=True)
     _install(tmp, out, spec)

@@ -7,6 +7,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -163,7 +164,10 @@ def test_layout_reads_back_as_the_folder_reader_objects(tmp_path, layout, option
     assert (first.labels is None) == (options.get('labels') is False)
 
 
-def test_single_stream_train_batches_are_identical(single_stream_root, tmp_path):
+def test_single_stream_train_batches_are_identical(single_stream_root, tmp_path, monkeypatch):
+  system_temp = tmp_path / 'system_temp'
+  system_temp.mkdir()
+  monkeypatch.setattr(tempfile, 'tempdir', str(system_temp))
   config = load_config('diffact', 'runlocal=True')
   config.train.batch_size = 2
   config.data.max_train_len = 3
@@ -173,6 +177,7 @@ def test_single_stream_train_batches_are_identical(single_stream_root, tmp_path)
   converted = tfds.read(tmp_path / 'tfds', spec, 'train').videos
   task = diffact_task.Task(config, dataset_lib.DataInfo(CLASSES, 4, (0,)))
   assert_same_batches(task.train_loader(converted), task.train_loader(folder))
+  assert tempfile.gettempdir() == str(system_temp) and not os.listdir(system_temp)
 
 
 def test_referring_windows_and_splits_read_back_with_identical_batches(tmp_path):
