@@ -15,6 +15,7 @@ from polyseg import methods
 from polyseg.configlib import load_config
 from polyseg.data import formats
 from polyseg.data import synthetic
+from polyseg.engine import parallel
 from polyseg.engine import train
 from polyseg.methods.hopadiff import task as hopadiff_task
 
@@ -157,7 +158,11 @@ def test_hopadiff_learns_a_tiny_dataset(cache_dir, tmp_path):
   after = polyseg.train_and_evaluate(config, workdir)['HopaDIFF']
   _, data, task = train.setup(methods.get(config.task), config, workdir)
   tx = train.make_optimizer(config)
-  initial = train.init_state(task, tx, jax.random.split(jax.random.PRNGKey(config.seed))[0])
+  # The run's initial state as the run made it (its key and shardings: the programs it compiled).
+  shardings = train.state_shardings(task, tx, parallel.make_mesh(config), config)
+  initial = train.init_state(
+    task, tx, jax.random.split(jax.random.PRNGKey(config.seed))[0], shardings
+  )
   videos = data.read_test()
   predictions = train.run_predictions(
     task, initial['params'], videos, jax.random.PRNGKey(config.eval.seed), 'untrained'
