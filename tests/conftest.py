@@ -1,6 +1,5 @@
 """Shared fixtures: tiny configs and a tiny synthetic dataset cache for end-to-end tests."""
 
-import importlib.metadata
 import os
 import pathlib
 import re
@@ -17,16 +16,6 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 # quarter less time (XLA's HLO passes, fusion included, still run, so the HLO the tests inspect is
 # unchanged).
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
-# jaxlib 0.10.x still has XLA:CPU's older fusion emitters; with LLVM's expensive passes off they
-# compile the tests' tiny models a sixth to a third faster (train steps: DiffAct's 4.3 -> 2.9 s,
-# HAL's 3.6 -> 2.1 s, HopaDIFF's 11.7 -> 9.9 s; the cold suite 17-20 -> about 14 min). They fuse
-# less, so the HLO differs from the default's: the tests that inspect it pass under both. Not for
-# real runs: with full optimisation they compile the GTEA-size train step in 131 s, not 23 s.
-# Later jaxlib releases dropped the flag (and reject it).
-if importlib.metadata.version('jaxlib').startswith('0.10.'):
-  os.environ['XLA_FLAGS'] = (
-    os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_use_fusion_emitters=false'
-  ).strip()
 
 import jax
 import pytest
@@ -38,6 +27,13 @@ from polyseg.engine import parallel
 # As `python -m polyseg.main` runs: in this process and, through the environment, in every
 # subprocess a test starts.
 parallel.keep_ynnpack_to_matmuls()
+# jaxlib 0.10.x still has XLA:CPU's older fusion emitters; with LLVM's expensive passes off they
+# compile the tests' tiny models a sixth to a third faster (train steps: DiffAct's 4.3 -> 2.9 s,
+# HAL's 3.6 -> 2.1 s, HopaDIFF's 11.7 -> 9.9 s; the cold suite 17-20 -> about 14 min). They fuse
+# less, so the HLO differs from the default's: the tests that inspect it pass under both. Not for
+# real runs: with full optimisation they compile the GTEA-size train step in 131 s, not 23 s.
+# Later jaxlib releases dropped the flag (and reject it). Subprocesses inherit it too.
+parallel.set_xla_flag_on_jaxlib_0_10('xla_cpu_use_fusion_emitters', 'false')
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -44,13 +44,19 @@ def keep_ynnpack_to_matmuls() -> None:
   at 32k frames) by adding a flag to XLA_FLAGS, which XLA reads when its CPU backend starts: the
   entry points (`python -m polyseg.main`, the benchmarks) call it before any device is used. The
   user's own setting of that flag wins; other jaxlib versions need nothing."""
+  set_xla_flag_on_jaxlib_0_10('xla_cpu_experimental_ynn_fusion_type', 'dot')
+
+
+def set_xla_flag_on_jaxlib_0_10(name: str, value: str) -> None:
+  """Adds `--name=value` to XLA_FLAGS when jaxlib is 0.10.x and XLA_FLAGS does not set `name`
+  already (the user's own setting wins). XLA reads XLA_FLAGS when its CPU backend starts."""
   try:
     version = importlib.metadata.version('jaxlib')
   except importlib.metadata.PackageNotFoundError:
     return
   flags = os.environ.get('XLA_FLAGS', '')
-  if version.startswith('0.10.') and 'xla_cpu_experimental_ynn_fusion_type' not in flags:
-    os.environ['XLA_FLAGS'] = f'{flags} --xla_cpu_experimental_ynn_fusion_type=dot'.strip()
+  if version.startswith('0.10.') and name not in flags:
+    os.environ['XLA_FLAGS'] = f'{flags} --{name}={value}'.strip()
 
 
 def default_config() -> ml_collections.ConfigDict:
