@@ -82,11 +82,13 @@ def test_killed_and_stopped_run_resumes_bitwise(tiny_config, cache_dir, tmp_path
   bitwise the params, metrics and results of the same run done in one go."""
   methods.get('diffact').load_data(tiny_config)  # the synthetic data, before two processes read it
   straight, chained = tmp_path / 'straight', tmp_path / 'chained'
-  uninterrupted = _driver('none', straight, cache_dir, wait=False)
 
   # SIGKILL before step 6 (5 steps done): checkpoints 2 and 4 are complete.
   assert _finish(_driver('sigkill@5', chained, cache_dir))[0] == -signal.SIGKILL
   assert _checkpoints(chained) == ([2, 4], [])
+  # The uninterrupted run, beside the others: started now, it finds the programs that run compiled
+  # in the compilation cache instead of compiling them a second time alongside it.
+  uninterrupted = _driver('none', straight, cache_dir, wait=False)
   # Resumed from 4; killed inside the write of checkpoint 6: the half-written folder is left...
   assert _finish(_driver('checkpoint@6', chained, cache_dir))[0] == -signal.SIGKILL
   steps, partial = _checkpoints(chained)

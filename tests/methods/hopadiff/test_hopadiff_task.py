@@ -148,11 +148,11 @@ def test_bad_referring_data_fails_before_training(cache_dir, tmp_path):
 
 
 def test_hopadiff_learns_a_tiny_dataset(cache_dir, tmp_path):
-  """60 steps on a tiny synthetic set: the loss falls and the encoders beat the untrained model
-  (the run's own initial parameters, scored on the same test videos)."""
+  """90 steps on a tiny synthetic set: the loss falls and the encoders beat the untrained model
+  (the run's own initial parameters, scored on the same test videos). The runlocal config's
+  learning rate, so that the run's train step is the one the other runlocal tests compiled."""
   config = _config(cache_dir)
-  config.train.update(num_steps=60, log_every=10, eval_every=60, checkpoint_every=60)
-  config.optim.learning_rate = 3e-3
+  config.train.update(num_steps=90, log_every=10, eval_every=90, checkpoint_every=90)
   config.eval.use_decoder = False
   workdir = str(tmp_path / 'learn')
   after = polyseg.train_and_evaluate(config, workdir)['HopaDIFF']

@@ -36,7 +36,7 @@ def built(tiny):
 def test_streams_keep_their_own_dims_and_weights(built):
   data, task = built
   assert data.info.input_dim == {'rgb': 16, 'flow': 12}
-  params = jax.jit(task.init)(jax.random.PRNGKey(0), task.example_batch())
+  params = jax.eval_shape(task.init, jax.random.PRNGKey(0), task.example_batch())
   kernels = {s: params[s]['params']['encoder']['input_proj']['kernel'] for s in ('rgb', 'flow')}
   assert kernels['rgb'].shape[0] == 16 and kernels['flow'].shape[0] == 12
   assert kernels['rgb'].shape[1:] == kernels['flow'].shape[1:]  # one architecture
