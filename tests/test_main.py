@@ -37,17 +37,22 @@ def test_cli_trains_then_resumes_evaluates_and_predicts(tmp_path, cache_dir):
     f'--workdir={workdir}',
     f'--config.data.cache_dir={cache_dir}',
   ]
-  user_env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
-  first = run_main(*common, f'--compilation_cache={xla_cache}', env=user_env)
+  first = run_main(*common)
   assert first.returncode == 0, first.stderr[-3000:]
   assert 'F1@50' in first.stdout and 'DiffAct' in first.stdout
-  assert any(name.startswith('jit_step_fn') for name in os.listdir(xla_cache))  # the train step
   second = run_main(*common, '--config.train.num_steps=9')
   assert second.returncode == 0, second.stderr[-3000:]
   assert 'Resumed from' in second.stdout and 'at step 6' in second.stdout
-  evaluated = run_main(*common, '--mode=eval', '--checkpoint=best')
+  # --compilation_cache where JAX_COMPILATION_CACHE_DIR is not set (the suite sets it): the eval
+  # run's programs land there (an eval: it compiles less than a training run), however fast.
+  user_env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
+  user_env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  evaluated = run_main(
+    *common, '--mode=eval', '--checkpoint=best', f'--compilation_cache={xla_cache}', env=user_env
+  )
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert os.path.exists(workdir / 'eval_best' / 'results.json')
+  assert any(name.startswith('jit__sample_views') for name in os.listdir(xla_cache))  # DDIM
   features = tmp_path / 'features'
   features.mkdir()
   np.save(features / 'clip.npy', np.random.default_rng(0).normal(size=(16, 50)).astype(np.float32))

@@ -35,19 +35,14 @@ def fuse_random_draws(fn: Callable) -> Callable:
   """`fn` with its threefry draws fused (module docstring); call it inside `jax.jit`."""
 
   def fused(*args):
-    flat_args, in_tree = jax.tree.flatten(args)
-    out_tree = []
-
-    def flat_fn(*flat):
-      leaves, tree = jax.tree.flatten(fn(*jax.tree.unflatten(in_tree, flat)))
-      out_tree.append(tree)
-      return leaves
-
-    traced = jax.make_jaxpr(flat_fn)(*flat_args)
+    # `fn` itself is traced, so that jax's trace cache serves this trace and any other of the same
+    # `fn` on the same shapes (train.init_state's and train.abstract_state's: traced once).
+    traced, out_shapes = jax.make_jaxpr(fn, return_shape=True)(*args)
     if traced.effects:  # keep the order of side effects: no reordering
       return fn(*args)
+    flat_args = jax.tree.leaves(args)
     expanded = jax.make_jaxpr(lambda *flat: _expand(traced.jaxpr, traced.consts, flat))(*flat_args)
-    return jax.tree.unflatten(out_tree[0], _run_in_levels(expanded, flat_args))
+    return jax.tree.unflatten(jax.tree.structure(out_shapes), _run_in_levels(expanded, flat_args))
 
   return fused
 

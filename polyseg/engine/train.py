@@ -9,6 +9,7 @@ the model, the loss and the per-video prediction.
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -128,8 +129,11 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   return tx
 
 
+@functools.lru_cache(maxsize=1)
 def _state_init(task, tx):
-  """rng -> the train state (`init_state`'s function, not jitted)."""
+  """rng -> the train state (`init_state`'s function, not jitted). The same function for the same
+  task and optimizer, so that `abstract_state` and `init_state` share one trace of it (jax caches
+  traces by function): a run traces its model's initialisation once."""
   init_kind = task.parameter_init
   if init_kind not in layers.INITS:
     raise ValueError(f'model.init={init_kind!r}; choose one of {layers.INITS}')

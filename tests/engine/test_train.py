@@ -18,6 +18,7 @@ from polyseg import methods
 from polyseg.configlib import load_config
 from polyseg.data import formats
 from polyseg.engine import checkpoint as checkpoint_lib
+from polyseg.engine import parallel
 from polyseg.engine import train
 from polyseg.engine import workdir as workdir_lib
 
@@ -347,6 +348,19 @@ def test_predict_api_on_arrays_and_folders(tiny_config, tmp_path):
     polyseg.predict(workdir, {'bad': np.zeros(30)})
   with pytest.raises(FileNotFoundError, match='config.json not found'):
     polyseg.predict(str(tmp_path / 'nothing'), arrays)
+
+
+def test_a_run_traces_its_initialisation_once(tiny_config, tmp_path):
+  """The state's shardings (from its shapes) and the state itself come from one trace of the
+  model's initialisation, as a run makes them."""
+  _, _, task = train.setup(methods.get(tiny_config.task), tiny_config, str(tmp_path / 'run'))
+  traces = []
+  init = task.init
+  task.init = lambda *args, **kwargs: traces.append(1) or init(*args, **kwargs)
+  tx = train.make_optimizer(tiny_config)
+  shardings = train.state_shardings(task, tx, parallel.make_mesh(tiny_config), tiny_config)
+  state = train.init_state(task, tx, jax.random.PRNGKey(0), shardings)
+  assert len(traces) == 1 and jax.tree.structure(state) == jax.tree.structure(shardings)
 
 
 def test_model_init_torch_redraws_the_parameters_as_pytorch_and_bad_values_are_refused(
