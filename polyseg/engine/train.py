@@ -58,11 +58,10 @@ NONFINITE_MODES = ('stop', 'skip')
 TORCH_INIT_STREAM = 1  # fold_in tag of the rng that model.init='torch' redraws the parameters from
 
 
-def stop_training(signum: int, step: int, state: Any, ckpt, writer) -> None:
+def stop_training(signum: int, step: int, state: Any, ckpt) -> None:
   """Saves `state` as checkpoint `step` (unless the loop just did), closes the checkpointer and
-  the metric writer, and raises Interrupted."""
+  raises Interrupted."""
   ckpt.save(step, state)
-  writer.close()
   ckpt.close()
   raise Interrupted(signum, step, ckpt.directory)
 
@@ -366,7 +365,7 @@ def train_loop(
       elif stop or checkpoint_due:
         ckpt.save(step, state)
       if stop:
-        stop_training(stop, step, state, ckpt, writer)
+        stop_training(stop, step, state, ckpt)
   return state, evaluated
 
 
@@ -693,7 +692,6 @@ def _train_and_evaluate(method, config: ml_collections.ConfigDict, workdir: str)
     desc='train',
     show=is_main_process(),
   )
-  writer.close()
   results = final_test(task, state, ckpt, data, config, outdir_of, val_step)
   ckpt.close()
   if is_main_process():

@@ -21,6 +21,10 @@ TimelineRows = list[tuple[str, dict[str, np.ndarray]]]
 
 BACKGROUND_COLOR = (0.85, 0.85, 0.85)
 CURVE_PREFIXES = ('train/', 'eval/', 'eval_val/')
+# A curves panel and its margins in inches (left, right, bottom, top): fixed, since a constrained
+# layout would cost about a second per figure of a dozen panels, more than drawing them.
+CURVE_PANEL = (3.2, 2.4)
+CURVE_MARGINS = (0.6, 0.15, 0.45, 0.3)
 # timeline row kind -> (bar height in inches, colour and width of the lines between rows)
 TIMELINE_STYLES = {'class ids': (0.35, 'white', 2), 'multi-hot': (0.25, 'black', 1)}
 
@@ -49,12 +53,12 @@ def class_colors(num_classes: int, background: Iterable[int] = ()) -> np.ndarray
   return colors
 
 
-def new_figure(width: float, height: float):
-  """A matplotlib Figure drawn by the Agg canvas."""
+def new_figure(width: float, height: float, layout: str | None = 'constrained'):
+  """A matplotlib Figure drawn by the Agg canvas (`layout` None: the caller places the axes)."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
-  figure = Figure(figsize=(width, height), layout='constrained')
+  figure = Figure(figsize=(width, height), layout=layout)
   FigureCanvasAgg(figure)
   return figure
 
@@ -209,9 +213,24 @@ def plot_curves(
   }
   if not series:
     raise ValueError(f'{metrics_jsonl_path}: no numeric keys starting with {tuple(prefixes)}')
+  save_png(curves_figure(series), png_path)
+
+
+def curves_figure(series: dict[str, tuple[np.ndarray, np.ndarray]]):
+  """A Figure of one panel per key -> (steps [N], values [N]), 4 panels to a row, in dict order."""
   num_columns = min(len(series), 4)
   num_rows = math.ceil(len(series) / num_columns)
-  figure = new_figure(3.2 * num_columns, 2.4 * num_rows)
+  (panel_w, panel_h), (left, right, bottom, top) = CURVE_PANEL, CURVE_MARGINS
+  width, height = panel_w * num_columns, panel_h * num_rows
+  figure = new_figure(width, height, layout=None)
+  figure.subplots_adjust(
+    left=left / width,
+    right=1 - right / width,
+    bottom=bottom / height,
+    top=1 - top / height,
+    wspace=(left + right) / (panel_w - left - right),
+    hspace=(bottom + top) / (panel_h - bottom - top),
+  )
   axes = figure.subplots(num_rows, num_columns, squeeze=False).ravel()
   for ax, (key, (steps, values)) in zip(axes, series.items()):
     ax.plot(steps, values, marker='.' if steps.size < 30 else None)
@@ -221,4 +240,4 @@ def plot_curves(
     ax.grid(alpha=0.3)
   for ax in axes[len(series) :]:
     ax.set_visible(False)
-  save_png(figure, png_path)
+  return figure

@@ -280,5 +280,5 @@ def test_resume_rewinds_metrics_past_the_checkpoint(tmp_path):
   path.write_text(
     '{"step": 1, "a": 1.0}\n{"step": 2, "a": 2.0}\n{"step": 3, "a": 3.0}\n{"step": 4, "a'
   )
-  metric_writer.MetricWriter(str(tmp_path), resume_step=2).close()
+  metric_writer.MetricWriter(str(tmp_path), resume_step=2)
   assert path.read_text() == '{"step": 1, "a": 1.0}\n{"step": 2, "a": 2.0}\n'

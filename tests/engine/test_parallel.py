@@ -175,6 +175,13 @@ def test_two_processes_train_together_and_agree(cache_dir, tmp_path):
   """Two processes (2 CPU devices each) on 127.0.0.1 train STEPS steps: both end with the same
   params, equal to one process training on the concatenated global batches. Process 1 is 35 s
   late, longer than CPU collectives wait: the engine's barrier after compiling absorbs it."""
+  sys.path.insert(0, str(REPO / 'tests' / 'engine'))
+  import parallel_driver
+
+  # The reference: one process, the single-device step. Its data first (the cache the two
+  # processes read), its state and step while they run.
+  config = parallel_driver.tiny_config('diffact', cache_dir)
+  _, _, task = train.setup(methods.get(config.task), config, str(tmp_path / 'reference'))
   port = _free_port()
   out = str(tmp_path / 'mp')
   procs = [
@@ -193,22 +200,20 @@ def test_two_processes_train_together_and_agree(cache_dir, tmp_path):
     )
     for i in range(2)
   ]
-  logs = [p.communicate(timeout=600)[0] for p in procs]
+  try:
+    tx = parallel_driver.optimizer()
+    state = train.init_state(task, tx, jax.random.PRNGKey(0))
+    step = train.make_train_step(task, tx, jax.random.PRNGKey(1))
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()  # (a no-op for a process that has exited)
   assert all(p.returncode == 0 for p in procs), '\n'.join(logs)
   r0, r1 = np.load(f'{out}.0.npz'), np.load(f'{out}.1.npz')
   assert int(r0['process_count']) == 2 and int(r0['device_count']) == 4
   np.testing.assert_array_equal(r0['params'], r1['params'])
 
-  # The same global batches through the single-device step in this process.
-  sys.path.insert(0, str(REPO / 'tests' / 'engine'))
-  import parallel_driver
-
-  config = parallel_driver.tiny_config('diffact', cache_dir)
-  _, _, task = train.setup(methods.get(config.task), config, str(tmp_path / 'reference'))
-  tx = parallel_driver.optimizer()
-  state = train.init_state(task, tx, jax.random.PRNGKey(0))
-  step = train.make_train_step(task, tx, jax.random.PRNGKey(1))
-  for i in range(parallel_driver.STEPS):
+  for i in range(parallel_driver.STEPS):  # the same global batches through the reference
     keys = [k[: -len(f'_{i}')] for k in r0.files if k.endswith(f'_{i}')]
     assert r0[f'mask_{i}'].shape == r1[f'mask_{i}'].shape  # one padded length for both
     batch = {k: np.concatenate([r0[f'{k}_{i}'], r1[f'{k}_{i}']]) for k in keys}

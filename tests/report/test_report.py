@@ -3,10 +3,13 @@
 import json
 import os
 import struct
+import time
 
 import matplotlib.image
 import numpy as np
 import pytest
+from tensorboardX import crc32c as reference_crc32c
+from tensorboardX import record_writer
 from tensorboardX.proto import event_pb2
 
 from polyseg.engine import metric_writer
@@ -42,45 +45,84 @@ def test_format_table_exact_text():
   )
 
 
+def read_events(path) -> list:
+  """The events of one file, read with tensorboardX's protocol buffers and CRC (an independent
+  implementation): TFRecords of 8-byte length, 4-byte masked CRC, data, 4-byte masked CRC."""
+  data = path.read_bytes()
+  events, offset = [], 0
+  while offset < len(data):
+    header = data[offset : offset + 8]
+    (length,) = struct.unpack('<Q', header)
+    record = data[offset + 12 : offset + 12 + length]
+    crcs = struct.unpack('<II', data[offset + 8 : offset + 12] + data[offset + 12 + length :][:4])
+    assert crcs == tuple(record_writer.masked_crc32c(x) for x in (header, record)), path
+    events.append(event_pb2.Event.FromString(record))
+    offset += 12 + length + 4
+  return events
+
+
 def read_event_scalars(events_dir):
-  """tag -> [(step, value)] from TFRecord event files (8-byte length, 4-byte crc, data, 4-byte crc)."""
+  """tag -> [(step, value)] from the TensorBoard event files in `events_dir`."""
   scalars = {}
-  for name in sorted(os.listdir(events_dir)):
-    with open(os.path.join(events_dir, name), 'rb') as f:
-      data = f.read()
-    offset = 0
-    while offset < len(data):
-      (length,) = struct.unpack('<Q', data[offset : offset + 8])
-      event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
-      offset += 12 + length + 4
+  for path in sorted(events_dir.iterdir()):
+    for event in read_events(path):
       for value in event.summary.value:
         scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
   return scalars
 
 
+def test_crc32c_check_value_and_agreement_with_tensorboardx():
+  assert metric_writer.crc32c(b'123456789') == 0xE3069283  # the CRC-32C check value
+  assert metric_writer.crc32c(b'') == 0
+  data = np.random.default_rng(0).bytes(1000)
+  assert metric_writer.crc32c(data) == reference_crc32c.crc32c(data)
+
+
 def test_metric_writer_jsonl_and_tensorboard(tmp_path):
+  before = time.time()
   writer = metric_writer.MetricWriter(str(tmp_path))
   writer.write(10, {'train/loss': np.float32(1.5), 'train/lr': 5e-4})
   writer.write(20, {'eval/F1@50': 60.25})
-  writer.flush()
-  writer.close()
   with open(tmp_path / 'metrics.jsonl') as f:
     lines = [json.loads(line) for line in f]
   assert lines == [
     {'step': 10, 'train/loss': 1.5, 'train/lr': 5e-4},
     {'step': 20, 'eval/F1@50': 60.25},
   ]
+  (path,) = (tmp_path / 'tensorboard').iterdir()
+  assert path.name.startswith('events.out.tfevents.')  # what TensorBoard looks for
+  first, *scalar_events = read_events(path)
+  assert first.file_version == 'brain.Event:2'
+  assert [e.step for e in scalar_events] == [10, 20]
+  assert all(before <= e.wall_time <= time.time() for e in [first, *scalar_events])
   scalars = read_event_scalars(tmp_path / 'tensorboard')
   assert scalars['train/loss'] == [(10, 1.5)]
-  assert scalars['eval/F1_50'] == [(20, 60.25)]  # tensorboardX replaces '@' in tags
+  assert scalars['eval/F1_50'] == [(20, 60.25)]  # '@' is not allowed in TensorBoard tags
   assert scalars['train/lr'][0][1] == pytest.approx(5e-4)
+
+
+def test_resumed_writer_tells_tensorboard_to_drop_the_steps_it_logs_again(tmp_path):
+  first = metric_writer.MetricWriter(str(tmp_path))
+  for step in range(1, 6):
+    first.write(step, {'train/loss': float(step)})
+  resumed = metric_writer.MetricWriter(str(tmp_path), resume_step=3)
+  resumed.write(4, {'train/loss': 40.0})
+  earlier, later = sorted((tmp_path / 'tensorboard').iterdir())  # each writer its own file
+  assert [e.step for e in read_events(earlier)] == [0, 1, 2, 3, 4, 5]
+  version, start, again = read_events(later)
+  assert (version.file_version, version.step) == ('brain.Event:2', 4)
+  # TensorBoard drops the earlier events of step >= 4 when it reads this session start.
+  assert start.session_log.status == event_pb2.SessionLog.START and start.step == 4
+  assert (again.step, again.summary.value[0].simple_value) == (4, 40.0)
+  lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
+  assert [json.loads(line)['step'] for line in lines] == [1, 2, 3, 4]
+  with pytest.raises(ValueError, match='>= 0, got -1'):
+    metric_writer.MetricWriter(str(tmp_path)).write(-1, {'train/loss': 1.0})
 
 
 def test_metric_writer_disabled_writes_nothing(tmp_path):
   writer = metric_writer.MetricWriter(str(tmp_path / 'run'), enabled=False)
   writer.write(1, {'train/loss': 1.0})
-  writer.flush()
-  writer.close()
   assert not (tmp_path / 'run').exists()
 
 
@@ -88,7 +130,6 @@ def test_metric_writer_rejects_non_scalars(tmp_path):
   writer = metric_writer.MetricWriter(str(tmp_path))
   with pytest.raises(ValueError, match="'train/loss' at step 3"):
     writer.write(3, {'train/loss': np.ones(2)})
-  writer.close()
 
 
 def test_class_colors_stable_and_distinct():
@@ -136,7 +177,6 @@ def test_read_metrics_and_plot_curves(tmp_path):
     writer.write(step, {'train/loss': 2.0 / (step + 1), 'time': float(step)})
   writer.write(4, {'eval/Acc': 50.0})
   writer.write(3, {'train/loss': 9.0})  # a resumed run logs step 3 again
-  writer.close()
   series = plots.read_metrics(str(tmp_path / 'metrics.jsonl'))
   np.testing.assert_array_equal(series['train/loss'][0], [0, 1, 2, 3, 4])
   np.testing.assert_allclose(series['train/loss'][1], [2.0, 1.0, 2 / 3, 9.0, 0.4])
@@ -149,6 +189,27 @@ def test_read_metrics_and_plot_curves(tmp_path):
   assert len(np.unique(image[..., :3].reshape(-1, 3), axis=0)) > 10  # not blank
   with pytest.raises(ValueError, match='no numeric keys'):
     plots.plot_curves(str(tmp_path / 'metrics.jsonl'), png_path, prefixes=('val/',))
+
+
+@pytest.mark.parametrize('num_panels', [1, 6, 14])
+def test_curve_panels_fit_the_figure_without_overlapping(num_panels):
+  """The fixed layout: every panel's title, tick labels and axis label lie inside the figure and
+  away from the other panels, with wide tick labels and titles as long as the methods' longest
+  metric names (31 characters: 'train/holistic/decoder_boundary')."""
+  steps = np.arange(0, 12000, 150)
+  series = {
+    f'train/holistic/decoder_boundary{i}': (steps, -1234.5678 * np.cos(steps / 900.0 + i))
+    for i in range(num_panels)
+  }
+  figure = plots.curves_figure(series)
+  renderer = figure.canvas.get_renderer()
+  boxes = [ax.get_tightbbox(renderer) for ax in figure.axes if ax.get_visible()]
+  assert len(boxes) == num_panels
+  inside = figure.bbox
+  for i, box in enumerate(boxes):
+    assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0
+    assert box.y1 <= inside.y1
+    assert not any(box.overlaps(other) for other in boxes[i + 1 :])
 
 
 def bands(rows):

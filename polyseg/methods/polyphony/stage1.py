@@ -376,7 +376,6 @@ def fit(
     desc='stage 1',
   )
   step = int(state['step'])
-  writer.close()
   best = ckpt.best_step()
   params = state['params'] if best is None or best == step else ckpt.restore(state, best)['params']
   ckpt.close()

@@ -408,7 +408,6 @@ def fit(
     early_stop=lambda step: best is not None and step - best[1] >= t.patience * steps_per_eval,
   )
   step = int(state['step'])
-  writer.close()
   if step < num_steps:
     print(
       f'Stage 2: early stop at step {step}: no lower validation loss in {t.patience} '
