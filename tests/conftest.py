@@ -11,7 +11,11 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault(
   'JAX_COMPILATION_CACHE_DIR', os.path.join(tempfile.gettempdir(), 'polyseg-test-jax-cache')
 )
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+# Every program, however quick to compile: most of the suite's compiles are small eager ops (about
+# 20 ms each on jaxlib 0.12's CPU compiler, 3 ms from the cache), which both xdist workers and the
+# CLI subprocesses would otherwise compile again (tests/core, nn, diffact and hal: 135-139 s with a
+# 0.5 s threshold, 125-128 s without).
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 # The suite compiles far more than it runs: without LLVM's expensive passes a cold run takes about a
 # quarter less time (XLA's HLO passes, fusion included, still run, so the HLO the tests inspect is
 # unchanged).
