@@ -1,5 +1,6 @@
 """Shared fixtures: tiny configs and a tiny synthetic dataset cache for end-to-end tests."""
 
+import math
 import os
 import pathlib
 import re
@@ -76,3 +77,15 @@ def rejects_text(path, text: str, message: str, read) -> None:
   path.write_text(text)
   with raises_data_error(f'{path}{message}'):
     read()
+
+
+def widest_fusion(hlo_text: str, min_elements: int) -> int:
+  """The most operands any fusion of `min_elements` elements or more reads in a compiled program's
+  HLO text: a residual stack whose layers fuse the sums of the layers before them (see
+  `layers.fusion_fence`) shows it as a width that grows with depth."""
+  widest = 0
+  for line in hlo_text.splitlines():
+    found = re.match(r'\s*(?:ROOT )?%\S+ = \w+\[([\d,]*)\]\S* fusion\((.*?)\), kind', line)
+    if found and math.prod(int(d) for d in found[1].split(',') if d) >= min_elements:
+      widest = max(widest, found[2].count('%'))
+  return widest

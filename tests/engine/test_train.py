@@ -2,16 +2,15 @@
 
 import collections
 import json
-import math
 import os
 import pathlib
-import re
 import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import widest_fusion
 
 import polyseg
 from polyseg import methods
@@ -241,12 +240,7 @@ def _widest_activation_fusion(config, workdir) -> int:
   loader, state, step = _engine(config, workdir)
   batch = loader.batch(0)
   activation = batch['mask'].size * config.model.encoder.num_f_maps
-  widest = 0
-  for line in step.lower(state, batch).compile().as_text().splitlines():
-    found = re.match(r'\s*(?:ROOT )?%\S+ = \w+\[([\d,]*)\]\S* fusion\((.*?)\), kind', line)
-    if found and math.prod(int(d) for d in found[1].split(',') if d) >= activation:
-      widest = max(widest, found[2].count('%'))
-  return widest
+  return widest_fusion(step.lower(state, batch).compile().as_text(), activation)
 
 
 def test_train_step_does_not_recompute_earlier_layers(tiny_config, tmp_path):

@@ -11,6 +11,8 @@ import chex
 import flax.linen as nn
 import jax
 
+from polyseg.nn import layers
+
 
 class CausalConv(nn.Module):
   """Causal dilated 1-D convolution with bias: [B, T, Fin] -> [B, T, features].
@@ -50,7 +52,8 @@ class CausalConv(nn.Module):
 class CausalResidualLayer(nn.Module):
   """MS-TCN's dilated residual layer made causal: x + Dense(dropout(relu(CausalConv(x)))).
 
-  [B, T, F] -> [B, T, F], masked.
+  [B, T, F] -> [B, T, F], masked. The output goes through `layers.fusion_fence`, so that XLA:CPU does
+  not recompute the residual-gradient sums of the layers above inside each layer's backward pass.
   """
 
   kernel_size: int
@@ -61,7 +64,8 @@ class CausalResidualLayer(nn.Module):
   def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
     h = nn.relu(CausalConv(x.shape[-1], self.kernel_size, self.dilation, name='conv')(x, mask))
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
-    return (x + nn.Dense(x.shape[-1], name='pointwise')(h)) * mask[..., None]
+    out = (x + nn.Dense(x.shape[-1], name='pointwise')(h)) * mask[..., None]
+    return layers.fusion_fence(out)
 
 
 class SemanticTCN(nn.Module):

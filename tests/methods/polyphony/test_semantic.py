@@ -8,9 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import widest_fusion
 
 from polyseg.data import formats
 from polyseg.data import synthetic
+from polyseg.engine import train as train_lib
 from polyseg.methods.polyphony import stage2
 from polyseg.nn import text
 
@@ -168,6 +170,29 @@ def _steps_trained(stage_dir):
 
 # ---------------------------------------------------------------------------------------------
 # Validation split.
+
+
+def test_train_step_does_not_recompute_earlier_layers():
+  """Without `layers.fusion_fence` at each TCN layer's output, XLA:CPU fused the residual-gradient
+  sums of all the layers above into each layer's backward fusion (from 4 to 8 layers the widest
+  activation-sized fusion of the train step read 12 -> 19 operands; stage 2's step at 4 x 768
+  frames took 0.14 s instead of 0.115 s). The widest fusion must not grow with depth."""
+  widths = []
+  for num_layers in (4, 8):
+    config = stage2.default_config()
+    config.model.update(num_layers=num_layers, channels=16)
+    vectors = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
+    objective = stage2.Alignment(stage2.make_model(config, 8), vectors, 4, config.loss_alpha)
+    tx = train_lib.make_optimizer(config)
+    state = train_lib.init_state(objective, tx, jax.random.key(0))
+    step = train_lib.make_train_step(objective, tx, jax.random.key(1))
+    batch = {
+      'features': np.ones((2, 64, 4), np.float32),
+      'labels': np.zeros((2, 64, 2), np.int32),
+      'mask': np.ones((2, 64), np.float32),
+    }
+    widths.append(widest_fusion(step.lower(state, batch).compile().as_text(), 2 * 64 * 16))
+  assert widths[1] == widths[0], widths
 
 
 def test_training_data_uses_the_val_bundle_else_part_of_train_never_test(tmp_path):
