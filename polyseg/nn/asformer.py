@@ -159,8 +159,13 @@ class Decoder(nn.Module):
     self.output = nn.Dense(self.num_classes, dtype=self.dtype)
 
   def project_condition(self, cond: jax.Array, train: bool) -> CondProjection:
-    """cond [B, T, Fc] -> per-layer Q/K condition terms (independent of x01 and t: compute once)."""
+    """cond [B, T, Fc] -> per-layer Q/K condition terms (independent of x01 and t: compute once).
+
+    The condition goes through `layers.fusion_fence` first: its gradient, a sum over the layers, is
+    then computed once instead of inside its consumer's fusions (see the test of this in
+    tests/nn/test_asformer.py)."""
     chex.assert_rank(cond, 3)
+    cond = layers.fusion_fence(cond)
     return tuple(layer.project_condition(cond, train) for layer in self.layers)
 
   def denoise(
