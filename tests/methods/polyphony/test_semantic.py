@@ -172,6 +172,27 @@ def _steps_trained(stage_dir):
 # Validation split.
 
 
+def test_training_data_uses_the_val_bundle_else_part_of_train_never_test(tmp_path):
+  splits = {'train': ['a', 'b', 'c', 'd'], 'val': ['e'], 'test': ['f', 'g']}
+  root = _write_root(tmp_path / 'with_val', splits)
+  train, val = stage2.training_data(root, 1, 0.5, seed=0)
+  assert [v.name for v in train.videos] == splits['train'] and [v.name for v in val] == ['e']
+  assert train.classes == CLASSES and set(val[0].features) == {'shared', 'lh', 'rh'}
+  del splits['val']
+  root = _write_root(tmp_path / 'without_val', splits)
+  train, val = stage2.training_data(root, 1, 0.5, seed=0)
+  held = formats.hold_out(splits['train'], 0.5, seed=0)
+  assert [v.name for v in val] == held
+  assert sorted(v.name for v in train.videos + val) == splits['train']
+  root = _write_root(tmp_path / 'one_train', {'train': ['a'], 'test': ['b']})
+  with pytest.raises(formats.DataError, match=r'train\.split1\.bundle: no .*val\.split1\.bundle'):
+    stage2.training_data(root, 1, 0.1, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training.
+
+
 def test_train_step_does_not_recompute_earlier_layers():
   """Without `layers.fusion_fence` at each TCN layer's output, XLA:CPU fused the residual-gradient
   sums of all the layers above into each layer's backward fusion (from 4 to 8 layers the widest
@@ -193,27 +214,6 @@ def test_train_step_does_not_recompute_earlier_layers():
     }
     widths.append(widest_fusion(step.lower(state, batch).compile().as_text(), 2 * 64 * 16))
   assert widths[1] == widths[0], widths
-
-
-def test_training_data_uses_the_val_bundle_else_part_of_train_never_test(tmp_path):
-  splits = {'train': ['a', 'b', 'c', 'd'], 'val': ['e'], 'test': ['f', 'g']}
-  root = _write_root(tmp_path / 'with_val', splits)
-  train, val = stage2.training_data(root, 1, 0.5, seed=0)
-  assert [v.name for v in train.videos] == splits['train'] and [v.name for v in val] == ['e']
-  assert train.classes == CLASSES and set(val[0].features) == {'shared', 'lh', 'rh'}
-  del splits['val']
-  root = _write_root(tmp_path / 'without_val', splits)
-  train, val = stage2.training_data(root, 1, 0.5, seed=0)
-  held = formats.hold_out(splits['train'], 0.5, seed=0)
-  assert [v.name for v in val] == held
-  assert sorted(v.name for v in train.videos + val) == splits['train']
-  root = _write_root(tmp_path / 'one_train', {'train': ['a'], 'test': ['b']})
-  with pytest.raises(formats.DataError, match=r'train\.split1\.bundle: no .*val\.split1\.bundle'):
-    stage2.training_data(root, 1, 0.1, seed=0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Training.
 
 
 def test_tiny_tcn_learns_and_resume_continues_the_run(tmp_path):
