@@ -171,20 +171,57 @@ def shifted_copies(
 ) -> list[jax.Array]:
   """The k copies x[t + (j - k//2) * dilation] of x [B, T, ...] along T, zero outside [0, T).
 
-  A Python int `dilation`: static slices of a copy padded by the reach. With `max_dilation` set,
-  `dilation` may be traced (a layer of a scan over layers, up to max_dilation): the copy is padded
-  by min(T, reach of max_dilation) and sliced at traced offsets; an offset of T or more lands, as
-  dynamic_slice clamps it, wholly in the padding (zeros), as it should.
+  A Python int `dilation`: static slices of a copy padded by the reach, with `_static_copies`'
+  gradient. With `max_dilation` set, `dilation` may be traced (a layer of a scan over layers, up to
+  max_dilation): the copy is padded by min(T, reach of max_dilation) and sliced at traced offsets; an
+  offset of T or more lands, as dynamic_slice clamps it, wholly in the padding (zeros), as it should.
   """
   _check_odd_kernel(kernel_size)
-  num_frames, half = x.shape[1], kernel_size // 2
-  pad = half * dilation if max_dilation is None else min(num_frames, half * max_dilation)
-  padded = jnp.pad(x, [(0, 0), (pad, pad)] + [(0, 0)] * (x.ndim - 2))
   if max_dilation is None:
-    starts = [j * dilation for j in range(kernel_size)]
-    return [jax.lax.slice_in_dim(padded, a, a + num_frames, axis=1) for a in starts]
+    return list(_static_copies(x, kernel_size, dilation))
+  num_frames, half = x.shape[1], kernel_size // 2
+  pad = min(num_frames, half * max_dilation)
+  padded = jnp.pad(x, [(0, 0), (pad, pad)] + [(0, 0)] * (x.ndim - 2))
   starts = [pad + (j - half) * dilation for j in range(kernel_size)]
   return [jax.lax.dynamic_slice_in_dim(padded, a, num_frames, axis=1) for a in starts]
+
+
+def _shift(x: jax.Array, offset: int) -> jax.Array:
+  """y[t] = x[t + offset] along axis 1 of x [B, T, ...], zero where t + offset is outside [0, T)."""
+  num_frames = x.shape[1]
+  reach = min(abs(offset), num_frames)
+  if reach == 0:
+    return x
+  before, after = (0, reach) if offset > 0 else (reach, 0)
+  padded = jnp.pad(x, [(0, 0), (before, after)] + [(0, 0)] * (x.ndim - 2))
+  return jax.lax.slice_in_dim(padded, after, after + num_frames, axis=1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _static_copies(x: jax.Array, kernel_size: int, dilation: int) -> tuple[jax.Array, ...]:
+  """`shifted_copies` for a Python int dilation: k static slices of x padded by the reach.
+
+  Its gradient is the sum of the k cotangents shifted back, each [B, T, ...]. Differentiated
+  through the slices instead, it would be the sum of k zero-padded [B, T + 2 reach, ...] arrays,
+  which XLA:CPU summed, sliced and transposed for the weight gradients in one fusion: about a
+  fifth of a train step (`docs/benchmarks.md`).
+  """
+  num_frames, reach = x.shape[1], (kernel_size // 2) * dilation
+  padded = jnp.pad(x, [(0, 0), (reach, reach)] + [(0, 0)] * (x.ndim - 2))
+  starts = [j * dilation for j in range(kernel_size)]
+  return tuple(jax.lax.slice_in_dim(padded, a, a + num_frames, axis=1) for a in starts)
+
+
+def _static_copies_fwd(x, kernel_size, dilation):
+  return _static_copies(x, kernel_size, dilation), None
+
+
+def _static_copies_bwd(kernel_size, dilation, _, cotangents):
+  half = kernel_size // 2
+  return (sum(_shift(g, -(j - half) * dilation) for j, g in enumerate(cotangents)),)
+
+
+_static_copies.defvjp(_static_copies_fwd, _static_copies_bwd)
 
 
 def window_attention(

@@ -103,6 +103,32 @@ def test_even_kernel_is_rejected():
     layers.dilated_windows(jnp.zeros((1, 4, 2)), 4, 1)
 
 
+@pytest.mark.parametrize("kernel_size,dilation", [(1, 1), (3, 1), (5, 2), (3, 4), (5, 9)])
+def test_shifted_copies_values_and_gradient_by_hand(kernel_size, dilation):
+  """Copy j is x[t + (j - k//2) d], zero outside; the gradient (the custom rule: each cotangent
+  shifted back) of sum_j <w_j, copy_j> is, at frame s, sum_j w_j[s - (j - k//2) d] where that frame
+  exists. (5, 9): the reach, 18 frames, exceeds T = 7."""
+  rng = np.random.default_rng(kernel_size * 10 + dilation)
+  x = rng.normal(size=(2, 7, 3)).astype(np.float32)
+  w = rng.normal(size=(kernel_size, 2, 7, 3)).astype(np.float32)
+  copies = layers.shifted_copies(jnp.asarray(x), kernel_size, dilation)
+  offsets = [(j - kernel_size // 2) * dilation for j in range(kernel_size)]
+  want_grad = np.zeros_like(x)
+  for j, offset in enumerate(offsets):
+    want = np.zeros_like(x)
+    for t in range(7):
+      if 0 <= t + offset < 7:
+        want[:, t] = x[:, t + offset]
+        want_grad[:, t + offset] += w[j, :, t]
+    np.testing.assert_array_equal(copies[j], want)
+  grad = jax.grad(
+    lambda x: sum(
+      jnp.sum(wj * c) for wj, c in zip(w, layers.shifted_copies(x, kernel_size, dilation))
+    )
+  )(jnp.asarray(x))
+  np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("kernel_size,dilation", [(3, 1), (5, 1), (5, 2), (3, 4), (5, 3), (5, 8)])
 def test_window_attention_equals_dense_band_attention(kernel_size, dilation):
   rng = np.random.default_rng(kernel_size * 10 + dilation)
