@@ -8,6 +8,7 @@ padded frames.
 import functools
 import math
 import zlib
+from collections.abc import Sequence
 from typing import Any
 from typing import NamedTuple
 
@@ -15,6 +16,8 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.extend import random as jrandom
 
 Dtype = Any
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -263,14 +266,60 @@ def window_attention(
   return out * mask[..., None].astype(out.dtype)
 
 
-def channel_dropout(rate: float) -> nn.Dropout:
+def bernoulli_mask(key: jax.Array, keep_prob: float, shape: Sequence[int]) -> jax.Array:
+  """A bool array of `shape`, each entry True with probability `keep_prob` (to 1/65536), independent.
+
+  Each entry compares a 16-bit uniform with round(keep_prob * 65536); one threefry2x32 block (its
+  two 32-bit words) gives four of them. `jax.random.bernoulli` spends a block on every entry (it
+  draws a 32-bit float and keeps one word of the two): a [1, 1024, 768] mask took 28 ms there and
+  4 ms here on 2 CPU cores, and dropout masks were a fifth of a train step (`docs/benchmarks.md`).
+  `key`: a threefry key, raw uint32 [2] or typed.
+  """
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.key_data(key)
+  if key.shape != (2,) or key.dtype != jnp.uint32:
+    raise ValueError(
+      f'bernoulli_mask needs a threefry key (uint32 [2]); got {key.dtype} {key.shape}'
+    )
+  size = math.prod(shape)
+  counts = jax.lax.iota(jnp.uint32, -(-size // 4))
+  high, low = jrandom.threefry2x32_p.bind(key[0], key[1], jnp.zeros_like(counts), counts)
+  halves = [high & 0xFFFF, high >> 16, low & 0xFFFF, low >> 16]
+  uniforms = jnp.stack(halves, -1).reshape(-1)[:size].reshape(shape)
+  return uniforms < np.uint32(round(keep_prob * 65536))
+
+
+class Dropout(nn.Module):
+  """`flax.linen.Dropout` (same attributes and rescaling by 1/(1-rate)) with `bernoulli_mask`'s masks:
+  entries along `broadcast_dims` share one draw."""
+
+  rate: float
+  broadcast_dims: Sequence[int] = ()
+  deterministic: bool | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool | None = None) -> jax.Array:
+    deterministic = nn.merge_param('deterministic', self.deterministic, deterministic)
+    if self.rate == 0.0 or deterministic:
+      return x
+    if self.rate == 1.0:
+      return jnp.zeros_like(x)
+    keep_prob = 1.0 - self.rate
+    shape = list(x.shape)
+    for dim in self.broadcast_dims:
+      shape[dim] = 1
+    mask = jnp.broadcast_to(bernoulli_mask(self.make_rng('dropout'), keep_prob, shape), x.shape)
+    return jax.lax.select(mask, x / keep_prob, jnp.zeros_like(x))
+
+
+def channel_dropout(rate: float) -> Dropout:
   """Dropout of whole channels per video ([B, T, D] mask shared over T), rescaled by 1/(1-rate)."""
-  return nn.Dropout(rate, broadcast_dims=(-2,))
+  return Dropout(rate, broadcast_dims=(-2,))
 
 
-def temporal_dropout(rate: float) -> nn.Dropout:
+def temporal_dropout(rate: float) -> Dropout:
   """Dropout of whole frames per video ([B, T, D] mask shared over D), rescaled by 1/(1-rate)."""
-  return nn.Dropout(rate, broadcast_dims=(-1,))
+  return Dropout(rate, broadcast_dims=(-1,))
 
 
 class DilatedConv(nn.Module):
@@ -359,7 +408,7 @@ class ConvAttentionLayer(nn.Module):
     self.query_cond, self.key_cond = dense(use_bias=False), dense(use_bias=False)
     self.value_cond = dense(use_bias=False) if self.condition_in_value else None
     self.ffn_hidden, self.ffn_out = dense(), dense()
-    self.drop = nn.Dropout(self.dropout)
+    self.drop = Dropout(self.dropout)
 
   def project_condition(self, cond: jax.Array, train: bool) -> ConditionProjection:
     """cond [B, T, Fc] -> this layer's condition terms of Q, K (and V) (dropout on cond when train)."""

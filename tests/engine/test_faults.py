@@ -208,14 +208,14 @@ def _assert_same_run(config, a, b) -> None:
 
 
 def _nan_at(monkeypatch, *steps):
-  """Training batches of the loop's `steps` (0-based batch index) carry a NaN feature."""
+  """Training batches of the loop's `steps` (0-based batch index) carry a video of NaN features."""
   batch = pipeline.TrainLoader.batch
 
   def patched(self, step):
     out = batch(self, step)
     if step in steps:
       out = {**out, 'features': out['features'].copy()}
-      out['features'][0, 0, 0] = np.nan
+      out['features'][0] = np.nan  # every entry: no dropout mask drops them all
     return out
 
   monkeypatch.setattr(pipeline.TrainLoader, 'batch', patched)

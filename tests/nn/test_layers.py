@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend import random as jrandom
 from scipy import ndimage
 
 from polyseg.nn import layers
@@ -208,6 +209,53 @@ def test_structured_dropout_drops_whole_channels_or_frames(make_dropout, shared_
   )
   assert 0.3 < (y == 0).mean() < 0.7
   np.testing.assert_array_equal(dropout.apply({}, x, deterministic=True), x)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 4), (3, 7, 5)])  # 48 entries, 105 (not a multiple of 4)
+def test_bernoulli_mask_is_four_16_bit_uniforms_per_threefry_block(shape):
+  """The mask's uniforms, rebuilt from jax's own threefry_2x32 on the counts (0, i) of block i:
+  word 0's low and high halves, then word 1's."""
+  key = jax.random.PRNGKey(7)
+  size = math.prod(shape)
+  blocks = -(-size // 4)
+  counts = np.concatenate([np.zeros(blocks), np.arange(blocks)]).astype(np.uint32)
+  words = np.asarray(jrandom.threefry_2x32(key, jnp.asarray(counts))).reshape(2, blocks)
+  uniforms = np.stack([words[0] & 0xFFFF, words[0] >> 16, words[1] & 0xFFFF, words[1] >> 16], 1)
+  uniforms = uniforms.reshape(-1)[:size].reshape(shape)
+  for keep_prob in (0.1, 0.5, 0.9, 0.0, 1.0):
+    want = uniforms < round(keep_prob * 65536)
+    np.testing.assert_array_equal(layers.bernoulli_mask(key, keep_prob, shape), want)
+  typed = layers.bernoulli_mask(jax.random.wrap_key_data(key), 0.5, shape)
+  np.testing.assert_array_equal(typed, uniforms < 32768)
+
+
+def test_bernoulli_mask_keeps_at_the_rate_asked_independently():
+  """Frequencies within 5 standard errors of keep_prob, for every one of the four halves of a block
+  (entry i % 4) and for pairs of neighbours (no correlation between the halves of a word)."""
+  num = 400_000
+  for keep_prob in (0.1, 0.5, 0.8):
+    mask = np.asarray(layers.bernoulli_mask(jax.random.PRNGKey(11), keep_prob, (num,)))
+    tolerance = 5 * math.sqrt(keep_prob * (1 - keep_prob) / (num / 4))
+    for half in range(4):
+      assert abs(mask[half::4].mean() - keep_prob) < tolerance, (keep_prob, half)
+    both = (mask[0::2] & mask[1::2]).mean()
+    assert abs(both - keep_prob**2) < 5 * math.sqrt(keep_prob**2 * (1 - keep_prob**2) / (num / 2))
+  other = np.asarray(layers.bernoulli_mask(jax.random.PRNGKey(12), 0.8, (num,)))
+  assert abs((mask == other).mean() - 0.68) < 0.01  # another key, another mask (0.8² + 0.2² agree)
+  with pytest.raises(ValueError, match="threefry"):
+    layers.bernoulli_mask(jnp.zeros(4, jnp.uint32), 0.5, (3,))
+
+
+def test_dropout_rescales_kept_entries_and_stops_at_eval():
+  x = jnp.arange(1.0, 2001.0).reshape(2, 1000)
+  y = np.asarray(
+    layers.Dropout(0.25).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+  )
+  kept = y != 0
+  np.testing.assert_allclose(y[kept], np.asarray(x)[kept] / 0.75, rtol=1e-6)
+  assert 0.7 < kept.mean() < 0.8
+  np.testing.assert_array_equal(layers.Dropout(0.25, deterministic=True).apply({}, x), x)
+  np.testing.assert_array_equal(layers.Dropout(1.0).apply({}, x, deterministic=False), 0 * x)
 
 
 def np_layer(p, x, kernel_size, dilation, cond=None, condition_in_value=False):

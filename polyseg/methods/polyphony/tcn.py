@@ -63,7 +63,7 @@ class CausalResidualLayer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
     h = nn.relu(CausalConv(x.shape[-1], self.kernel_size, self.dilation, name='conv')(x, mask))
-    h = nn.Dropout(self.dropout)(h, deterministic=not train)
+    h = layers.Dropout(self.dropout)(h, deterministic=not train)
     out = (x + nn.Dense(x.shape[-1], name='pointwise')(h)) * mask[..., None]
     return layers.fusion_fence(out)
 

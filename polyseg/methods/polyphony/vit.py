@@ -142,7 +142,7 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    drop = nn.Dropout(self.drop_path, broadcast_dims=(1, 2), deterministic=not train)
+    drop = layers.Dropout(self.drop_path, broadcast_dims=(1, 2), deterministic=not train)
     h = Attention(self.num_heads, self.dtype, name='attn')(_layer_norm('norm1', self.dtype)(x))
     x = x + drop(h)
     h = Mlp(self.mlp_dim, self.dtype, name='mlp')(_layer_norm('norm2', self.dtype)(x))
