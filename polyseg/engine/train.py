@@ -181,7 +181,7 @@ def make_train_step(task, tx, base_rng: jax.Array, mesh=None, state_shardings: A
   The update is a `lax.cond` on finiteness, and `param_norm` is the norm after the step: nothing
   reads the donated params or optimizer state besides the update, so XLA updates them in place
   (a `where(finite, new, old)` per leaf, or a norm of the old params, made it copy every leaf
-  first: 13% of a Breakfast-size step, `docs/benchmarks.md`).
+  first: a tenth of a Breakfast-size step's instruction time, `docs/benchmarks.md`).
   """
 
   def apply_update(grads, params, opt_state):

@@ -272,7 +272,8 @@ def bernoulli_mask(key: jax.Array, keep_prob: float, shape: Sequence[int]) -> ja
   Each entry compares a 16-bit uniform with round(keep_prob * 65536); one threefry2x32 block (its
   two 32-bit words) gives four of them. `jax.random.bernoulli` spends a block on every entry (it
   draws a 32-bit float and keeps one word of the two): a [1, 1024, 768] mask took 28 ms there and
-  4 ms here on 2 CPU cores, and dropout masks were a fifth of a train step (`docs/benchmarks.md`).
+  4 ms here on 2 CPU cores; the masks were a fifth of a GTEA-size train step's instruction time
+  (`docs/benchmarks.md`).
   `key`: a threefry key, raw uint32 [2] or typed.
   """
   if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):

@@ -140,7 +140,7 @@ def test_nan_stops_naming_step_and_term(tiny_config, tmp_path):
 def test_train_step_updates_the_donated_state_in_place(tiny_config, tmp_path):
   """Nothing but the update reads the donated params and optimizer state, so XLA copies none of
   them first (a where(finite, new, old) per leaf, or the old params' norm, made it copy every
-  leaf: 13% of a Breakfast-size step's op time)."""
+  leaf: a tenth of a Breakfast-size step's instruction time)."""
   loader, state, step = _engine(tiny_config, str(tmp_path / 'w'))
   hlo = step.lower(state, loader.batch(0)).compile().as_text()
   assert re.search(r' copy\(%state__(params|opt_state)', hlo) is None
