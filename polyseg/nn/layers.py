@@ -169,6 +169,11 @@ def dilated_windows(x: jax.Array, kernel_size: int, dilation: int) -> jax.Array:
   return jnp.stack(shifted_copies(x, kernel_size, dilation), axis=2)
 
 
+def pad_time(x: jax.Array, before: int, after: int) -> jax.Array:
+  """x [B, T, ...] zero-padded along T: [B, before + T + after, ...]."""
+  return jnp.pad(x, [(0, 0), (before, after)] + [(0, 0)] * (x.ndim - 2))
+
+
 def shifted_copies(
   x: jax.Array, kernel_size: int, dilation: int | jax.Array, max_dilation: int | None = None
 ) -> list[jax.Array]:
@@ -184,7 +189,7 @@ def shifted_copies(
     return list(_static_copies(x, kernel_size, dilation))
   num_frames, half = x.shape[1], kernel_size // 2
   pad = min(num_frames, half * max_dilation)
-  padded = jnp.pad(x, [(0, 0), (pad, pad)] + [(0, 0)] * (x.ndim - 2))
+  padded = pad_time(x, pad, pad)
   starts = [pad + (j - half) * dilation for j in range(kernel_size)]
   return [jax.lax.dynamic_slice_in_dim(padded, a, num_frames, axis=1) for a in starts]
 
@@ -196,7 +201,7 @@ def _shift(x: jax.Array, offset: int) -> jax.Array:
   if reach == 0:
     return x
   before, after = (0, reach) if offset > 0 else (reach, 0)
-  padded = jnp.pad(x, [(0, 0), (before, after)] + [(0, 0)] * (x.ndim - 2))
+  padded = pad_time(x, before, after)
   return jax.lax.slice_in_dim(padded, after, after + num_frames, axis=1)
 
 
@@ -210,7 +215,7 @@ def _static_copies(x: jax.Array, kernel_size: int, dilation: int) -> tuple[jax.A
   fifth of a train step (`docs/benchmarks.md`).
   """
   num_frames, reach = x.shape[1], (kernel_size // 2) * dilation
-  padded = jnp.pad(x, [(0, 0), (reach, reach)] + [(0, 0)] * (x.ndim - 2))
+  padded = pad_time(x, reach, reach)
   starts = [j * dilation for j in range(kernel_size)]
   return tuple(jax.lax.slice_in_dim(padded, a, a + num_frames, axis=1) for a in starts)
 

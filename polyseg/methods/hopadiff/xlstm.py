@@ -218,7 +218,7 @@ def _windowed_attention(q, k, v, mask_q, mask_kv, window):
 def _key_chunks(a: jax.Array, chunk_size: int) -> jax.Array:
   """[B, T, ...] -> [N, B, c, ...], zero-padded to N * c frames."""
   pad = -a.shape[1] % chunk_size
-  a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+  a = layers.pad_time(a, 0, pad)
   a = a.reshape((a.shape[0], a.shape[1] // chunk_size, chunk_size) + a.shape[2:])
   return jnp.moveaxis(a, 1, 0)
 
