@@ -181,22 +181,27 @@ def shifted_copies(
 
   A Python int `dilation`: static slices of a copy padded by the reach, with `_static_copies`'
   gradient. With `max_dilation` set, `dilation` may be traced (a layer of a scan over layers, up to
-  max_dilation): the copy is padded by min(T, reach of max_dilation) and sliced at traced offsets; an
-  offset of T or more lands, as dynamic_slice clamps it, wholly in the padding (zeros), as it should.
+  max_dilation): dynamic slices of a copy padded by min(T, reach of max_dilation) (`_shift`).
   """
   _check_odd_kernel(kernel_size)
   if max_dilation is None:
     return list(_static_copies(x, kernel_size, dilation))
-  num_frames, half = x.shape[1], kernel_size // 2
-  pad = min(num_frames, half * max_dilation)
-  padded = pad_time(x, pad, pad)
-  starts = [pad + (j - half) * dilation for j in range(kernel_size)]
-  return [jax.lax.dynamic_slice_in_dim(padded, a, num_frames, axis=1) for a in starts]
+  half = kernel_size // 2
+  return [_shift(x, (j - half) * dilation, half * max_dilation) for j in range(kernel_size)]
 
 
-def _shift(x: jax.Array, offset: int) -> jax.Array:
-  """y[t] = x[t + offset] along axis 1 of x [B, T, ...], zero where t + offset is outside [0, T)."""
+def _shift(x: jax.Array, offset: int | jax.Array, max_reach: int | None = None) -> jax.Array:
+  """y[t] = x[t + offset] along axis 1 of x [B, T, ...], zero where t + offset is outside [0, T).
+
+  `offset` a Python int, or, with `max_reach` set, a traced int with |offset| <= max_reach: a
+  dynamic slice of x padded by min(T, max_reach) starting at pad + offset clipped to [0, 2 pad], so
+  that an offset of T or more lands wholly in the padding (zeros). (Unclipped, dynamic_slice counts
+  a start below 0 from the end, like a negative Python index: an offset below -2 T read frames.)"""
   num_frames = x.shape[1]
+  if max_reach is not None:
+    pad = min(num_frames, max_reach)
+    start = jnp.clip(pad + offset, 0, 2 * pad)
+    return jax.lax.dynamic_slice_in_dim(pad_time(x, pad, pad), start, num_frames, axis=1)
   reach = min(abs(offset), num_frames)
   if reach == 0:
     return x

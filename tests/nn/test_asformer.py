@@ -358,9 +358,10 @@ def test_invalid_configurations_raise():
 def test_scanned_layers_compute_what_the_unrolled_stack_computes(outside_logit):
   """scan=True runs the same parameters (one tree for both) through one lax.scan with the dilation
   as data: encoder logits and condition, decoder x0 and every gradient as the unrolled stack's,
-  on a padded batch whose dilations (up to 16) reach past both ends of the videos."""
+  on a padded batch whose dilations (up to 64) reach past both ends of the videos, the largest
+  more than twice the padded length (24 frames)."""
   x, x01, t, mask = padded_inputs()
-  common = {"num_layers": 5, "outside_logit": outside_logit}
+  common = {"num_layers": 7, "outside_logit": outside_logit}
   encoder = tiny_encoder(**common)
   params = encoder.init(jax.random.PRNGKey(1), x, mask, False)
   scanned = encoder.clone(scan=True)

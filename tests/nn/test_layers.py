@@ -104,15 +104,22 @@ def test_even_kernel_is_rejected():
     layers.dilated_windows(jnp.zeros((1, 4, 2)), 4, 1)
 
 
-@pytest.mark.parametrize("kernel_size,dilation", [(1, 1), (3, 1), (5, 2), (3, 4), (5, 9)])
-def test_shifted_copies_values_and_gradient_by_hand(kernel_size, dilation):
-  """Copy j is x[t + (j - k//2) d], zero outside; the gradient (the custom rule: each cotangent
-  shifted back) of sum_j <w_j, copy_j> is, at frame s, sum_j w_j[s - (j - k//2) d] where that frame
-  exists. (5, 9): the reach, 18 frames, exceeds T = 7."""
+@pytest.mark.parametrize("max_dilation", [None, 16])
+@pytest.mark.parametrize("kernel_size,dilation", [(1, 1), (3, 1), (5, 2), (3, 4), (5, 9), (3, 16)])
+def test_shifted_copies_values_and_gradient_by_hand(kernel_size, dilation, max_dilation):
+  """Copy j is x[t + (j - k//2) d], zero outside; the gradient of sum_j <w_j, copy_j> (static
+  dilation: the custom rule, each cotangent shifted back) is, at frame s, sum_j w_j[s - (j - k//2) d]
+  where that frame exists. (5, 9), (3, 16): the reach exceeds T = 7, by more than 2 T. max_dilation
+  16: the dilation traced (inside jit), as a layer of a scan over layers gets it."""
   rng = np.random.default_rng(kernel_size * 10 + dilation)
   x = rng.normal(size=(2, 7, 3)).astype(np.float32)
   w = rng.normal(size=(kernel_size, 2, 7, 3)).astype(np.float32)
-  copies = layers.shifted_copies(jnp.asarray(x), kernel_size, dilation)
+  if max_dilation is None:
+    shifted = lambda x: layers.shifted_copies(x, kernel_size, dilation)
+  else:
+    traced = jax.jit(lambda x, d: layers.shifted_copies(x, kernel_size, d, max_dilation))
+    shifted = lambda x: traced(x, dilation)
+  copies = shifted(jnp.asarray(x))
   offsets = [(j - kernel_size // 2) * dilation for j in range(kernel_size)]
   want_grad = np.zeros_like(x)
   for j, offset in enumerate(offsets):
@@ -122,11 +129,7 @@ def test_shifted_copies_values_and_gradient_by_hand(kernel_size, dilation):
         want[:, t] = x[:, t + offset]
         want_grad[:, t + offset] += w[j, :, t]
     np.testing.assert_array_equal(copies[j], want)
-  grad = jax.grad(
-    lambda x: sum(
-      jnp.sum(wj * c) for wj, c in zip(w, layers.shifted_copies(x, kernel_size, dilation))
-    )
-  )(jnp.asarray(x))
+  grad = jax.grad(lambda x: sum(jnp.sum(wj * c) for wj, c in zip(w, shifted(x))))(jnp.asarray(x))
   np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-6)
 
 
