@@ -161,11 +161,11 @@ class Decoder(nn.Module):
   def project_condition(self, cond: jax.Array, train: bool) -> CondProjection:
     """cond [B, T, Fc] -> per-layer Q/K condition terms (independent of x01 and t: compute once).
 
-    The condition goes through `layers.fusion_fence` first: its gradient, a sum over the layers, is
-    then computed once instead of inside its consumer's fusions (see the test of this in
-    tests/nn/test_asformer.py)."""
+    In training the condition goes through `layers.fusion_fence` first: its gradient, a sum over
+    the layers, is then computed once instead of inside its consumer's fusions (see the test of
+    this in tests/nn/test_asformer.py)."""
     chex.assert_rank(cond, 3)
-    cond = layers.fusion_fence(cond)
+    cond = layers.fusion_fence(cond, train)
     return tuple(layer.project_condition(cond, train) for layer in self.layers)
 
   def denoise(

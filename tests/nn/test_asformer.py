@@ -215,6 +215,26 @@ def test_decoder_fences_the_condition_once_before_its_layers():
   assert len(contractions) > len(fences)  # the layers' projections
 
 
+def test_fences_are_in_training_programs_only():
+  """Training fences each layer's output (and the decoder its condition, once); evaluation, with no
+  backward pass to protect, has no fence matmul at all."""
+  x, x01, t, mask = padded_inputs()
+  # a time embedding wider than the fence's block, so that its Dense layers are not counted
+  model = diffact_model.DiffActModel(tiny_encoder(), tiny_decoder(time_emb_dim=32))
+  init = functools.partial(model.init, train=False)
+  params = jax.eval_shape(init, jax.random.key(0), {"features": x}, x01, t, mask)
+
+  def fences(train: bool) -> int:
+    rngs = {"dropout": jax.random.key(0)}
+    run = lambda p: model.apply(p, {"features": x}, x01, t, mask, train, rngs=rngs)
+    jaxpr = jax.make_jaxpr(run)(params).jaxpr
+    return sum(e.primitive.name == "dot_general" and is_fusion_fence(e) for e in all_eqns(jaxpr))
+
+  num_layers = TINY["num_layers"]
+  assert fences(True) == 2 * num_layers + 1  # encoder and decoder layers, the condition once
+  assert fences(False) == 0
+
+
 def test_hoisted_condition_inside_a_jitted_scan():
   """The DDIM pattern: project once, then scan denoise over steps with the projection closed over."""
   x, x01, _, mask = padded_inputs()

@@ -52,8 +52,9 @@ class CausalConv(nn.Module):
 class CausalResidualLayer(nn.Module):
   """MS-TCN's dilated residual layer made causal: x + Dense(dropout(relu(CausalConv(x)))).
 
-  [B, T, F] -> [B, T, F], masked. The output goes through `layers.fusion_fence`, so that XLA:CPU does
-  not recompute the residual-gradient sums of the layers above inside each layer's backward pass.
+  [B, T, F] -> [B, T, F], masked. In training the output goes through `layers.fusion_fence`, so that
+  XLA:CPU does not recompute the residual-gradient sums of the layers above inside each layer's
+  backward pass.
   """
 
   kernel_size: int
@@ -65,7 +66,7 @@ class CausalResidualLayer(nn.Module):
     h = nn.relu(CausalConv(x.shape[-1], self.kernel_size, self.dilation, name='conv')(x, mask))
     h = layers.Dropout(self.dropout)(h, deterministic=not train)
     out = (x + nn.Dense(x.shape[-1], name='pointwise')(h)) * mask[..., None]
-    return layers.fusion_fence(out)
+    return layers.fusion_fence(out, train)
 
 
 class SemanticTCN(nn.Module):
