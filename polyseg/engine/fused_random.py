@@ -78,7 +78,9 @@ def _over_keys(impl_fn, keys, *per_key, out_key: bool):
 
 
 # Threefry's key operations as the implementation computes them: key array (and per-key data) ->
-# the drawn bits or the new keys.
+# the drawn bits or the new keys. Newer jax adds parameters to these primitives (`out_sharding`;
+# `num_streams` on random_bits, whose result is then a list: jax 0.12.1); a draw is expanded only
+# when they hold their defaults (`_DEFAULT_PARAMS`), else it is left as it is.
 _KEY_OPERATIONS = {
   'random_bits': lambda keys, bit_width, shape: _over_keys(
     lambda key: _THREEFRY.random_bits(key, bit_width, shape), keys, out_key=False
@@ -88,6 +90,19 @@ _KEY_OPERATIONS = {
   ),
   'random_fold_in': lambda keys, msgs: _over_keys(_THREEFRY.fold_in, keys, msgs, out_key=True),
 }
+_DEFAULT_PARAMS = {'out_sharding': None, 'num_streams': 1}
+
+
+def _key_operation(eqn, invals: list) -> list | None:
+  """The outputs of `eqn` computed as threefry2x32 calls, or None when it is not a threefry key
+  operation with its newer parameters at their defaults."""
+  name = eqn.primitive.name
+  if name not in _KEY_OPERATIONS or not _is_threefry_key(invals[0]):
+    return None
+  params = {k: v for k, v in eqn.params.items() if k not in _DEFAULT_PARAMS}
+  if any(eqn.params[k] != _DEFAULT_PARAMS[k] for k in eqn.params.keys() - params.keys()):
+    return None
+  return [_KEY_OPERATIONS[name](*invals, **params)]
 
 
 def _expand(jaxpr, consts, args) -> list:
@@ -96,14 +111,13 @@ def _expand(jaxpr, consts, args) -> list:
   env = dict(zip(jaxpr.constvars, consts)) | dict(zip(jaxpr.invars, args))
   for eqn in _live_eqns(jaxpr):
     invals = [_read(env, v) for v in eqn.invars]
-    name = eqn.primitive.name
-    if name == 'jit':  # a jitted function (jax.random's are): its body inlined
+    if eqn.primitive.name == 'jit':  # a jitted function (jax.random's are): its body inlined
       body = eqn.params['jaxpr']
       outs = _expand(body.jaxpr, body.consts, invals)
-    elif name in _KEY_OPERATIONS and _is_threefry_key(invals[0]):
-      outs = [_KEY_OPERATIONS[name](*invals, **eqn.params)]
     else:
-      outs = _bind(eqn, invals)
+      outs = _key_operation(eqn, invals)
+      if outs is None:
+        outs = _bind(eqn, invals)
     env.update(zip(eqn.outvars, outs))
   return [_read(env, v) for v in jaxpr.outvars]
 

@@ -91,3 +91,29 @@ def test_a_function_with_side_effects_runs_as_written(capfd):
   _assert_bitwise_equal(jax.jit(fused_random.fuse_random_draws(draws))(key), jax.jit(draws)(key))
   jax.effects_barrier()
   assert capfd.readouterr().out.count('drawn 3 values') == 2
+
+
+def _random_bits_eqn(jaxpr):
+  """The first random_bits equation of `jaxpr`, looking inside jitted calls."""
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'random_bits':
+      return eqn
+    if eqn.primitive.name == 'jit':
+      found = _random_bits_eqn(eqn.params['jaxpr'].jaxpr)
+      if found is not None:
+        return found
+  return None
+
+
+def test_key_operations_with_newer_parameters_set_are_left_as_they_are():
+  """jax 0.12.1 added `num_streams` to random_bits (and `out_sharding` to the key operations): a draw
+  is written as threefry calls only with them at their defaults (absent on older jax), else bound as
+  it is. At the defaults the expansion gives the primitive's own bits."""
+  key = jax.random.key(3)
+  eqn = _random_bits_eqn(jax.make_jaxpr(lambda k: jax.random.bits(k, (5,)))(key).jaxpr)
+  expanded = fused_random._key_operation(eqn, [key])
+  np.testing.assert_array_equal(expanded[0], fused_random._bind(eqn, [key])[0])
+  for param, value in (('num_streams', 2), ('out_sharding', 'a sharding')):
+    assert (
+      fused_random._key_operation(eqn.replace(params={**eqn.params, param: value}), [key]) is None
+    )
