@@ -104,7 +104,8 @@ def _distributed_args(p: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def initialize(config: ml_collections.ConfigDict) -> bool:
   """Starts jax.distributed if `config.parallel` (or the environment) asks for it; returns whether
-  it did. Must run before anything touches a device; a second call is a no-op."""
+  it did. Must run before anything touches a device; a second call is a no-op. Processes on CPU
+  devices do not use the persistent compilation cache."""
   p = config.parallel
   if p.distributed not in ('auto', 'on', 'off'):
     raise ValueError(f"parallel.distributed={p.distributed!r}; choose 'auto', 'on' or 'off'")
@@ -120,6 +121,11 @@ def initialize(config: ml_collections.ConfigDict) -> bool:
     )
   jax.config.update('jax_cpu_collectives_implementation', p.cpu_collectives)  # CPU client only
   jax.distributed.initialize(**args)
+  if jax.default_backend() == 'cpu':
+    # Each process compiles for itself: on jaxlib 0.12.1 a multi-process CPU program read back from
+    # the persistent compilation cache waits forever in its first collective (both tests of two
+    # processes hung; jaxlib 0.10.2 runs it). Multi-process CPU runs are tests and laptops.
+    jax.config.update('jax_enable_compilation_cache', False)
   return True
 
 

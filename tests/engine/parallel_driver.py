@@ -107,6 +107,7 @@ def multiprocess(task_name: str, cache: str, out: str) -> None:
     params=flat(state['params']),
     process_count=jax.process_count(),
     device_count=jax.device_count(),
+    compilation_cache=jax.config.jax_enable_compilation_cache,
     **{f'{key}_{i}': value for i, batch in enumerate(local) for key, value in batch.items()},
   )
 
