@@ -342,7 +342,13 @@ def train_loop(
   checkpoint ranked by `ranking` (the checkpointer's best metric: a dict; None: unranked); a plain
   checkpoint every `settings.checkpoint_every` steps. SIGTERM / Ctrl-C stops after the running step
   with a checkpoint (`Interrupted`); `early_stop(step)` ends the loop sooner (stage 2's patience).
-  Returns (state, the step of the last evaluation, None if none ran)."""
+  Returns (state, the step of the last evaluation, None if none ran).
+
+  At most one step waits behind the running one: after dispatching a step the host waits for the
+  step before it, so the progress bar counts steps the device has run (to within one), a stop
+  request is served after the running step, and queued batches do not pile up in device memory.
+  (Unbounded, the bar showed the dispatch rate, then stood still at each log step while the queue
+  drained.)"""
   num_steps, log_every = settings.num_steps, settings.log_every
   eval_every, checkpoint_every = settings.eval_every, settings.checkpoint_every
   nonfinite = settings.get('nonfinite', 'stop')
@@ -354,8 +360,11 @@ def train_loop(
     StopSignals() as signals,
   ):
     log = StepLog(writer, bar, step, nonfinite, max_nonfinite_steps)
+    previous = None  # the metrics of the step dispatched before this one
     while step < num_steps and not early_stop(step):
       state, metrics = train_step(state, batch_of(step))
+      jax.block_until_ready(previous)
+      previous = metrics
       log.add(metrics)
       step += 1
       bar.update(1)

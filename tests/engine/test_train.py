@@ -9,6 +9,7 @@ import types
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from conftest import widest_fusion
@@ -414,3 +415,43 @@ def test_timeline_rows_show_each_rows_own_ground_truth_above_it():
   assert list(rows) == ['ground truth', 'LH', 'RH'] and rows['ground truth'] is single.labels
   unlabelled = types.SimpleNamespace(name='v', labels=None)
   assert list(train.timeline_rows(own, unlabelled, predictions)) == ['LH', 'RH']
+
+
+def test_train_loop_keeps_at_most_one_step_behind_the_running_one(monkeypatch):
+  """After dispatching step i the loop waits for step i - 1, never for a later one: the device
+  always has the next step queued, and nothing more (the bar counts steps that ran)."""
+  events = []
+
+  def train_step(state, batch):
+    events.append(('dispatch', batch))
+    return {'step': state['step'] + 1}, {'loss': np.float32(batch), 'finite': np.bool_(True)}
+
+  def wait(metrics):
+    if metrics is not None:
+      events.append(('wait', int(metrics['loss'])))
+    return metrics
+
+  monkeypatch.setattr(train.jax, 'block_until_ready', wait)
+  quiet = types.SimpleNamespace(write=lambda *a, **k: None, save=lambda *a, **k: None)
+  settings = {'num_steps': 4, 'log_every': 10, 'eval_every': 10, 'checkpoint_every': 10}
+  state, _ = train.train_loop(
+    {'step': 0},
+    train_step,
+    lambda step: step,
+    ml_collections.ConfigDict(settings),
+    ckpt=quiet,
+    writer=quiet,
+    evaluate=lambda step, state: (state, None),
+    desc='test',
+    show=False,
+  )
+  assert state['step'] == 4
+  assert events == [
+    ('dispatch', 0),
+    ('dispatch', 1),
+    ('wait', 0),
+    ('dispatch', 2),
+    ('wait', 1),
+    ('dispatch', 3),
+    ('wait', 2),
+  ]
