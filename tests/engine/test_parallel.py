@@ -175,7 +175,8 @@ def test_two_processes_train_together_and_agree(cache_dir, tmp_path):
   """Two processes (2 CPU devices each) on 127.0.0.1 train STEPS steps: both end with the same
   params, equal to one process training on the concatenated global batches. Process 1 is 35 s
   late, longer than CPU collectives wait: the engine's barrier after compiling absorbs it. The
-  second process compiles after the first has written the step to the persistent cache."""
+  late process would find the step that the first wrote to the suite's persistent compilation
+  cache, and with jaxlib 0.12.1 both would hang, had the engine not turned that cache off on CPU."""
   sys.path.insert(0, str(REPO / 'tests' / 'engine'))
   import parallel_driver
 
