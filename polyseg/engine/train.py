@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 import tqdm
+from jax.sharding import PartitionSpec
 
 from polyseg.data import dataset as dataset_lib
 from polyseg.data import formats
@@ -169,6 +170,23 @@ def state_shardings(task, tx, mesh, config) -> Any:
   return parallel.state_shardings(abstract_state(task, tx), mesh, config)
 
 
+def global_norm(tree: Any) -> jax.Array:
+  """The L2 norm of all of `tree`'s leaves together, taken over their concatenation: a handful of
+  XLA kernels, where a norm per leaf then summed (`optax.tree.norm`) makes about two per leaf
+  (DiffAct's GTEA-size train step, both norms: 4,189 -> 3,160 fusions, a tenth less compile time,
+  the same step time). For arrays whole on each device: concatenating FSDP-split leaves would
+  gather them first."""
+  leaves = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)]
+  return jnp.sqrt(jnp.sum(jnp.square(jnp.concatenate(leaves))))
+
+
+def norm_for(state_shardings: Any) -> Callable[[Any], jax.Array]:
+  """The train step's norm of params and gradients: `global_norm`, or `optax.tree.norm` (a norm per
+  leaf, each where its shards are) when `state_shardings` splits any leaf over devices."""
+  specs = [s.spec for s in jax.tree.leaves(state_shardings) if hasattr(s, 'spec')]
+  return optax.tree.norm if any(spec != PartitionSpec() for spec in specs) else global_norm
+
+
 def make_train_step(task, tx, base_rng: jax.Array, mesh=None, state_shardings: Any = None):
   """One jitted program: rng = fold_in(base, step), loss + grads, update; state is donated.
 
@@ -184,6 +202,8 @@ def make_train_step(task, tx, base_rng: jax.Array, mesh=None, state_shardings: A
   first: a tenth of a Breakfast-size step's instruction time, `docs/benchmarks.md`).
   """
 
+  norm = norm_for(state_shardings)
+
   def apply_update(grads, params, opt_state):
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
@@ -193,7 +213,7 @@ def make_train_step(task, tx, base_rng: jax.Array, mesh=None, state_shardings: A
     task_state = {'task_state': state['task_state']} if 'task_state' in state else {}
     loss_fn = lambda params: task.loss(params, batch, rng, **task_state)
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
-    grad_norm = optax.tree.norm(grads)
+    grad_norm = norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     params, opt_state = jax.lax.cond(
       finite,
@@ -208,7 +228,7 @@ def make_train_step(task, tx, base_rng: jax.Array, mesh=None, state_shardings: A
       'loss': loss,
       **terms,
       'grad_norm': grad_norm,
-      'param_norm': optax.tree.norm(params),
+      'param_norm': norm(params),
       'finite': finite,
     }
     return new_state, metrics

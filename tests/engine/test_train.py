@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from conftest import widest_fusion
 
@@ -455,3 +456,28 @@ def test_train_loop_keeps_at_most_one_step_behind_the_running_one(monkeypatch):
     ('dispatch', 3),
     ('wait', 2),
   ]
+
+
+def test_global_norm_is_the_norm_of_every_leaf_together():
+  rng = np.random.default_rng(0)
+  tree = {
+    'a': rng.normal(size=3).astype(np.float32),
+    'b': {'c': rng.normal(size=(2, 4)).astype(np.float32), 'd': np.float32(-2.5)},
+    'e': jnp.asarray(rng.normal(size=(1, 1, 5)), jnp.bfloat16),
+  }
+  leaves = [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)]
+  expected = np.sqrt(sum(np.sum(x**2) for x in leaves))
+  np.testing.assert_allclose(train.global_norm(tree), expected, rtol=1e-6)
+  np.testing.assert_allclose(train.global_norm({'x': np.float32([3, 4])}), 5.0, rtol=1e-7)
+
+
+def test_the_train_steps_norm_is_per_leaf_only_for_split_states():
+  """Concatenating leaves split over devices (FSDP) would gather them: there each leaf's norm is
+  taken where its shards are; replicated or single-device states use one concatenation."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), parallel.BATCH_AXES)
+  replicated = parallel.replicated(mesh)
+  split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(parallel.FSDP_AXIS))
+  assert train.norm_for(None) is train.global_norm
+  assert train.norm_for(replicated) is train.global_norm
+  assert train.norm_for({'a': replicated, 'b': replicated}) is train.global_norm
+  assert train.norm_for({'a': replicated, 'b': split}) is optax.tree.norm
