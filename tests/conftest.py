@@ -80,12 +80,15 @@ def rejects_text(path, text: str, message: str, read) -> None:
 
 
 def widest_fusion(hlo_text: str, min_elements: int) -> int:
-  """The most operands any fusion of `min_elements` elements or more reads in a compiled program's
-  HLO text: a residual stack whose layers fuse the sums of the layers before them (see
-  `layers.fusion_fence`) shows it as a width that grows with depth."""
+  """The most operands any activation-like fusion (two or more dimensions, `min_elements` elements
+  or more) reads in a compiled program's HLO text: a residual stack whose layers fuse the sums of
+  the layers before them (see `layers.fusion_fence`) shows it as a width that grows with depth.
+  One-dimensional fusions are left out: the train step's norms concatenate every parameter leaf
+  into one vector (`train.global_norm`), a fusion as wide as the model has leaves."""
   widest = 0
   for line in hlo_text.splitlines():
     found = re.match(r'\s*(?:ROOT )?%\S+ = \w+\[([\d,]*)\]\S* fusion\((.*?)\), kind', line)
-    if found and math.prod(int(d) for d in found[1].split(',') if d) >= min_elements:
+    dims = [int(d) for d in found[1].split(',') if d] if found else []
+    if len(dims) >= 2 and math.prod(dims) >= min_elements:
       widest = max(widest, found[2].count('%'))
   return widest
