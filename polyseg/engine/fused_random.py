@@ -99,9 +99,9 @@ def _key_operation(eqn, invals: list) -> list | None:
   name = eqn.primitive.name
   if name not in _KEY_OPERATIONS or not _is_threefry_key(invals[0]):
     return None
-  params = {k: v for k, v in eqn.params.items() if k not in _DEFAULT_PARAMS}
-  if any(eqn.params[k] != _DEFAULT_PARAMS[k] for k in eqn.params.keys() - params.keys()):
+  if any(eqn.params.get(k, default) != default for k, default in _DEFAULT_PARAMS.items()):
     return None
+  params = {k: v for k, v in eqn.params.items() if k not in _DEFAULT_PARAMS}
   return [_KEY_OPERATIONS[name](*invals, **params)]
 
 
