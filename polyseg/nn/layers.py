@@ -300,9 +300,10 @@ def bernoulli_mask(key: jax.Array, keep_prob: float, shape: Sequence[int]) -> ja
   size = math.prod(shape)
   counts = jax.lax.iota(jnp.uint32, -(-size // 4))
   high, low = jrandom.threefry2x32_p.bind(key[0], key[1], jnp.zeros_like(counts), counts)
+  threshold = np.uint32(round(keep_prob * 65536))
   halves = [high & 0xFFFF, high >> 16, low & 0xFFFF, low >> 16]
-  uniforms = jnp.stack(halves, -1).reshape(-1)[:size].reshape(shape)
-  return uniforms < np.uint32(round(keep_prob * 65536))
+  keep = jnp.stack([half < threshold for half in halves], -1)
+  return keep.reshape(-1)[:size].reshape(shape)
 
 
 class Dropout(nn.Module):
