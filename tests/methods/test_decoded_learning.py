@@ -6,7 +6,8 @@ on its training videos.
 The engine's pieces are used directly (`train.init_state`, `train.make_train_step`,
 `task.train_loader`, `task.predict`, `train.score`), not `train.train_and_evaluate`. Each model
 is the method's runlocal config made smaller still (2 encoder layers, 1 decoder layer: less to
-compile), without dropout and with a learning rate of 1e-2 so that a few dozen steps are enough.
+compile), without dropout and with a learning rate of 1e-2 so that a few dozen steps are enough
+(Polyphony's test keeps its own 1e-3 and trains longer: see the test).
 HopaDIFF and Polyphony are run with `decoder=conditioned_values` (polyseg's switch): with the
 papers' decoder (DiffAct's: the condition enters the attention's queries and keys only) their
 tiny models stay at the baselines within such budgets (HopaDIFF mAP 16-27 after 150-300 steps with
