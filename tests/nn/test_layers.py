@@ -225,7 +225,8 @@ def test_bernoulli_mask_is_four_16_bit_uniforms_per_threefry_block(shape):
   words = np.asarray(jrandom.threefry_2x32(key, jnp.asarray(counts))).reshape(2, blocks)
   uniforms = np.stack([words[0] & 0xFFFF, words[0] >> 16, words[1] & 0xFFFF, words[1] >> 16], 1)
   uniforms = uniforms.reshape(-1)[:size].reshape(shape)
-  for keep_prob in (0.1, 0.5, 0.9, 0.0, 1.0):
+  # The last rate's threshold is one of the drawn uniforms: that entry (uniform == threshold) drops.
+  for keep_prob in (0.1, 0.5, 0.9, 0.0, 1.0, int(uniforms.flat[3]) / 65536):
     want = uniforms < round(keep_prob * 65536)
     np.testing.assert_array_equal(layers.bernoulli_mask(key, keep_prob, shape), want)
   typed = layers.bernoulli_mask(jax.random.wrap_key_data(key), 0.5, shape)
