@@ -113,7 +113,7 @@ class Encoder(nn.Module):
     raw = x * valid
     h = layers.channel_dropout(self.channel_dropout)(raw, deterministic=not train)
     h = layers.temporal_dropout(self.temporal_dropout)(h, deterministic=not train)
-    h = nn.Dense(self.num_f_maps, dtype=self.dtype, name="input_proj")(h) * valid
+    h = layers.Dense(self.num_f_maps, dtype=self.dtype, name="input_proj")(h) * valid
     features = [raw] if RAW_INPUT in self.feature_layer_indices else []
     if self.scan and not self.is_initializing():
       layer = stack_layer(self, max_dilation=2 ** (self.num_layers - 1), parent=None)
@@ -124,7 +124,7 @@ class Encoder(nn.Module):
         h = stack_layer(self, 2**i, name=f"layers_{i}")(h, mask, train)
         if i in self.feature_layer_indices:
           features.append(h)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="output")(h) * valid
+    logits = layers.Dense(self.num_classes, dtype=self.dtype, name="output")(h) * valid
     logits = logits.astype(jnp.float32)
     if ENCODER_PROBS in self.feature_layer_indices:
       features.append((jax.nn.softmax(logits, axis=-1) * valid).astype(h.dtype))
@@ -151,12 +151,12 @@ class Decoder(nn.Module):
   scan: bool = False  # the layers as one lax.scan (`scan_layers`): compiled once, not L times
 
   def setup(self):
-    self.time_hidden = nn.Dense(self.time_emb_dim, dtype=self.dtype)
-    self.time_out = nn.Dense(self.time_emb_dim, dtype=self.dtype)
-    self.input_proj = nn.Dense(self.num_f_maps, dtype=self.dtype)
-    self.time_proj = nn.Dense(self.num_f_maps, dtype=self.dtype)
+    self.time_hidden = layers.Dense(self.time_emb_dim, dtype=self.dtype)
+    self.time_out = layers.Dense(self.time_emb_dim, dtype=self.dtype)
+    self.input_proj = layers.Dense(self.num_f_maps, dtype=self.dtype)
+    self.time_proj = layers.Dense(self.num_f_maps, dtype=self.dtype)
     self.layers = [stack_layer(self, 2**i) for i in range(self.num_layers)]
-    self.output = nn.Dense(self.num_classes, dtype=self.dtype)
+    self.output = layers.Dense(self.num_classes, dtype=self.dtype)
 
   def project_condition(self, cond: jax.Array, train: bool) -> CondProjection:
     """cond [B, T, Fc] -> per-layer Q/K condition terms (independent of x01 and t: compute once).

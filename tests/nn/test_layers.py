@@ -3,6 +3,7 @@
 import math
 import zlib
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -182,6 +183,58 @@ def test_window_attention_outside_logit_is_the_reference_masking():
   assert np.abs(got - exact).max() > 1e-2  # the logit outside the video changes the output
 
 
+def jnp_dense_band_attention(q, k, v, mask, kernel_size, dilation, outside_logit):
+  """A padded batch through full [B, T, T] scores: the band of the k dilated positions, padded
+  keys (and, with `outside_logit`, the positions beyond the video's ends) entering the softmax
+  with that logit and a zero value, or left out; no valid key gives 0."""
+  num_frames, half = q.shape[1], kernel_size // 2
+  offsets = jnp.arange(num_frames)[None, :] - jnp.arange(num_frames)[:, None]
+  band = (offsets % dilation == 0) & (jnp.abs(offsets) <= half * dilation)  # [T, T]
+  key_valid = band[None] & (mask[:, None, :] > 0)  # [B, T, T]
+  exp_scores = jnp.where(key_valid, jnp.exp(q @ jnp.swapaxes(k, 1, 2) / math.sqrt(q.shape[2])), 0)
+  total = exp_scores.sum(-1)
+  if outside_logit is not None:  # every one of the k positions that is not a valid key
+    total += (kernel_size - key_valid.sum(-1)) * math.exp(outside_logit)
+  out = (exp_scores @ v) / jnp.where(total > 0, total, 1.0)[..., None]
+  return out * mask[..., None]
+
+
+@pytest.mark.parametrize("outside_logit", [None, math.log(1e-6), -1.0])
+@pytest.mark.parametrize("kernel_size,dilation", [(3, 1), (5, 2), (3, 8), (5, 13)])
+def test_window_attention_gradient_equals_dense_band_attention(
+  kernel_size, dilation, outside_logit
+):
+  """The written-out gradient of a static dilation (and autodiff through the traced one) against
+  autodiff through `jnp_dense_band_attention`, on a padded batch, garbage in the padding; (5, 13)
+  reaches past both ends of the 24 frames."""
+  rng = np.random.default_rng(kernel_size * 100 + dilation)
+  (q, mask), (k, _), (v, _) = [padded_batch(rng, 6) for _ in range(3)]
+  q, k, v = (jnp.asarray(x + 3.0 * (1 - mask[..., None])) for x in (q, k, v))
+  weights = jnp.asarray(rng.normal(size=q.shape).astype(np.float32))
+  mask = jnp.asarray(mask)
+
+  def loss(attention):
+    return lambda q, k, v: jnp.sum(attention(q, k, v) * weights)
+
+  want = jax.grad(
+    loss(lambda *a: jnp_dense_band_attention(*a, mask, kernel_size, dilation, outside_logit)),
+    argnums=(0, 1, 2),
+  )(q, k, v)
+  static = lambda *a: layers.window_attention(*a, mask, kernel_size, dilation, outside_logit)
+  traced = jax.jit(
+    lambda q, k, v, d: layers.window_attention(q, k, v, mask, kernel_size, d, outside_logit, 16)
+  )
+  for attention in (static, jax.jit(static), lambda *a: traced(*a, dilation)):
+    np.testing.assert_allclose(
+      attention(q, k, v),
+      jnp_dense_band_attention(q, k, v, mask, kernel_size, dilation, outside_logit),
+      atol=1e-5,
+    )
+    got = jax.grad(loss(attention), argnums=(0, 1, 2))(q, k, v)
+    for name, g, w in zip("qkv", got, want):
+      np.testing.assert_allclose(g, w, atol=1e-5, err_msg=name)
+
+
 def test_window_attention_all_keys_masked_gives_zero():
   ones = jnp.ones((1, 5, 2))
   got = layers.window_attention(ones, ones, ones, jnp.zeros((1, 5)), 3, 1)
@@ -248,6 +301,50 @@ def test_bernoulli_mask_keeps_at_the_rate_asked_independently():
   assert abs((mask == other).mean() - 0.68) < 0.01  # another key, another mask (0.8² + 0.2² agree)
   with pytest.raises(ValueError, match="threefry"):
     layers.bernoulli_mask(jnp.zeros(4, jnp.uint32), 0.5, (3,))
+
+
+@pytest.mark.parametrize(
+  "shape,dtype",
+  [
+    ((3, 10, 5), jnp.float32),
+    ((7, 5), jnp.float32),
+    ((2, 3, 4, 5), jnp.float32),
+    ((3, 10, 5), jnp.bfloat16),
+  ],
+)
+def test_dense_is_flax_dense_with_per_video_kernel_gradient(shape, dtype):
+  """`layers.Dense`: flax's Dense parameters, outputs and gradients (autodiff through
+  `lax.dot_general`), its kernel gradient computed as one [Fin, Fout] product per leading index."""
+  rng = np.random.default_rng(len(shape))
+  x = jnp.asarray(rng.normal(size=shape).astype(np.float32))
+  g = jnp.asarray(rng.normal(size=shape[:-1] + (4,)).astype(np.float32))
+  ours, flax_dense = layers.Dense(4, dtype=dtype), nn.Dense(4, dtype=dtype)
+  params = ours.init(jax.random.key(0), x)
+  assert jax.tree.structure(params) == jax.tree.structure(flax_dense.init(jax.random.key(0), x))
+  params = jax.tree.map(lambda p: p + 0.1, params)  # non-zero bias
+
+  def loss(module):
+    return lambda params, x: jnp.sum(module.apply(params, x).astype(jnp.float32) * g)
+
+  tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_array_equal(ours.apply(params, x), flax_dense.apply(params, x))
+  got, want = (jax.grad(loss(m), argnums=(0, 1))(params, x) for m in (ours, flax_dense))
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance)
+  products = [
+    eqn.outvars[0].aval.shape
+    for eqn in jax.make_jaxpr(jax.grad(loss(ours)))(params, x).eqns
+    if eqn.primitive.name == "dot_general" or "dot_general" in str(eqn.params.get("jaxpr", ""))
+  ]
+  assert (shape[0] if len(shape) > 2 else 1, shape[-1], 4) in products, products
+
+
+def test_dense_dot_general_passes_other_contractions_to_lax():
+  lhs, rhs = jnp.ones((2, 3, 4)), jnp.arange(24.0).reshape(2, 4, 3)
+  batched = (((2,), (1,)), ((0,), (0,)))
+  np.testing.assert_array_equal(
+    layers.dense_dot_general(lhs, rhs, batched), jax.lax.dot_general(lhs, rhs, batched)
+  )
 
 
 def test_dropout_rescales_kept_entries_and_stops_at_eval():

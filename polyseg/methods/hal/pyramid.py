@@ -80,7 +80,7 @@ class PyramidTransformer(nn.Module):
       raise ValueError(f'{x.shape[1]} frames: not a multiple of 2^(num_levels - 1)')
     outputs = self.num_classes + self.extra_outputs
     h = layers.channel_dropout(self.channel_dropout)(x * mask[..., None], deterministic=not train)
-    h = nn.Dense(self.num_f_maps, dtype=self.dtype, name='input_proj')(h) * mask[..., None]
+    h = layers.Dense(self.num_f_maps, dtype=self.dtype, name='input_proj')(h) * mask[..., None]
     masks, skips = [mask], []
     for level in range(self.num_levels):  # bottom-up
       if level:
@@ -91,7 +91,7 @@ class PyramidTransformer(nn.Module):
       skips.append(h)
     states = {self.num_levels - 1: h}
     for level in reversed(range(self.num_levels - 1)):  # top-down
-      above = nn.Dense(self.num_f_maps, dtype=self.dtype, name=f'from_above_{level}')(
+      above = layers.Dense(self.num_f_maps, dtype=self.dtype, name=f'from_above_{level}')(
         to_frames(states[level + 1], 2)
       )
       h = (skips[level] + above) * masks[level][..., None]
@@ -99,8 +99,8 @@ class PyramidTransformer(nn.Module):
     frame_input, action_logits = states[0], None
     if self.action_level is not None:
       latent = states[self.action_level]
-      action_logits = nn.Dense(outputs, dtype=self.dtype, name='action_head')(latent)
+      action_logits = layers.Dense(outputs, dtype=self.dtype, name='action_head')(latent)
       action_logits = action_logits.astype(jnp.float32) * masks[self.action_level][..., None]
       frame_input = jnp.concatenate([frame_input, to_frames(latent, self.window)], axis=-1)
-    frame_logits = nn.Dense(outputs, dtype=self.dtype, name='frame_head')(frame_input)
+    frame_logits = layers.Dense(outputs, dtype=self.dtype, name='frame_head')(frame_input)
     return frame_logits.astype(jnp.float32) * mask[..., None], action_logits

@@ -116,7 +116,7 @@ class DFTCondition(nn.Module):
     else:
       if self.window % 2 != 1 or self.window < 3:
         raise ValueError(f'DFTCondition.window must be odd and >= 3, got {self.window}')
-      spectrum = windowed_spectrum(nn.Dense(self.channels, name='proj')(x) * valid, self.window)
+      spectrum = windowed_spectrum(layers.Dense(self.channels, name='proj')(x) * valid, self.window)
     if self.parts == 'magnitude':
       spectral = jnp.log1p(jnp.abs(spectrum))
     else:
@@ -138,19 +138,19 @@ class TextCondition(nn.Module):
   @nn.compact
   def __call__(self, x, mask, text_pooled, text_tokens, text_mask):
     if self.kind == 'film':
-      gamma_beta = nn.Dense(2 * x.shape[-1], kernel_init=nn.initializers.zeros, name='film')(
+      gamma_beta = layers.Dense(2 * x.shape[-1], kernel_init=nn.initializers.zeros, name='film')(
         text_pooled
       )
       gamma, beta = jnp.split(gamma_beta[:, None, :], 2, axis=-1)
       out = x * (1 + gamma) + beta
     elif self.kind == 'cross_attention':
-      q = nn.Dense(self.attention_dim, name='query')(x)
-      k = nn.Dense(self.attention_dim, name='key')(text_tokens)
-      v = nn.Dense(self.attention_dim, name='value')(text_tokens)
+      q = layers.Dense(self.attention_dim, name='query')(x)
+      k = layers.Dense(self.attention_dim, name='key')(text_tokens)
+      v = layers.Dense(self.attention_dim, name='value')(text_tokens)
       scores = jnp.einsum('btf,blf->btl', q, k) / jnp.sqrt(self.attention_dim)
       scores = jnp.where(text_mask[:, None, :] > 0, scores, jnp.finfo(scores.dtype).min)
       attended = jnp.einsum('btl,blf->btf', jax.nn.softmax(scores, axis=-1), v)
-      out = x + nn.Dense(x.shape[-1], kernel_init=nn.initializers.zeros, name='out')(attended)
+      out = x + layers.Dense(x.shape[-1], kernel_init=nn.initializers.zeros, name='out')(attended)
     else:
       raise ValueError(
         f'TextCondition.kind must be one of {TEXT_CONDITIONS[1:]}, got {self.kind!r}'

@@ -392,16 +392,16 @@ class MLSTMLayer(nn.Module):
       raise _error(f'forget_gate must be one of {FORGET_GATES}, got {self.forget_gate!r}')
     if self.form not in MLSTM_FORMS:
       raise _error(f'form must be one of {sorted(MLSTM_FORMS)}, got {self.form!r}')
-    dense = functools.partial(nn.Dense, self.features, dtype=self.dtype)
+    dense = functools.partial(layers.Dense, self.features, dtype=self.dtype)
     self.input_proj = dense()
     self.input_norm = nn.LayerNorm(dtype=self.dtype)
     self.query, self.key, self.value = dense(), dense(), dense()
-    self.forget_proj = nn.Dense(
+    self.forget_proj = layers.Dense(
       self.num_heads, dtype=self.dtype, bias_init=_forget_bias_init(self.forget_gate)
     )
     self.output_gate = dense()
     self.input_gate_features = dense()
-    self.input_gate = nn.Dense(self.num_heads, dtype=self.dtype)
+    self.input_gate = layers.Dense(self.num_heads, dtype=self.dtype)
     self.head_norms = [
       nn.LayerNorm(reduction_axes=-1, feature_axes=(-2, -1), dtype=self.dtype)
       for _ in range(2 if self.bidirectional else 1)
@@ -466,7 +466,7 @@ class CrossAttention(nn.Module):
     def heads(a):  # [B, T, F] -> [B, T, H, d]
       return a.reshape(batch, num_frames, self.num_heads, self.features // self.num_heads)
 
-    dense = functools.partial(nn.Dense, self.features, dtype=self.dtype)
+    dense = functools.partial(layers.Dense, self.features, dtype=self.dtype)
     attended = cross_attention(
       heads(dense(name='query')(query_in)),
       heads(dense(name='key')(kv_in)),

@@ -32,9 +32,9 @@ class CrossHandFusion(nn.Module):
     for own, other in (hands, hands[::-1]):
       x = features[own]
       width = x.shape[-1]
-      h = nn.Dense(width, dtype=self.dtype, name=f'{own}_in')(
+      h = layers.Dense(width, dtype=self.dtype, name=f'{own}_in')(
         jnp.concatenate([x, features[other]], axis=-1)
       )
-      h = nn.Dense(width, dtype=self.dtype, name=f'{own}_out')(nn.relu(h))
+      h = layers.Dense(width, dtype=self.dtype, name=f'{own}_out')(nn.relu(h))
       fused[own] = (h + x) * valid
     return fused

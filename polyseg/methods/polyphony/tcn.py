@@ -65,7 +65,7 @@ class CausalResidualLayer(nn.Module):
   def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
     h = nn.relu(CausalConv(x.shape[-1], self.kernel_size, self.dilation, name='conv')(x, mask))
     h = layers.Dropout(self.dropout)(h, deterministic=not train)
-    out = (x + nn.Dense(x.shape[-1], name='pointwise')(h)) * mask[..., None]
+    out = (x + layers.Dense(x.shape[-1], name='pointwise')(h)) * mask[..., None]
     return layers.fusion_fence(out, train)
 
 
@@ -89,7 +89,7 @@ class SemanticTCN(nn.Module):
     chex.assert_rank(x, 3)
     chex.assert_shape(mask, x.shape[:2])
     mask = mask.astype(x.dtype)
-    h = nn.Dense(self.channels, name='input')(x) * mask[..., None]
+    h = layers.Dense(self.channels, name='input')(x) * mask[..., None]
     for i in range(self.num_layers):
       h = CausalResidualLayer(self.kernel_size, 2**i, self.dropout, name=f'layer_{i}')(
         h, mask, train

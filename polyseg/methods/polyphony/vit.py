@@ -82,9 +82,9 @@ def sinusoidal_positions(num_positions: int, dim: int) -> np.ndarray:
   return table.astype(np.float32)
 
 
-def _dense(features: int, name: str, use_bias: bool = True, dtype=jnp.float32) -> nn.Dense:
+def _dense(features: int, name: str, use_bias: bool = True, dtype=jnp.float32) -> layers.Dense:
   init = nn.initializers.truncated_normal(0.02)
-  return nn.Dense(features, use_bias=use_bias, kernel_init=init, dtype=dtype, name=name)
+  return layers.Dense(features, use_bias=use_bias, kernel_init=init, dtype=dtype, name=name)
 
 
 def _layer_norm(name: str, dtype=jnp.float32) -> nn.LayerNorm:
