@@ -405,8 +405,8 @@ def _dense_product_fwd(x, kernel, precision):
 
 
 def _dense_product_bwd(precision, residuals, g):
-  """dx = g kernel^T; dkernel = sum over the leading dimension (the batch's videos) of each one's
-  x^T g [Fin, Fout], float32 partial sums."""
+  """dx = g kernel^T; dkernel = the sum over the leading dimension of x [B, ..., Fin] (the batch's
+  videos; all of x when it is [N, Fin]) of each one's x^T g [Fin, Fout], in float32."""
   x, kernel = residuals
   dx = jax.lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())), precision=precision)
   per_example = lambda a: a.reshape(a.shape[0] if a.ndim > 2 else 1, -1, a.shape[-1])
@@ -429,8 +429,8 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
 
   Autodiff's kernel gradient contracts x and g over all B x T frames in one dot, which XLA:CPU ran
   at about a third of the speed of the forward product ([4, 4096, 64] inputs: 1.9 against 0.6 ms);
-  per video, a GTEA-size train step is 8% faster (`docs/benchmarks.md`). Other contractions and a
-  `preferred_element_type` go to `dot_general` unchanged."""
+  split per video, the GTEA-size 4-video train step runs about 8% faster (`docs/benchmarks.md`).
+  Other contractions and a `preferred_element_type` go to `dot_general` unchanged."""
   dense = (((lhs.ndim - 1,), (0,)), ((), ()))
   if dimension_numbers != dense or rhs.ndim != 2 or preferred_element_type is not None:
     return jax.lax.dot_general(
