@@ -235,8 +235,13 @@ def _static_copies_fwd(x, kernel_size, dilation):
 
 
 def _static_copies_bwd(kernel_size, dilation, _, cotangents):
+  return (_shifted_back_sum(cotangents, kernel_size, dilation),)
+
+
+def _shifted_back_sum(cotangents, kernel_size: int, dilation: int) -> jax.Array:
+  """sum_j of cotangent j shifted back by its offset (j - k//2) * dilation: [B, T, ...]."""
   half = kernel_size // 2
-  return (sum(_shift(g, -(j - half) * dilation) for j, g in enumerate(cotangents)),)
+  return sum(_shift(g, -(j - half) * dilation) for j, g in enumerate(cotangents))
 
 
 _static_copies.defvjp(_static_copies_fwd, _static_copies_bwd)
@@ -299,8 +304,7 @@ def _static_window_attention(q, k, v, mask, kernel_size, dilation, outside_logit
   weights' gradient is one [B, T, k] array (GTEA-size train step about 3% faster,
   `docs/benchmarks.md`).
   """
-  copies = functools.partial(_static_copies, kernel_size=kernel_size, dilation=dilation)
-  return _window_attention_forward(q, k, v, mask, copies, outside_logit)[0]
+  return _static_window_attention_fwd(q, k, v, mask, kernel_size, dilation, outside_logit)[0]
 
 
 def _static_window_attention_fwd(q, k, v, mask, kernel_size, dilation, outside_logit):
@@ -324,12 +328,8 @@ def _static_window_attention_bwd(kernel_size, dilation, outside_logit, residuals
   weights = (probs * key_valid).astype(v.dtype)
   offsets = range(kernel_size)
   dq = sum(dscores[..., j, None] * keys[j] for j in offsets)
-  (dk,) = _static_copies_bwd(
-    kernel_size, dilation, None, [dscores[..., j, None] * q for j in offsets]
-  )
-  (dv,) = _static_copies_bwd(
-    kernel_size, dilation, None, [weights[..., j, None] * g for j in offsets]
-  )
+  dk = _shifted_back_sum([dscores[..., j, None] * q for j in offsets], kernel_size, dilation)
+  dv = _shifted_back_sum([weights[..., j, None] * g for j in offsets], kernel_size, dilation)
   return dq, dk, dv, jnp.zeros_like(mask)
 
 
