@@ -83,6 +83,14 @@ def bucket_length(length: int, multiple: int = 64) -> int:
   return multiple * (3 * power // 2 if units <= 3 * power // 2 else 2 * power)
 
 
+def merge_rare_buckets(batches_per_bucket: dict[int, int], min_batches: int) -> dict[int, int]:
+  """bucket -> the length its batches are padded to: itself, or, for a bucket fewer than
+  `min_batches` batches fall in, the next longer bucket that is kept (the longest always is)."""
+  longest = max(batches_per_bucket)
+  kept = [b for b, n in sorted(batches_per_bucket.items()) if n >= min_batches or b == longest]
+  return {b: min(k for k in kept if k >= b) for b in batches_per_bucket}
+
+
 def pad_stack(arrays: Sequence[np.ndarray], length: int, dtype) -> np.ndarray:
   """Stacks [T_i, ...] arrays into [B, length, ...] of `dtype`, zero-padded at the end."""
   out = np.zeros((len(arrays), length, *arrays[0].shape[1:]), dtype)
@@ -125,7 +133,11 @@ class TrainLoader:
   its per-frame arrays and of the full-rate boundary target, `renormalised`) and, if `max_len` is
   set, a random crop of at most `max_len` subsampled frames. A batch is padded
   to the bucket length of its longest member, or always to `pad_to` when set (several processes
-  must build equally long batches).
+  must build equally long batches). Each padded length is one compilation of the train step: with
+  `num_steps` (the run's steps) and `min_bucket_batches` > 0, a bucket that fewer than that many
+  of the run's batches fall in is merged into the next longer one (`merge_rare_buckets`: its
+  batches are padded further; the mask keeps them the same batches). The plan is a function of
+  (videos, seed, num_steps), so a resumed run pads as the first did.
 
   `length_grouping=g > 1` cuts padding: the epoch's order is cut into windows of g batches, each
   window is sorted by video length before it is split into batches, and the epoch's batches are
@@ -152,6 +164,8 @@ class TrainLoader:
     pad_to: int | None = None,
     boundary: Boundary | None = boundary_target,
     length_grouping: int = 0,
+    num_steps: int | None = None,
+    min_bucket_batches: int = 0,
   ):
     if not videos:
       raise ValueError('TrainLoader needs at least one video')
@@ -162,6 +176,10 @@ class TrainLoader:
       )
     if length_grouping < 0:
       raise ValueError(f'data.length_grouping must be >= 0, got {length_grouping}')
+    if min_bucket_batches < 0 or (min_bucket_batches and num_steps is None):
+      raise ValueError(
+        f'min_bucket_batches must be >= 0 (> 0 needs num_steps), got {min_bucket_batches}'
+      )
     short = [v.name for v in videos if num_frames(v) < sample_rate]
     if short:
       raise ValueError(f'videos shorter than sample_rate {sample_rate}: {short}')
@@ -179,17 +197,33 @@ class TrainLoader:
     self.boundaries = None
     if boundary is not None:
       self.boundaries = [boundary(v.labels, boundary_sigma) for v in self.videos]
+    self._last_order = None  # (epoch, `_epoch_order(epoch)`)
+    self.num_steps = num_steps
+    self.padded_length_of = {}  # bucket -> padded length (`merge_rare_buckets`); absent: itself
+    if pad_to is None and num_steps is not None:
+      self.padded_length_of = merge_rare_buckets(self._run_buckets(), min_bucket_batches)
 
   def padded_lengths(self) -> list[int]:
-    """The padded lengths its batches can have, sorted: `pad_to`, else the bucket of every
-    video's crop at every sampling offset (each is one compilation of the train step)."""
+    """The padded lengths its batches can have, sorted (each is one compilation of the train step):
+    `pad_to`; with `num_steps`, those of the run's batches; else the bucket of every video's crop
+    at every sampling offset."""
     if self.pad_to is not None:
       return [self.pad_to]
+    if self.padded_length_of:
+      return sorted(set(self.padded_length_of.values()))
     r = self.sample_rate
     crops = {-(-(num_frames(v) - o) // r) for v in self.videos for o in range(r)}
     if self.max_len is not None:
       crops = {min(crop, self.max_len) for crop in crops}
     return sorted({bucket_length(crop) for crop in crops})
+
+  def _run_buckets(self) -> dict[int, int]:
+    """bucket -> how many of the batches of steps 0..num_steps - 1 fall in it."""
+    counts = {}
+    for step in range(self.num_steps):
+      bucket = bucket_length(max(count for _, _, count in self._crops(step)))
+      counts[bucket] = counts.get(bucket, 0) + 1
+    return counts
 
   @classmethod
   def from_config(
@@ -207,6 +241,8 @@ class TrainLoader:
       'max_len': d.max_train_len,
       'fields': fields,
       'length_grouping': d.length_grouping,
+      'num_steps': config.train.num_steps,
+      'min_bucket_batches': d.get('min_bucket_batches', 0),  # absent in runs saved before it
     }
     return cls(videos, **{**args, **overrides})
 
@@ -218,6 +254,13 @@ class TrainLoader:
   def batch_indices(self, step: int) -> np.ndarray:
     """Video indices [B] of batch `step`."""
     epoch, position = divmod(step, self.steps_per_epoch)
+    return self._epoch_order(epoch)[position * self.batch_size : (position + 1) * self.batch_size]
+
+  def _epoch_order(self, epoch: int) -> np.ndarray:
+    """The video indices of epoch `epoch`'s batches, one after the other (the last one's kept)."""
+    cached = self._last_order
+    if cached is not None and cached[0] == epoch:
+      return cached[1]
     rng = np.random.default_rng([self.seed, epoch])
     order = np.resize(rng.permutation(len(self.videos)), self.steps_per_epoch * self.batch_size)
     if self.length_grouping > 1:
@@ -228,29 +271,40 @@ class TrainLoader:
         order[part] = order[part][np.argsort(lengths[part], kind='stable')]
       batches = order.reshape(self.steps_per_epoch, self.batch_size)
       order = batches[rng.permutation(self.steps_per_epoch)].reshape(-1)
-    return order[position * self.batch_size : (position + 1) * self.batch_size]
+    self._last_order = (epoch, order)
+    return order
+
+  def _crops(self, step: int) -> list[tuple[int, slice, int]]:
+    """(video index, frames, their count) of each video of batch `step`: every `sample_rate`-th
+    frame from a random offset and, past `max_len` of them, a random crop."""
+    epoch, position = divmod(step, self.steps_per_epoch)
+    rng = np.random.default_rng([self.seed, epoch, BATCH_STREAM, position])
+    crops = []
+    for index in self.batch_indices(step):
+      rate = self.sample_rate
+      first = int(rng.integers(rate))
+      count = -(-(num_frames(self.videos[index]) - first) // rate)
+      if self.max_len is not None and count > self.max_len:
+        first += int(rng.integers(count - self.max_len + 1)) * rate
+        count = self.max_len
+      crops.append((index, slice(first, first + count * rate, rate), count))
+    return crops
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """Per-frame fields [B, T, ...] (default: features [B, T, D] f32, labels [B, T] i32), per-video
     fields [B, ...], boundary [B, T, ...] f32 (unless `boundary` is None) and mask [B, T] f32."""
-    epoch, position = divmod(step, self.steps_per_epoch)
-    rng = np.random.default_rng([self.seed, epoch, BATCH_STREAM, position])
     per_frame, per_video, boundary, lengths = {}, {}, [], []
-    for index in self.batch_indices(step):
-      video, rate = self.videos[index], self.sample_rate
-      frames = np.arange(rng.integers(rate), num_frames(video), rate)
-      if self.max_len is not None and len(frames) > self.max_len:
-        start = rng.integers(len(frames) - self.max_len + 1)
-        frames = frames[start : start + self.max_len]
-      frame_arrays, video_arrays = self.fields(video)
+    for index, frames, count in self._crops(step):
+      frame_arrays, video_arrays = self.fields(self.videos[index])
       for key, array in frame_arrays.items():
         per_frame.setdefault(key, []).append(array[frames])
       for key, array in video_arrays.items():
         per_video.setdefault(key, []).append(array)
       if self.boundaries is not None:
         boundary.append(renormalised(self.boundaries[index][frames]))
-      lengths.append(len(frames))
-    length = self.pad_to or bucket_length(max(lengths))
+      lengths.append(count)
+    bucket = bucket_length(max(lengths))
+    length = self.pad_to or self.padded_length_of.get(bucket, bucket)
     batch = {key: pad_stack(arrays, length, arrays[0].dtype) for key, arrays in per_frame.items()}
     batch.update({key: np.stack(arrays) for key, arrays in per_video.items()})
     if self.boundaries is not None:

@@ -23,6 +23,9 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   c.data.sample_rate = 1  # every k-th frame, with random offsets in training (see pipeline)
   c.data.max_train_len = config_dict.placeholder(int)  # random crop of longer training videos
   c.data.length_grouping = 0  # > 1: batches of similar lengths (less padding); see pipeline
+  # A length bucket fewer than this many of the run's batches fall in is padded up to the next
+  # longer one: each bucket compiles the train step once (10-40 s on CPU). 0: keep every bucket.
+  c.data.min_bucket_batches = 50
   c.data.prefetch = 2  # training batches built ahead on a background thread (grain); 0: in the loop
   c.data.cache_dir = '~/.cache/polyseg'  # where synthetic datasets are generated, once
   c.data.format = 'folder'  # 'folder': read the files; 'tfds': the TFDS conversion (docs/data.md)

@@ -8,6 +8,7 @@ import scipy.ndimage
 
 from polyseg.data import pipeline
 from polyseg.data.formats import Video
+from polyseg.engine import config as engine_config
 
 DIM = 3
 
@@ -269,6 +270,60 @@ def test_bucket_lengths_of_batches_are_a_small_set():
   assert lengths <= {64, 128, 192, 256, 384}
 
 
+def test_merge_rare_buckets_pads_each_rare_bucket_to_the_next_kept_one():
+  # Polyphony's synthetic stage 3 over its 1,200 steps: 192 and 256 are rare, both go to 384
+  counts = {192: 3, 256: 13, 384: 1064, 512: 120}
+  assert pipeline.merge_rare_buckets(counts, 50) == {192: 384, 256: 384, 384: 384, 512: 512}
+  assert pipeline.merge_rare_buckets(counts, 13) == {192: 256, 256: 256, 384: 384, 512: 512}
+  assert pipeline.merge_rare_buckets(counts, 0) == {b: b for b in counts}
+  # the longest bucket stays however rare; everything below it may go there
+  assert pipeline.merge_rare_buckets({64: 40, 128: 1}, 50) == {64: 128, 128: 128}
+  assert pipeline.merge_rare_buckets({64: 60, 128: 1, 192: 2}, 50) == {64: 64, 128: 192, 192: 192}
+
+
+def test_rare_buckets_are_padded_up_and_the_batches_are_otherwise_the_same():
+  """Over the run's steps, every batch of a bucket with fewer than min_bucket_batches batches has
+  the next kept bucket's length: the same videos, frames, labels and boundary, zeros beyond."""
+  num_steps = 60
+  plain = make_loader(sample_rate=1, num_steps=num_steps)
+  counts = {}
+  for step in range(num_steps):
+    length = plain.batch(step)['mask'].shape[1]
+    counts[length] = counts.get(length, 0) + 1
+  assert plain.padded_lengths() == sorted(counts)  # the run's buckets exactly, none missing
+  assert len(counts) >= 3 and min(counts.values()) < 10 < max(counts.values())
+  rare = {b for b, n in counts.items() if n < 10}
+  kept = sorted(set(counts) - rare | {max(counts)})
+  merged = make_loader(sample_rate=1, num_steps=num_steps, min_bucket_batches=10)
+  assert merged.padded_lengths() == kept
+  for step in range(num_steps):
+    a, b = plain.batch(step), merged.batch(step)
+    length, padded = a['mask'].shape[1], b['mask'].shape[1]
+    assert padded == (min(k for k in kept if k >= length) if length in rare else length)
+    for key in a:
+      np.testing.assert_array_equal(b[key][:, :length], a[key])
+      assert not b[key][:, length:].any()
+  # steps past the plan (a longer resumed run) keep their own buckets; pad_to still wins
+  assert merged.batch(num_steps + 500)['mask'].shape[1] in counts.keys() | {384}
+  assert make_loader(num_steps=num_steps, min_bucket_batches=10, pad_to=512).padded_lengths() == [
+    512
+  ]
+
+
+def test_loader_from_config_plans_the_runs_steps_and_merges_rare_buckets():
+  config = engine_config.base_config('diffact')
+  config.data.sample_rate = 1
+  config.train.update(batch_size=3, num_steps=60)
+  config.data.min_bucket_batches = 10
+  loader = pipeline.TrainLoader.from_config(VIDEOS, config)
+  expected = make_loader(sample_rate=1, seed=0, num_steps=60, min_bucket_batches=10)
+  assert loader.padded_lengths() == expected.padded_lengths()
+  assert loader.padded_length_of == expected.padded_length_of != {}
+  config.data.min_bucket_batches = 0
+  kept_all = pipeline.TrainLoader.from_config(VIDEOS, config)
+  assert len(kept_all.padded_lengths()) > len(loader.padded_lengths())
+
+
 def test_loader_rejects_bad_arguments():
   with pytest.raises(ValueError, match='at least one video'):
     pipeline.TrainLoader([], batch_size=1, sample_rate=1, boundary_sigma=1.0, seed=0)
@@ -278,6 +333,10 @@ def test_loader_rejects_bad_arguments():
     make_loader(sample_rate=8)
   with pytest.raises(ValueError, match='length_grouping must be >= 0'):
     make_loader(length_grouping=-1)
+  with pytest.raises(ValueError, match='min_bucket_batches must be >= 0'):
+    make_loader(num_steps=10, min_bucket_batches=-1)
+  with pytest.raises(ValueError, match='needs num_steps'):
+    make_loader(min_bucket_batches=5)
 
 
 # ---------------------------------------------------------------- test views

@@ -202,6 +202,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.log_every = 10  # steps
   c.train.keep_checkpoints = 2  # the latest ones, plus the best
   c.train.max_len = config_dict.placeholder(int)  # random crop of longer training videos
+  c.train.min_bucket_batches = (
+    50  # rarer length buckets padded up (engine's data.min_bucket_batches)
+  )
   return c
 
 
@@ -341,6 +344,7 @@ def fit(
     train_videos[0].features['shared'].shape[1],
     config.loss_alpha,
   )
+  num_steps = t.num_epochs * -(-len(train_videos) // t.batch_size)
   loader = pipeline.TrainLoader(
     train_videos,
     batch_size=t.batch_size,
@@ -349,9 +353,10 @@ def fit(
     seed=config.seed,
     max_len=t.max_len,
     fields=_shared_fields,
+    num_steps=num_steps,
+    min_bucket_batches=t.get('min_bucket_batches', 0),  # absent in runs saved before it
   )
   steps_per_eval = t.eval_every * loader.steps_per_epoch
-  num_steps = t.num_epochs * loader.steps_per_epoch
   tx = train_lib.make_optimizer(config)
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   state = train_lib.init_state(objective, tx, init_rng)
