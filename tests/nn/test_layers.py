@@ -304,31 +304,41 @@ def test_bernoulli_mask_keeps_at_the_rate_asked_independently():
 
 
 @pytest.mark.parametrize(
-  "shape,dtype",
+  "shape,dtype,features",
   [
-    ((3, 10, 5), jnp.float32),
-    ((7, 5), jnp.float32),
-    ((2, 3, 4, 5), jnp.float32),
-    ((3, 10, 5), jnp.bfloat16),
+    ((3, 10, 5), jnp.float32, 4),
+    ((7, 5), jnp.float32, 4),
+    ((2, 3, 4, 5), jnp.float32, 4),
+    ((3, 10, 5), jnp.bfloat16, 4),
+    ((3, 10, 5), jnp.float32, (2, 3)),
+    ((2, 3, 4, 5), jnp.float32, (2, 3)),
   ],
 )
-def test_dense_is_flax_dense_with_per_video_kernel_gradient(shape, dtype):
-  """`layers.Dense`: flax's Dense parameters, outputs and gradients (autodiff through
-  `lax.dot_general`), its kernel gradient computed as one [Fin, Fout] product per leading index."""
+def test_dense_is_flax_dense_with_per_video_kernel_gradient(shape, dtype, features):
+  """`layers.Dense` (`features` an int) and `layers.DenseGeneral` (a tuple): flax's parameters,
+  outputs and gradients (autodiff through `lax.dot_general`), the kernel gradient computed as one
+  [Fin, prod(features)] product per leading index."""
   rng = np.random.default_rng(len(shape))
   x = jnp.asarray(rng.normal(size=shape).astype(np.float32))
-  g = jnp.asarray(rng.normal(size=shape[:-1] + (4,)).astype(np.float32))
-  ours, flax_dense = layers.Dense(4, dtype=dtype), nn.Dense(4, dtype=dtype)
+  out_shape = (features,) if isinstance(features, int) else features
+  g = jnp.asarray(rng.normal(size=shape[:-1] + out_shape).astype(np.float32))
+  if isinstance(features, int):
+    ours, theirs = layers.Dense(features, dtype=dtype), nn.Dense(features, dtype=dtype)
+  else:
+    ours, theirs = (
+      layers.DenseGeneral(features, dtype=dtype),
+      nn.DenseGeneral(features, dtype=dtype),
+    )
   params = ours.init(jax.random.key(0), x)
-  assert jax.tree.structure(params) == jax.tree.structure(flax_dense.init(jax.random.key(0), x))
+  assert jax.tree.structure(params) == jax.tree.structure(theirs.init(jax.random.key(0), x))
   params = jax.tree.map(lambda p: p + 0.1, params)  # non-zero bias
 
   def loss(module):
     return lambda params, x: jnp.sum(module.apply(params, x).astype(jnp.float32) * g)
 
   tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
-  np.testing.assert_array_equal(ours.apply(params, x), flax_dense.apply(params, x))
-  got, want = (jax.grad(loss(m), argnums=(0, 1))(params, x) for m in (ours, flax_dense))
+  np.testing.assert_array_equal(ours.apply(params, x), theirs.apply(params, x))
+  got, want = (jax.grad(loss(m), argnums=(0, 1))(params, x) for m in (ours, theirs))
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance)
   products = [
@@ -336,7 +346,7 @@ def test_dense_is_flax_dense_with_per_video_kernel_gradient(shape, dtype):
     for eqn in jax.make_jaxpr(jax.grad(loss(ours)))(params, x).eqns
     if eqn.primitive.name == "dot_general" or "dot_general" in str(eqn.params.get("jaxpr", ""))
   ]
-  assert (shape[0] if len(shape) > 2 else 1, shape[-1], 4) in products, products
+  assert (shape[0] if len(shape) > 2 else 1, shape[-1], math.prod(out_shape)) in products, products
 
 
 def test_dense_dot_general_passes_other_contractions_to_lax():

@@ -94,7 +94,7 @@ class SemanticTCN(nn.Module):
       h = CausalResidualLayer(self.kernel_size, 2**i, self.dropout, name=f'layer_{i}')(
         h, mask, train
       )
-    out = nn.DenseGeneral((self.num_hands, self.semantic_dim), name='projector')(h)
+    out = layers.DenseGeneral((self.num_hands, self.semantic_dim), name='projector')(h)
     return out * mask[..., None, None]
 
 
