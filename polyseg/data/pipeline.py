@@ -137,7 +137,7 @@ class TrainLoader:
   `num_steps` (the run's steps) and `min_bucket_batches` > 0, a bucket that fewer than that many
   of the run's batches fall in is merged into the next longer one (`merge_rare_buckets`: its
   batches are padded further; the mask keeps them the same batches). The plan is a function of
-  (videos, seed, num_steps), so a resumed run pads as the first did.
+  (videos, seed, num_steps), so a resumed run with the same num_steps pads as the first did.
 
   `length_grouping=g > 1` cuts padding: the epoch's order is cut into windows of g batches, each
   window is sorted by video length before it is split into batches, and the epoch's batches are
@@ -200,7 +200,7 @@ class TrainLoader:
     self._last_order = None  # (epoch, `_epoch_order(epoch)`)
     self.num_steps = num_steps
     self.padded_length_of = {}  # bucket -> padded length (`merge_rare_buckets`); absent: itself
-    if pad_to is None and num_steps is not None:
+    if pad_to is None and num_steps:
       self.padded_length_of = merge_rare_buckets(self._run_buckets(), min_bucket_batches)
 
   def padded_lengths(self) -> list[int]:

@@ -303,6 +303,10 @@ def test_rare_buckets_are_padded_up_and_the_batches_are_otherwise_the_same():
     for key in a:
       np.testing.assert_array_equal(b[key][:, :length], a[key])
       assert not b[key][:, length:].any()
+  # no steps to plan (num_steps 0): every bucket a crop can fall in, as without a plan
+  assert make_loader(sample_rate=1, num_steps=0, min_bucket_batches=10).padded_lengths() == (
+    make_loader(sample_rate=1).padded_lengths()
+  )
   # steps past the plan (a longer resumed run) keep their own buckets; pad_to still wins
   assert merged.batch(num_steps + 500)['mask'].shape[1] in counts.keys() | {384}
   assert make_loader(num_steps=num_steps, min_bucket_batches=10, pad_to=512).padded_lengths() == [

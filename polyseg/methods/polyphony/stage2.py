@@ -202,9 +202,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.log_every = 10  # steps
   c.train.keep_checkpoints = 2  # the latest ones, plus the best
   c.train.max_len = config_dict.placeholder(int)  # random crop of longer training videos
-  c.train.min_bucket_batches = (
-    50  # rarer length buckets padded up (engine's data.min_bucket_batches)
-  )
+  # rarer length buckets are padded up to the next one (as the engine's data.min_bucket_batches)
+  c.train.min_bucket_batches = 50
   return c
 
 
