@@ -198,10 +198,9 @@ class TrainLoader:
     if boundary is not None:
       self.boundaries = [boundary(v.labels, boundary_sigma) for v in self.videos]
     self._last_order = None  # (epoch, `_epoch_order(epoch)`)
-    self.num_steps = num_steps
     self.padded_length_of = {}  # bucket -> padded length (`merge_rare_buckets`); absent: itself
     if pad_to is None and num_steps:
-      self.padded_length_of = merge_rare_buckets(self._run_buckets(), min_bucket_batches)
+      self.padded_length_of = merge_rare_buckets(self._run_buckets(num_steps), min_bucket_batches)
 
   def padded_lengths(self) -> list[int]:
     """The padded lengths its batches can have, sorted (each is one compilation of the train step):
@@ -217,10 +216,10 @@ class TrainLoader:
       crops = {min(crop, self.max_len) for crop in crops}
     return sorted({bucket_length(crop) for crop in crops})
 
-  def _run_buckets(self) -> dict[int, int]:
+  def _run_buckets(self, num_steps: int) -> dict[int, int]:
     """bucket -> how many of the batches of steps 0..num_steps - 1 fall in it."""
     counts = {}
-    for step in range(self.num_steps):
+    for step in range(num_steps):
       bucket = bucket_length(max(count for _, _, count in self._crops(step)))
       counts[bucket] = counts.get(bucket, 0) + 1
     return counts
