@@ -113,8 +113,16 @@ def data_info(config: ml_collections.ConfigDict, num_classes: int, input_dim: in
   )
 
 
+RANDOM_DATA_TASKS = ('diffact', 'hopadiff')  # the tasks whose videos `random_video` makes
+
+
 def build_task(config: ml_collections.ConfigDict, num_classes: int, input_dim: int | None = None):
   """The task of `config` for data of the given shapes (no dataset is read)."""
+  if config.task not in RANDOM_DATA_TASKS:
+    raise ValueError(
+      f'random data is made for {", ".join(RANDOM_DATA_TASKS)}, not {config.task} (its transcripts, '
+      'streams or hands): profile it on its own data (op_profile.py --data=config)'
+    )
   if config.task == 'hopadiff' and config.model.text.condition != 'none':
     raise ValueError('benchmarks run hopadiff without text conditioning (text=none)')
   task_module = methods.get(config.task)
@@ -154,12 +162,17 @@ def random_video(task, num_frames: int, seed: int = 0):
 
 
 def train_batch(task, num_frames: int, batch_size: int, **overrides) -> dict[str, np.ndarray]:
-  """A batch of `batch_size` random videos of `num_frames` frames from the task's train loader
-  (sample rate, crop to data.max_train_len and bucket padding as in training; `overrides` go to the
-  loader, e.g. max_len=None: no crop). The loader plans its buckets over this one batch, not over
-  the config's train.num_steps (318,000 at Breakfast size: 13 s of planning per call)."""
+  """A batch of `batch_size` random videos of `num_frames` frames (`loader_batch`)."""
   videos = [random_video(task, num_frames, seed) for seed in range(batch_size)]
-  return task.train_loader(videos, batch_size=batch_size, num_steps=1, **overrides).batch(0)
+  return loader_batch(task, videos, **overrides)
+
+
+def loader_batch(task, videos: list, **overrides) -> dict[str, np.ndarray]:
+  """`videos` as one batch of the task's train loader (sample rate, crop to data.max_train_len and
+  bucket padding as in training; `overrides` go to the loader, e.g. max_len=None: no crop). The
+  loader plans its buckets over this one batch, not over the config's train.num_steps (318,000 at
+  Breakfast size: 13 s of planning per call)."""
+  return task.train_loader(videos, batch_size=len(videos), num_steps=1, **overrides).batch(0)
 
 
 def init_params(task, seed: int = 0):
@@ -185,19 +198,18 @@ class Program:
     return out
 
 
-def train_step_program(task, num_frames: int, batch_size: int, **overrides) -> Program:
-  """The engine's train step (train.make_train_step) on a batch of `batch_size` random videos
-  (`overrides`: see `train_batch`)."""
+def train_step_program(task, batch: dict[str, np.ndarray]) -> Program:
+  """The engine's train step (train.make_train_step) on `batch` (`train_batch`, `loader_batch`)."""
   tx = train.make_optimizer(task.config)
   state = train.init_state(task, tx, jax.random.PRNGKey(task.config.seed))
-  batch = train_batch(task, num_frames, batch_size, **overrides)
   step = train.make_train_step(task, tx, jax.random.PRNGKey(1))
   return Program(step, (state, jax.device_put(batch)), batch['mask'], carries_state=True)
 
 
-def sample_program(task, num_frames: int) -> Program:
-  """The task's whole DDIM sampler (`task._sample`) on the temporal views of one random video."""
-  inputs, mask = task.view_inputs(random_video(task, num_frames))
+def sample_program(task, video) -> Program:
+  """The task's whole DDIM sampler (`task._sample`) on the temporal views of `video` (e.g.
+  `random_video`)."""
+  inputs, mask = task.view_inputs(video)
   return Program(task._sample, (init_params(task), inputs, mask, jax.random.PRNGKey(0)), mask)
 
 

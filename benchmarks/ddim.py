@@ -18,7 +18,7 @@ import common
 
 
 def benchmark(task, num_frames: int, repeats: int) -> dict:
-  program = common.sample_program(task, num_frames)
+  program = common.sample_program(task, common.random_video(task, num_frames))
   params, inputs, mask, _ = program.args
   _, sampler, lower_s, compile_s = common.compile_timed(program.jitted, *program.args)
   sample_s = common.run_seconds(sampler, program.args, repeats=repeats)

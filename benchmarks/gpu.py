@@ -61,9 +61,9 @@ def item_row(item: str, peak: float) -> dict:
   task = common.build_task(config, size.num_classes, size.input_dim)
   batch_size = int(batch[0]) if batch else config.train.batch_size
   if program_kind == 'train':
-    program = common.train_step_program(task, size.frames, batch_size)
+    program = common.train_step_program(task, common.train_batch(task, size.frames, batch_size))
   elif program_kind == 'sample':
-    program = common.sample_program(task, size.frames)
+    program = common.sample_program(task, common.random_video(task, size.frames))
   else:
     raise ValueError(f'{item}: program must be train or sample')
   _, compiled, lower_s, compile_s = common.compile_timed(program.jitted, *program.args)

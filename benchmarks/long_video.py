@@ -34,9 +34,11 @@ def worker(mode: str, model: str, num_frames: int) -> dict:
   size = common.SIZES[model]
   task = common.build_task(common.size_config(model), size.num_classes, size.input_dim)
   if mode == 'infer':
-    program = common.sample_program(task, num_frames)
+    program = common.sample_program(task, common.random_video(task, num_frames))
   else:
-    program = common.train_step_program(task, num_frames, batch_size=1, max_len=None)
+    program = common.train_step_program(
+      task, common.train_batch(task, num_frames, batch_size=1, max_len=None)
+    )
   _, compiled, lower_s, compile_s = common.compile_timed(program.jitted, *program.args)
   memory = common.cost_numbers(compiled)
   compiled_rss = common.rss_bytes()

@@ -3,14 +3,22 @@ r"""Compiled cost, memory, roofline and an XLA trace of a task's train step and 
   python benchmarks/op_profile.py --config=configs/diffact.py:dataset=breakfast --input_dim=2048 \
       --num_classes=48 --length=2048 --trace_dir=/tmp/polyseg-profile [--hlo_dump=DIR] \
       [--peak_flops=1e11 --peak_bandwidth=2e10] [--config.model.decoder.num_layers=4 ...]
+  python benchmarks/op_profile.py --config=configs/hal.py --data=config --programs=train_step \
+      --trace_dir=/tmp/polyseg-profile
 
-Builds the task of the config for random data of the given shapes (no dataset is read or generated),
-then compiles with `jax.jit(...).lower(...).compile()`:
+With --data=random (the default; DiffAct and HopaDIFF), builds the task of the config for random
+videos of the given shapes (no dataset is read or generated); with --data=config, for the config's
+own data (every method: its synthetic dataset, generated on first use, or --config.data.root; for
+Polyphony's stage 3 the features stage 2 wrote, `--config.data.root=<workdir>/stage2/dataset`;
+--length, --num_classes and --input_dim do not apply). Then compiles with
+`jax.jit(...).lower(...).compile()`:
   train_step   the engine's jitted train step (train.make_train_step) on a batch of --batch_size
-               random videos of --length frames (the task's train loader: sample rate, crop, bucket);
+               videos (random ones of --length frames, or the first training videos) through the
+               task's train loader (sample rate, crop, bucket);
   ddim_sample  the task's whole DDIM sampling program (`task._sample`: encoder, condition
                projections, `lax.scan` over the sampling steps, `vmap` over the temporal views) on
-               one video of --length frames.
+               one video (random, of --length frames, or the longest validation video); DiffAct,
+               HopaDIFF and Polyphony (HAL and 2s-DAS predict otherwise).
 For each it prints one JSON line: `cost_analysis()` FLOPs and bytes accessed (XLA counts a while
 loop's body once: the sampler's 'flops' are the encoder plus ONE denoising step, and so is its
 roofline; "loop_trip_counts" lists the programs' loop lengths), `memory_analysis()`
@@ -33,11 +41,16 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from polyseg import methods
+from polyseg.data import pipeline
 from polyseg.nn import layers
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
   'config', None, 'Path to a config file (configs/<method>.py[:arg]).', lock_config=True
+)
+flags.DEFINE_enum(
+  'data', 'random', ['random', 'config'], 'random: videos of --length frames; config: its own data.'
 )
 flags.DEFINE_string('trace_dir', None, 'Directory for the jax.profiler traces (one per program).')
 flags.DEFINE_float('peak_flops', 0.0, 'Peak FLOP/s of the device (0: measure a matmul).')
@@ -98,8 +111,26 @@ def main(argv):
   if unknown:
     raise app.UsageError(f'--programs: unknown {sorted(unknown)}; choose from {PROGRAMS}')
   config = FLAGS.config
-  task = common.build_task(config, FLAGS.num_classes, FLAGS.input_dim or None)
   batch_size = FLAGS.batch_size or config.train.batch_size
+  if FLAGS.data == 'config':
+    method = methods.get(config.task)
+    data = method.load_data(config)
+    task = method.Task(config, data.info, train_videos=data.train)
+    train_batch = lambda: common.loader_batch(task, data.train[:batch_size])
+    sample_video = lambda: max(data.val or data.train, key=pipeline.num_frames)
+  elif config.task not in common.RANDOM_DATA_TASKS:
+    raise app.UsageError(
+      f'--data=random makes videos for {", ".join(common.RANDOM_DATA_TASKS)}, not for '
+      f'{config.task}: profile it on its own data with --data=config'
+    )
+  else:
+    task = common.build_task(config, FLAGS.num_classes, FLAGS.input_dim or None)
+    train_batch = lambda: common.train_batch(task, FLAGS.length, batch_size)
+    sample_video = lambda: common.random_video(task, FLAGS.length)
+  if 'ddim_sample' in FLAGS.programs and not hasattr(task, '_sample'):
+    raise app.UsageError(
+      f'{config.task} has no DDIM sampling program of its own: --programs=train_step'
+    )
   peak_flops, peak_bandwidth = FLAGS.peak_flops, FLAGS.peak_bandwidth
   peaks_measured = not (peak_flops and peak_bandwidth)
   if peaks_measured:
@@ -110,7 +141,8 @@ def main(argv):
       'profile',
       task=config.task,
       params=layers.count_params(common.init_params(task)),
-      length=FLAGS.length,
+      data=FLAGS.data,
+      length=FLAGS.length if FLAGS.data == 'random' else None,
       batch_size=batch_size,
       peak_flops=peak_flops,
       peak_bandwidth=peak_bandwidth,
@@ -118,8 +150,8 @@ def main(argv):
     )
   )
   builders = {
-    'train_step': lambda: common.train_step_program(task, FLAGS.length, batch_size),
-    'ddim_sample': lambda: common.sample_program(task, FLAGS.length),
+    'train_step': lambda: common.train_step_program(task, train_batch()),
+    'ddim_sample': lambda: common.sample_program(task, sample_video()),
   }
   for name in FLAGS.programs:
     common.emit(profile(name, builders[name](), (peak_flops, peak_bandwidth)))

@@ -28,7 +28,9 @@ def benchmark(name: str, args: argparse.Namespace) -> dict:
     common.size_config(name, args.scan_layers), size.num_classes, size.input_dim
   )
   batch_size = args.batch_size or task.config.train.batch_size
-  program = common.train_step_program(task, args.frames or size.frames, batch_size)
+  program = common.train_step_program(
+    task, common.train_batch(task, args.frames or size.frames, batch_size)
+  )
   _, compiled, lower_s, compile_s = common.compile_timed(program.jitted, *program.args)
   for _ in range(args.warmup):
     program.run(compiled)

@@ -101,11 +101,11 @@ def polyseg_seconds(args) -> dict:
   size = common.SIZES[args.size]
   task = common.build_task(common.size_config(args.size), size.num_classes, size.input_dim)
   if args.what == 'ddim':
-    program = common.sample_program(task, args.frames)
+    program = common.sample_program(task, common.random_video(task, args.frames))
     videos = 1
   else:
     videos = task.config.train.batch_size if args.implementation == 'polyseg_batched' else 1
-    program = common.train_step_program(task, args.frames, videos)
+    program = common.train_step_program(task, common.train_batch(task, args.frames, videos))
   _, compiled, lower_s, compile_s = common.compile_timed(program.jitted, *program.args)
   seconds = common.run_seconds(lambda *_: program.run(compiled), program.args, repeats=args.repeats)
   return {

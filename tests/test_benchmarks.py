@@ -28,9 +28,9 @@ ENV = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='1')
 TINY = ['--batch_size=1']  # with --length/--frames=200: the [1, 128] train step every script shares
 
 
-def run(script: str, *args: str) -> list[dict]:
-  """The JSON lines `benchmarks/<script>` prints."""
-  done = subprocess.run(
+def run_process(script: str, *args: str) -> subprocess.CompletedProcess:
+  """`python benchmarks/<script> args`, its output captured."""
+  return subprocess.run(
     [sys.executable, str(BENCHMARKS / script), *args],
     cwd=REPO,
     env=ENV,
@@ -39,6 +39,11 @@ def run(script: str, *args: str) -> list[dict]:
     timeout=600,
     check=False,
   )
+
+
+def run(script: str, *args: str) -> list[dict]:
+  """The JSON lines `benchmarks/<script>` prints."""
+  done = run_process(script, *args)
   assert done.returncode == 0, done.stderr[-3000:]
   return [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{')]
 
@@ -90,6 +95,30 @@ def test_profile_reports_costs_roofline_trace_and_hlo(tmp_path):
   assert rows[0]['shape'] == [1, 128] and rows[1]['shape'] == [2, 128]  # sample rate 2: two views
   assert rows[0]['alias_bytes'] > 0  # the donated state
   assert 5 in rows[1]['loop_trip_counts']  # runlocal: 5 sampling steps in one lax.scan
+
+
+def test_profile_runs_on_a_methods_own_data(tmp_path):
+  """--data=config profiles any method on its own data (HAL: transcripts and a grammar that random
+  videos do not have); HAL has no DDIM program, and random videos are refused for it, by name."""
+  common_args = [
+    '--config=configs/hal.py:runlocal=True',
+    f'--config.data.cache_dir={tmp_path / "data"}',
+    '--peak_flops=1e10',
+    '--peak_bandwidth=1e9',
+    f'--trace_dir={tmp_path / "trace"}',
+    '--runs=1',
+  ]
+  header, row = run(
+    'op_profile.py', *common_args, '--data=config', '--programs=train_step', '--batch_size=2'
+  )
+  assert header['task'] == 'hal' and header['data'] == 'config' and header['length'] is None
+  assert row['program'] == 'train_step' and row['shape'][0] == 2 and row['flops'] > 0
+  for args, message in (
+    (['--data=config'], 'hal has no DDIM sampling program of its own'),
+    (['--data=random'], 'profile it on its own data with --data=config'),
+  ):
+    done = run_process('op_profile.py', *common_args, *args)
+    assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]
 
 
 def test_train_step_reports_throughput():
