@@ -91,6 +91,12 @@ def merge_rare_buckets(batches_per_bucket: dict[int, int], min_batches: int) -> 
   return {b: min(k for k in kept if k >= b) for b in batches_per_bucket}
 
 
+def steps_per_epoch(num_videos: int, batch_size: int) -> int:
+  """The batches of an epoch of `TrainLoader`: ceil(num_videos / batch_size) (the last one is
+  filled up from the start of the epoch's order)."""
+  return -(-num_videos // batch_size)
+
+
 def pad_stack(arrays: Sequence[np.ndarray], length: int, dtype) -> np.ndarray:
   """Stacks [T_i, ...] arrays into [B, length, ...] of `dtype`, zero-padded at the end."""
   out = np.zeros((len(arrays), length, *arrays[0].shape[1:]), dtype)
@@ -247,8 +253,8 @@ class TrainLoader:
 
   @property
   def steps_per_epoch(self) -> int:
-    """ceil(num_videos / batch_size)."""
-    return -(-len(self.videos) // self.batch_size)
+    """ceil(num_videos / batch_size) (`steps_per_epoch`)."""
+    return steps_per_epoch(len(self.videos), self.batch_size)
 
   def batch_indices(self, step: int) -> np.ndarray:
     """Video indices [B] of batch `step`."""

@@ -343,7 +343,7 @@ def fit(
     train_videos[0].features['shared'].shape[1],
     config.loss_alpha,
   )
-  num_steps = t.num_epochs * -(-len(train_videos) // t.batch_size)
+  num_steps = t.num_epochs * pipeline.steps_per_epoch(len(train_videos), t.batch_size)
   loader = pipeline.TrainLoader(
     train_videos,
     batch_size=t.batch_size,
