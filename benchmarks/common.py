@@ -121,7 +121,7 @@ def build_task(config: ml_collections.ConfigDict, num_classes: int, input_dim: i
   if config.task not in RANDOM_DATA_TASKS:
     raise ValueError(
       f'random data is made for {", ".join(RANDOM_DATA_TASKS)}, not {config.task} (its transcripts, '
-      'streams or hands): profile it on its own data (op_profile.py --data=config)'
+      'streams or hands): profile it on its own data with --data=config (op_profile.py)'
     )
   if config.task == 'hopadiff' and config.model.text.condition != 'none':
     raise ValueError('benchmarks run hopadiff without text conditioning (text=none)')

@@ -118,13 +118,11 @@ def main(argv):
     task = method.Task(config, data.info, train_videos=data.train)
     train_batch = lambda: common.loader_batch(task, data.train[:batch_size])
     sample_video = lambda: max(data.val or data.train, key=pipeline.num_frames)
-  elif config.task not in common.RANDOM_DATA_TASKS:
-    raise app.UsageError(
-      f'--data=random makes videos for {", ".join(common.RANDOM_DATA_TASKS)}, not for '
-      f'{config.task}: profile it on its own data with --data=config'
-    )
   else:
-    task = common.build_task(config, FLAGS.num_classes, FLAGS.input_dim or None)
+    try:  # a task random videos are not made for, or HopaDIFF with text conditioning
+      task = common.build_task(config, FLAGS.num_classes, FLAGS.input_dim or None)
+    except ValueError as error:
+      raise app.UsageError(str(error)) from None
     train_batch = lambda: common.train_batch(task, FLAGS.length, batch_size)
     sample_video = lambda: common.random_video(task, FLAGS.length)
   if 'ddim_sample' in FLAGS.programs and not hasattr(task, '_sample'):
