@@ -58,9 +58,9 @@ def sharded(task_name: str, cache: str, out: str, fsdp_sizes: list[int]) -> None
   tx = optimizer()
   batch = task.train_loader(data.train).batch(0)
   rng, step_rng = jax.random.PRNGKey(0), jax.random.PRNGKey(1)
-  single_state, single_metrics = train.make_train_step(task, tx, step_rng)(
-    train.init_state(task, tx, rng), batch
-  )
+  initial = train.init_state(task, tx, rng)
+  host_initial = jax.device_get(initial)  # a copy: the step donates its state
+  single_state, single_metrics = train.make_train_step(task, tx, step_rng)(initial, batch)
   results = {'single_loss': single_metrics['loss'], 'single_params': flat(single_state['params'])}
   for fsdp in fsdp_sizes:
     config.parallel.fsdp = fsdp
@@ -70,7 +70,15 @@ def sharded(task_name: str, cache: str, out: str, fsdp_sizes: list[int]) -> None
     step = train.make_train_step(task, tx, step_rng, mesh, shardings)
     global_batch = parallel.global_batch(batch, mesh)
     assert len(global_batch['mask'].addressable_shards) == 4
-    state, metrics = step(train.init_state(task, tx, rng, shardings), global_batch)
+    # FSDP: the state made split, as a run makes it; data parallel: the single-device state copied
+    # to every device (its own initialisation would be one more program to compile, the same one
+    # with replicated outputs).
+    start = (
+      train.init_state(task, tx, rng, shardings)
+      if fsdp > 1
+      else jax.device_put(host_initial, shardings)
+    )
+    state, metrics = step(start, global_batch)
     results[f'fsdp{fsdp}_loss'] = metrics['loss']
     results[f'fsdp{fsdp}_params'] = flat(state['params'])
     results[f'fsdp{fsdp}_num_split'] = sum(

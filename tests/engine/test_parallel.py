@@ -181,9 +181,10 @@ def test_two_processes_train_together_and_agree(cache_dir, tmp_path):
   import parallel_driver
 
   # The reference: one process, the single-device step. Its data first (the cache the two
-  # processes read), its state and step while they run.
+  # processes read), its state and step while they run (compiled on a batch of the same shapes
+  # while process 1 waits).
   config = parallel_driver.tiny_config('diffact', cache_dir)
-  _, _, task = train.setup(methods.get(config.task), config, str(tmp_path / 'reference'))
+  _, data, task = train.setup(methods.get(config.task), config, str(tmp_path / 'reference'))
   port = _free_port()
   out = str(tmp_path / 'mp')
   procs = [
@@ -206,6 +207,8 @@ def test_two_processes_train_together_and_agree(cache_dir, tmp_path):
     tx = parallel_driver.optimizer()
     state = train.init_state(task, tx, jax.random.PRNGKey(0))
     step = train.make_train_step(task, tx, jax.random.PRNGKey(1))
+    warm_up = train.init_state(task, tx, jax.random.PRNGKey(0))
+    jax.block_until_ready(step(warm_up, task.train_loader(data.train).batch(0)))
     logs = [p.communicate(timeout=600)[0] for p in procs]
   finally:
     for p in procs:
