@@ -59,7 +59,7 @@ def sharded(task_name: str, cache: str, out: str, fsdp_sizes: list[int]) -> None
   batch = task.train_loader(data.train).batch(0)
   rng, step_rng = jax.random.PRNGKey(0), jax.random.PRNGKey(1)
   initial = train.init_state(task, tx, rng)
-  host_initial = jax.device_get(initial)  # a copy: the step donates its state
+  host_initial = jax.tree.map(np.array, initial)  # a copy: the step donates its state
   single_state, single_metrics = train.make_train_step(task, tx, step_rng)(initial, batch)
   results = {'single_loss': single_metrics['loss'], 'single_params': flat(single_state['params'])}
   for fsdp in fsdp_sizes:
