@@ -132,6 +132,18 @@ def test_train_step_reports_throughput():
   assert row['frames_per_s'] == pytest.approx(100 / row['step_s'], rel=1e-3)
 
 
+def test_checkpoint_compares_packed_with_array_by_array_writes():
+  header, *rows = run('checkpoint.py', '--config=configs/diffact.py:runlocal=True', '--repeats=1')
+  assert header['benchmark'] == 'checkpoint' and header['task'] == 'diffact'
+  assert [row['format'] for row in rows] == ['packed', 'array_by_array']
+  packed, arrays = rows
+  assert packed['arrays'] == arrays['arrays'] == arrays['arrays_written'] > 100
+  assert packed['arrays_written'] == 2  # float32 and int32 (the step, adam's count)
+  assert packed['mib'] == arrays['mib'] > 0
+  for row in rows:
+    assert row['save_s'] > 0 and row['restore_s'] > 0
+
+
 def test_gpu_plan_reports_each_item_and_keeps_to_its_budget(tmp_path):
   out = tmp_path / 'gpu.jsonl'
   plan = 'tiny_diffact:train:float32:1,tiny_diffact:sample:float32,tiny_diffact:eval:float32'
@@ -219,8 +231,10 @@ def test_top_ops_name_the_source_line_under_the_prefix(common, tmp_path):
   layer = nn.Dense(64)
   x = jnp.ones((256, 32))
   params = layer.init(jax.random.PRNGKey(0), x)
-  line = sys._getframe().f_lineno + 1
-  forward = jax.jit(lambda p, x: jnp.tanh(layer.apply(p, x)))
+  line = sys._getframe().f_lineno + 3
+  # `line` in the program too: the persistent compilation cache keys on the program, not on its
+  # source lines, and would hand back the metadata of this test as it stood before an edit.
+  forward = jax.jit(lambda p, x: jnp.tanh(layer.apply(p, x)) * line)
   compiled = forward.lower(params, x).compile()
   sources = common.hlo_sources(compiled.as_text(), prefix='tests/')
   assert f'tests/test_benchmarks.py:{line}' in {source for _, source in sources.values()}

@@ -3,6 +3,7 @@ what is restored, resume from the newest intact one."""
 
 import errno
 import json
+import math
 import os
 import shutil
 import time
@@ -10,6 +11,8 @@ import zlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -17,6 +20,7 @@ from polyseg.data import formats
 
 MANIFEST = 'polyseg_files.json'  # in each step folder: {relative path: [bytes, crc32]}
 DAMAGED_DIR = 'checkpoints_damaged'  # beside `checkpoints/`: damaged step folders set aside
+LAYOUT = 'polyseg_layout'  # a packed checkpoint's step metadata: [[path, dtype, shape], ...]
 
 
 class DamagedCheckpoint(OSError):
@@ -95,6 +99,49 @@ def _leaves(tree) -> list:
   ]
 
 
+def packable(state: Any) -> bool:
+  """Whether `state` is written packed: this is the only process (in a multi-process run orbax
+  writes each array shard by shard, from the processes that hold them) and every leaf is an array
+  of a plain dtype (not a typed PRNG key)."""
+  return jax.process_count() == 1 and all(
+    hasattr(leaf, 'dtype') and not jnp.issubdtype(leaf.dtype, jax.dtypes.extended)
+    for leaf in jax.tree.leaves(state)
+  )
+
+
+def pack(state: Any) -> tuple[dict[str, np.ndarray], list]:
+  """(arrays, layout): the leaves of `state` copied to the host and concatenated, one flat array
+  per dtype ({dtype name: [n]}), and [path, dtype name, shape] of each leaf in `state`'s order."""
+  paths, leaves = zip(*jax.tree_util.tree_leaves_with_path(state), strict=True)
+  parts, layout = {}, []
+  for path, leaf in zip(paths, jax.device_get(leaves), strict=True):  # one transfer for all
+    leaf = np.asarray(leaf)
+    parts.setdefault(leaf.dtype.name, []).append(leaf.ravel())
+    layout.append([_path_name(path), leaf.dtype.name, list(leaf.shape)])
+  return {name: np.concatenate(flat) for name, flat in parts.items()}, layout
+
+
+def unpack(arrays: dict[str, np.ndarray], layout: list) -> list[np.ndarray]:
+  """The leaves `pack` concatenated, in order: views of `arrays` shaped as `layout` says."""
+  start = dict.fromkeys(arrays, 0)
+  leaves = []
+  for _, name, shape in layout:
+    size = math.prod(shape)
+    leaves.append(arrays[name][start[name] : start[name] + size].reshape(shape))
+    start[name] += size
+  return leaves
+
+
+def _placed(host: np.ndarray, like: Any) -> jax.Array:
+  """`host` as a jax.Array of `like`'s dtype, on `like`'s sharding (a jax.Array's or a
+  jax.ShapeDtypeStruct's; the default device where it has none)."""
+  host = host.astype(like.dtype, copy=False)
+  sharding = getattr(like, 'sharding', None)
+  if sharding is None:
+    return jnp.asarray(host)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 class Checkpointer:
   """Saves `{'step', 'params', 'opt_state'}` pytrees under `<workdir>/checkpoints/<step>`.
 
@@ -105,6 +152,12 @@ class Checkpointer:
   file damaged later (truncated, overwritten) is found and named. A write that the disk cannot
   hold raises OSError(ENOSPC) naming the step, before it starts when the free space says so,
   else when the disk fills during it (the temporary folder is then not a checkpoint).
+
+  A single process's state is written packed (`pack`): its leaves concatenated into one flat
+  array per dtype, each leaf's path, dtype and shape in the step's metadata (`LAYOUT`), because
+  orbax spends about 2 ms of CPU per array whatever its size and a state has hundreds to
+  thousands (HopaDIFF's 1,358: ~3 s per save packed into a few arrays, ~30 ms). A multi-process
+  run's state is written array by array, each process its shards. `restore` reads both.
 
   `owner`: this process trains in the workdir. It deletes the temporary folders a killed write
   left behind, and `resume` sets a damaged checkpoint aside (to `<workdir>/checkpoints_damaged/`)
@@ -153,8 +206,15 @@ class Checkpointer:
     if step in self.manager.all_steps():
       return
     self._check_room(step, state)
+    arrays, layout = pack(state) if packable(state) else (state, None)
     try:
-      self.manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+      self.manager.save(
+        step,
+        args=ocp.args.StandardSave(arrays),
+        metrics=metrics,
+        force=True,
+        custom_metadata=None if layout is None else {LAYOUT: layout},
+      )
       self.manager.wait_until_finished()
       if jax.process_index() == 0:
         folder = self.step_dir(step)
@@ -208,20 +268,19 @@ class Checkpointer:
           self.directory, step, f'{name} does not hold the bytes that were written (CRC-32)'
         )
 
-  def _check_structure(self, step: int, abstract: Any) -> None:
-    """CheckpointMismatch when checkpoint `step` holds other arrays than `abstract` (another model or
-    config: not damage); DamagedCheckpoint when its metadata cannot be read."""
+  def _metadata(self, step: int, read):
+    """`read(step)` of the manager's metadata readers; DamagedCheckpoint when it fails."""
     try:
-      metadata = self.manager.item_metadata(step)
+      return read(step)
     except Exception as error:  # noqa: BLE001  (orbax raises plain Exception for unreadable files)
       raise DamagedCheckpoint(
         self.directory, step, f'its metadata cannot be read ({_first_line(error)})'
       ) from None
-    tree = getattr(metadata, 'tree', None)
-    if tree is None:
-      return
-    shapes = lambda t: {_path_name(path): tuple(leaf.shape) for path, leaf in _leaves(t)}
-    saved, expected = shapes(tree), shapes(abstract)
+
+  def _check_structure(self, step: int, saved: dict[str, tuple], abstract: Any) -> None:
+    """CheckpointMismatch when checkpoint `step` holds other arrays (`saved`: {path: shape}) than
+    `abstract` (another model or config: not damage)."""
+    expected = {_path_name(path): tuple(leaf.shape) for path, leaf in _leaves(abstract)}
     if saved != expected:
       differ = sorted(k for k in saved.keys() | expected.keys() if saved.get(k) != expected.get(k))
       name = differ[0]
@@ -232,8 +291,9 @@ class Checkpointer:
       )
 
   def restore(self, target: Any, step: int | None = None) -> Any:
-    """Restores checkpoint `step` (default: the latest) into the structure of `target`, after
-    `verify`; DamagedCheckpoint when its files are damaged."""
+    """Restores checkpoint `step` (default: the latest) into the structure, dtypes and shardings
+    of `target` (arrays or jax.ShapeDtypeStruct), after `verify`; DamagedCheckpoint when its
+    files are damaged."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.directory}')
@@ -242,12 +302,31 @@ class Checkpointer:
         f'no checkpoint {step} in {self.directory} (it has {list(self.manager.all_steps())})'
       )
     self.verify(step)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    self._check_structure(step, abstract)
+    layout = (self._metadata(step, self.manager.metadata).custom_metadata or {}).get(LAYOUT)
+    if layout is None:  # written array by array
+      tree = getattr(self._metadata(step, self.manager.item_metadata), 'tree', None)
+      if tree is not None:
+        saved = {_path_name(path): tuple(leaf.shape) for path, leaf in _leaves(tree)}
+        self._check_structure(step, saved, target)
+      args = ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, target))
+    else:
+      self._check_structure(step, {path: tuple(shape) for path, _, shape in layout}, target)
+      sizes = {}
+      for _, name, shape in layout:
+        sizes[name] = sizes.get(name, 0) + math.prod(shape)
+      args = ocp.args.StandardRestore(
+        {n: np.empty(size, jnp.dtype(n)) for n, size in sizes.items()}
+      )
     try:
-      return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      restored = self.manager.restore(step, args=args)
     except Exception as error:  # noqa: BLE001  (orbax / tensorstore read errors of any type)
       raise DamagedCheckpoint(self.directory, step, _first_line(error)) from None
+    if layout is None:
+      return restored
+    saved = dict(zip((path for path, _, _ in layout), unpack(restored, layout), strict=True))
+    return jax.tree_util.tree_map_with_path(
+      lambda path, like: _placed(saved[_path_name(path)], like), target
+    )
 
   def resume(self, target: Any) -> tuple[Any, bool]:
     """(state, resumed): the newest intact checkpoint restored into `target`'s structure, or

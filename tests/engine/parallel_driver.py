@@ -3,7 +3,8 @@ r"""Runs the engine's train step under a mesh in a process of its own (tests/eng
 python tests/engine/parallel_driver.py sharded TASK CACHE OUT FSDP [FSDP ...]
     one process with XLA_FLAGS=--xla_force_host_platform_device_count=4: the same global batch
     through the single-device step and the step sharded over a (4 / FSDP, FSDP) mesh for each
-    FSDP size; writes the loss and params of each to OUT.npz.
+    FSDP size, then a checkpoint of the sharded state restored; writes the loss and params of
+    each, and whether the restored state equals it, to OUT.npz.
 python tests/engine/parallel_driver.py multiprocess TASK CACHE OUT
     one of several processes (JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set):
     trains STEPS steps together through the engine's loader and step; writes this process's copy
@@ -22,6 +23,7 @@ import optax
 
 from polyseg import methods
 from polyseg.configlib import load_config
+from polyseg.engine import checkpoint as checkpoint_lib
 from polyseg.engine import parallel
 from polyseg.engine import train
 
@@ -83,6 +85,18 @@ def sharded(task_name: str, cache: str, out: str, fsdp_sizes: list[int]) -> None
     results[f'fsdp{fsdp}_params'] = flat(state['params'])
     results[f'fsdp{fsdp}_num_split'] = sum(
       s.spec != jax.sharding.PartitionSpec() for s in jax.tree.leaves(shardings['params'])
+    )
+    # A checkpoint of the split state comes back split the same way, with the same values.
+    ckpt = checkpoint_lib.Checkpointer(os.path.join(os.path.dirname(out), f'fsdp{fsdp}'))
+    ckpt.save(1, state)
+    abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+    )
+    restored = ckpt.restore(abstract, 1)
+    ckpt.close()
+    results[f'fsdp{fsdp}_restored'] = all(
+      a.sharding == b.sharding and np.array_equal(a, b)
+      for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True)
     )
   np.savez(out, **results)
 

@@ -151,7 +151,8 @@ def test_single_device_mesh_step_equals_the_plain_step(tiny_config, tmp_path):
   'task,fsdp_sizes', [('diffact', (1, 2)), ('hopadiff', (1,)), ('hal', (1,))]
 )
 def test_sharded_step_equals_single_device_step(task, fsdp_sizes, cache_dir, tmp_path):
-  """4 devices: data parallel (mesh 4 x 1) and FSDP (2 x 2) steps equal the 1-device step."""
+  """4 devices: data parallel (mesh 4 x 1) and FSDP (2 x 2) steps equal the 1-device step, and
+  their states come back from a checkpoint as they were."""
   out = str(tmp_path / 'out.npz')
   subprocess.run(
     [sys.executable, DRIVER, 'sharded', task, cache_dir, out, *map(str, fsdp_sizes)],
@@ -166,6 +167,7 @@ def test_sharded_step_equals_single_device_step(task, fsdp_sizes, cache_dir, tmp
     np.testing.assert_allclose(r[f'fsdp{fsdp}_params'], r['single_params'], atol=1e-5, rtol=1e-5)
     # FSDP really splits parameters over its axis; data parallel keeps them whole.
     assert (r[f'fsdp{fsdp}_num_split'] > 0) == (fsdp > 1)
+    assert r[f'fsdp{fsdp}_restored']  # values and shardings, through a checkpoint
 
 
 # ------------------------------------------------------------------- two local processes --
