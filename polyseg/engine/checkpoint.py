@@ -109,20 +109,28 @@ def packable(state: Any) -> bool:
   )
 
 
+def _empty_flat(layout: list) -> dict[str, np.ndarray]:
+  """The flat host arrays ({dtype name: [n]}, uninitialised) a packed state of `layout` fills."""
+  sizes = {}
+  for _, name, shape in layout:
+    sizes[name] = sizes.get(name, 0) + math.prod(shape)
+  return {name: np.empty(size, jnp.dtype(name)) for name, size in sizes.items()}
+
+
 def pack(state: Any) -> tuple[dict[str, np.ndarray], list]:
-  """(arrays, layout): the leaves of `state` copied to the host and concatenated, one flat array
-  per dtype ({dtype name: [n]}), and [path, dtype name, shape] of each leaf in `state`'s order."""
-  paths, leaves = zip(*jax.tree_util.tree_leaves_with_path(state), strict=True)
-  parts, layout = {}, []
-  for path, leaf in zip(paths, jax.device_get(leaves), strict=True):  # one transfer for all
-    leaf = np.asarray(leaf)
-    parts.setdefault(leaf.dtype.name, []).append(leaf.ravel())
-    layout.append([_path_name(path), leaf.dtype.name, list(leaf.shape)])
-  return {name: np.concatenate(flat) for name, flat in parts.items()}, layout
+  """(arrays, layout): the leaves of `state` copied into one flat host array per dtype ({dtype
+  name: [n]}), one leaf on the host at a time, and [path, dtype name, shape] of each leaf in
+  `state`'s order."""
+  leaves = jax.tree_util.tree_leaves_with_path(state)
+  layout = [[_path_name(path), leaf.dtype.name, list(leaf.shape)] for path, leaf in leaves]
+  arrays = _empty_flat(layout)
+  for view, (_, leaf) in zip(unpack(arrays, layout), leaves, strict=True):
+    view[...] = np.asarray(leaf)
+  return arrays, layout
 
 
 def unpack(arrays: dict[str, np.ndarray], layout: list) -> list[np.ndarray]:
-  """The leaves `pack` concatenated, in order: views of `arrays` shaped as `layout` says."""
+  """The leaves of a packed state, in order: views of `arrays` shaped as `layout` says."""
   start = dict.fromkeys(arrays, 0)
   leaves = []
   for _, name, shape in layout:
@@ -277,10 +285,10 @@ class Checkpointer:
         self.directory, step, f'its metadata cannot be read ({_first_line(error)})'
       ) from None
 
-  def _check_structure(self, step: int, saved: dict[str, tuple], abstract: Any) -> None:
+  def _check_structure(self, step: int, saved: dict[str, tuple], target: Any) -> None:
     """CheckpointMismatch when checkpoint `step` holds other arrays (`saved`: {path: shape}) than
-    `abstract` (another model or config: not damage)."""
-    expected = {_path_name(path): tuple(leaf.shape) for path, leaf in _leaves(abstract)}
+    `target` (another model or config: not damage)."""
+    expected = {_path_name(path): tuple(leaf.shape) for path, leaf in _leaves(target)}
     if saved != expected:
       differ = sorted(k for k in saved.keys() | expected.keys() if saved.get(k) != expected.get(k))
       name = differ[0]
@@ -311,21 +319,16 @@ class Checkpointer:
       args = ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, target))
     else:
       self._check_structure(step, {path: tuple(shape) for path, _, shape in layout}, target)
-      sizes = {}
-      for _, name, shape in layout:
-        sizes[name] = sizes.get(name, 0) + math.prod(shape)
-      args = ocp.args.StandardRestore(
-        {n: np.empty(size, jnp.dtype(n)) for n, size in sizes.items()}
-      )
+      args = ocp.args.StandardRestore(_empty_flat(layout))
     try:
       restored = self.manager.restore(step, args=args)
     except Exception as error:  # noqa: BLE001  (orbax / tensorstore read errors of any type)
       raise DamagedCheckpoint(self.directory, step, _first_line(error)) from None
     if layout is None:
       return restored
-    saved = dict(zip((path for path, _, _ in layout), unpack(restored, layout), strict=True))
+    by_path = dict(zip((path for path, _, _ in layout), unpack(restored, layout), strict=True))
     return jax.tree_util.tree_map_with_path(
-      lambda path, like: _placed(saved[_path_name(path)], like), target
+      lambda path, like: _placed(by_path[_path_name(path)], like), target
     )
 
   def resume(self, target: Any) -> tuple[Any, bool]:
