@@ -1,8 +1,8 @@
 """polyseg/engine/checkpoint.py: a single process's state is written packed (one array per dtype)
 and restored exactly, as is one written array by array; every restore is verified against the
-manifest written with the checkpoint; a damaged file is named; the training owner falls back to the newest intact checkpoint
-and sets the damaged one aside; other arrays than the config builds are a mismatch, not damage;
-a full disk during a write names the step."""
+manifest written with the checkpoint; a damaged file is named; the training owner falls back to the
+newest intact checkpoint and sets the damaged one aside; other arrays than the config builds are a
+mismatch, not damage; a full disk during a write names the step."""
 
 import errno
 import json
