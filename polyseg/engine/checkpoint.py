@@ -90,13 +90,13 @@ def _path_name(path) -> str:
   return '/'.join(str(part) for part in parts)
 
 
-def _leaves(tree) -> list:
-  """(path, leaf) of the leaves that have a shape (arrays, their metadata, shape structs)."""
-  return [
-    (path, leaf)
+def _shapes(tree) -> dict[str, tuple]:
+  """{path name: shape} of the leaves that have a shape (arrays, their metadata, shape structs)."""
+  return {
+    _path_name(path): tuple(leaf.shape)
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
     if hasattr(leaf, 'shape')
-  ]
+  }
 
 
 def packable(state: Any) -> bool:
@@ -289,7 +289,7 @@ class Checkpointer:
   def _check_structure(self, step: int, saved: dict[str, tuple], target: Any) -> None:
     """CheckpointMismatch when checkpoint `step` holds other arrays (`saved`: {path: shape}) than
     `target` (another model or config: not damage)."""
-    expected = {_path_name(path): tuple(leaf.shape) for path, leaf in _leaves(target)}
+    expected = _shapes(target)
     if saved != expected:
       differ = sorted(k for k in saved.keys() | expected.keys() if saved.get(k) != expected.get(k))
       name = differ[0]
@@ -315,8 +315,7 @@ class Checkpointer:
     if layout is None:  # written array by array
       tree = getattr(self._metadata(step, self.manager.item_metadata), 'tree', None)
       if tree is not None:
-        saved = {_path_name(path): tuple(leaf.shape) for path, leaf in _leaves(tree)}
-        self._check_structure(step, saved, target)
+        self._check_structure(step, _shapes(tree), target)
       args = ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, target))
     else:
       self._check_structure(step, {path: tuple(shape) for path, _, shape in layout}, target)
