@@ -5,6 +5,7 @@ sees noisy labels mapped back to [0, 1] and predicts x0 as logits. Sampling is D
 Condition masks zero parts of the decoder condition during training (full / zero / boundary / segment=n).
 """
 
+import math
 import re
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -62,6 +63,14 @@ def signal_to_unit(x: jax.Array, snr_scale: float) -> jax.Array:
   return (jnp.clip(x, -snr_scale, snr_scale) / snr_scale + 1) / 2
 
 
+def standard_normal(key: jax.Array, shape: Sequence[int]) -> jax.Array:
+  """`jax.random.normal(key, shape, float32)`, drawn flat and reshaped: the same values (threefry
+  gives entry i the bits of counter i, whatever the shape), but for a multi-dimensional shape
+  XLA:CPU compiles the counters' index arithmetic into the threefry loop's kernels: a [4, 1536, 11]
+  draw took 2.5 s to compile, the flat one 0.2 s."""
+  return jax.random.normal(key, (math.prod(shape),), jnp.float32).reshape(shape)
+
+
 def noisy_labels(
   rng: jax.Array, labels: jax.Array, schedule: Schedule, snr_scale: float
 ) -> tuple[jax.Array, jax.Array]:
@@ -74,7 +83,7 @@ def noisy_labels(
   t_key, noise_key = jax.random.split(rng)
   num_steps = schedule.alphas_cumprod.shape[0]
   t = jax.random.randint(t_key, labels.shape[:1], 0, num_steps, dtype=jnp.int32)
-  noise = jax.random.normal(noise_key, labels.shape, jnp.float32)
+  noise = standard_normal(noise_key, labels.shape)
   x_t = q_sample(labels_to_signal(labels.astype(jnp.float32), snr_scale), t, noise, schedule)
   return signal_to_unit(x_t, snr_scale), t
 
@@ -106,7 +115,7 @@ def ddim_sample(
   act = _ACTIVATIONS[activation]
   times = sampling_times(schedule.alphas_cumprod.shape[0], sampling_steps)
   keys = jax.random.split(rng, sampling_steps + 1)
-  x_init = jax.random.normal(keys[0], shape, jnp.float32)
+  x_init = standard_normal(keys[0], shape)
 
   def step(x, pair):
     time, next_time, key = pair
@@ -122,7 +131,7 @@ def ddim_sample(
       (1 - alpha_bar / alpha_bar_next) * (1 - alpha_bar_next) / (1 - alpha_bar)
     )
     c = jnp.sqrt(jnp.maximum(1 - alpha_bar_next - sigma**2, 0.0))
-    z = jax.random.normal(key, shape, jnp.float32)
+    z = standard_normal(key, shape)
     x_next = jnp.sqrt(alpha_bar_next) * x0 + c * eps + sigma * z
     return jnp.where(is_last, x0, x_next), None
 

@@ -48,7 +48,9 @@ _CONDITION_SUFFIX = '_cond'
 
 
 def _uniform(key: jax.Array, bound: jax.Array, shape, dtype) -> jax.Array:
-  return jax.random.uniform(key, shape, dtype, -bound, bound)
+  """U(-bound, bound) of `shape`, drawn flat and reshaped: jax's values for the shape, and on CPU
+  quicker to compile (`diffusion.standard_normal` says why)."""
+  return jax.random.uniform(key, (math.prod(shape),), dtype, -bound, bound).reshape(shape)
 
 
 def torch_default_init(params: Any, rng: jax.Array) -> Any:
@@ -284,8 +286,11 @@ def _window_attention_forward(q, k, v, mask, copies, outside_logit):
   """`window_attention` with `copies(x)` the k shifted copies of x: (out [B, T, F], the softmax
   over the k keys [B, T, k] float32, key validity [B, T, k] bool)."""
   keys, values, valid = (copies(x) for x in (k, v, mask))
-  scores = jnp.stack([jnp.sum((q * key).astype(jnp.float32), -1) for key in keys], -1)
-  scores = scores / math.sqrt(q.shape[-1])  # [B, T, k]
+  # One reduction over F of the stacked products, which XLA fuses (nothing [B, T, k, F] is
+  # written): k reductions joined by a stack made XLA:CPU emit one loop unrolling all k reductions
+  # per entry, slow to compile (docs/benchmarks.md).
+  products = jnp.stack([(q * key).astype(jnp.float32) for key in keys], -2)  # [B, T, k, F]
+  scores = jnp.sum(products, -1) / math.sqrt(q.shape[-1])  # [B, T, k]
   key_valid = jnp.stack(valid, -1) > 0  # [B, T, k]
   fill = jnp.finfo(jnp.float32).min if outside_logit is None else outside_logit
   probs = jax.nn.softmax(jnp.where(key_valid, scores, fill), axis=-1)

@@ -59,6 +59,15 @@ def test_noisy_labels_shapes_range_and_clipping():
   np.testing.assert_allclose(counts, 400, atol=5 * np.sqrt(400))  # uniform
 
 
+@pytest.mark.parametrize('shape', [(2, 6, 4), (3, 5), (7,), (1, 1, 1)])
+def test_standard_normal_is_jaxs_normal_of_that_shape(shape):
+  """Drawn flat and reshaped (far quicker to compile on CPU): jax's values for that shape."""
+  key = jax.random.PRNGKey(11)
+  np.testing.assert_array_equal(
+    diffusion.standard_normal(key, shape), jax.random.normal(key, shape, jnp.float32)
+  )
+
+
 def test_noisy_labels_at_t0_are_the_clean_labels():
   always_t0 = diffusion.Schedule(SCHEDULE.betas, jnp.full(1000, SCHEDULE.alphas_cumprod[0]))
   x01, _ = noisy_labels(jax.random.PRNGKey(2), LABELS, always_t0, 0.5)
