@@ -266,8 +266,9 @@ def window_attention(
   it with the fixed logit `outside_logit` and a zero value, so that near the video's ends a query
   can give weight to nothing (the DiffAct reference's masking, `log(mask + 1e-6)`, is
   `outside_logit=log(1e-6)`). Queries whose keys are all masked and padded queries give 0. Memory
-  O(T * k): each of the k key / value offsets is a shifted slice of a zero-padded copy, used
-  directly (no [B, T, k, F] window array, no T x T matrix). `max_dilation`: see `shifted_copies`.
+  O(T * k * F): each of the k key / value offsets is a shifted slice of a zero-padded copy, used
+  directly (no window of keys or values, no T x T matrix; XLA may write the scores' [B, T, k, F]
+  products before summing them). `max_dilation`: see `shifted_copies`.
   """
   chex.assert_rank(q, 3)
   chex.assert_equal_shape([q, k, v])
@@ -286,9 +287,8 @@ def _window_attention_forward(q, k, v, mask, copies, outside_logit):
   """`window_attention` with `copies(x)` the k shifted copies of x: (out [B, T, F], the softmax
   over the k keys [B, T, k] float32, key validity [B, T, k] bool)."""
   keys, values, valid = (copies(x) for x in (k, v, mask))
-  # One reduction over F of the stacked products, which XLA fuses (nothing [B, T, k, F] is
-  # written): k reductions joined by a stack made XLA:CPU emit one loop unrolling all k reductions
-  # per entry, slow to compile (docs/benchmarks.md).
+  # One reduction over F of the stacked products: k reductions joined by a stack made XLA:CPU
+  # emit one loop unrolling all k reductions per entry, slow to compile (docs/benchmarks.md).
   products = jnp.stack([(q * key).astype(jnp.float32) for key in keys], -2)  # [B, T, k, F]
   scores = jnp.sum(products, -1) / math.sqrt(q.shape[-1])  # [B, T, k]
   key_valid = jnp.stack(valid, -1) > 0  # [B, T, k]
