@@ -5,9 +5,11 @@ import pathlib
 
 import numpy as np
 import pytest
+import scipy.signal
 
 from polyseg.data import formats
 from polyseg.data import synthetic
+from polyseg.data.synthetic import base
 
 SMALL = {'num_train': 4, 'num_test': 2, 'min_len': 150, 'max_len': 300, 'input_dim': 16}
 
@@ -32,6 +34,20 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path):
   assert first.keys() == other.keys()
   assert first['features/train000.npy'] != other['features/train000.npy']
   assert first['groundTruth/train000.txt'] != other['groundTruth/train000.txt']
+
+
+@pytest.mark.parametrize(
+  'length,dim,ar_coef', [(1, 3, 0.9), (2, 1, 0.5), (300, 16, 0.9), (57, 5, -0.3)]
+)
+def test_ar1_noise_is_scipys_recursive_filter_to_the_bit(length, dim, ar_coef):
+  """The generators' AR(1) noise: the innovations (scaled after the first frame) through
+  lfilter([1], [1, -ar_coef]), as earlier versions computed it: the same datasets."""
+  noise = base.ar1_noise(np.random.default_rng(7), length, dim, ar_coef)
+  innovations = np.random.default_rng(7).standard_normal((length, dim))
+  innovations[1:] *= np.sqrt(1.0 - ar_coef**2)
+  expected = scipy.signal.lfilter([1.0], [1.0, -ar_coef], innovations, axis=0)
+  assert noise.shape == (length, dim) and noise.dtype == np.float64
+  np.testing.assert_array_equal(noise, expected)
 
 
 def test_default_sizes_and_structure(default_data):

@@ -10,7 +10,6 @@ import json
 import pathlib
 
 import numpy as np
-import scipy.signal
 
 from polyseg.data import formats
 
@@ -19,9 +18,13 @@ OFFSET_STD = 0.3  # per-video offset std per feature dimension
 
 def ar1_noise(rng: np.random.Generator, length: int, dim: int, ar_coef: float) -> np.ndarray:
   """Stationary AR(1) noise [length, dim] with coefficient `ar_coef` and std 1."""
-  innovations = rng.standard_normal((length, dim))
-  innovations[1:] *= np.sqrt(1.0 - ar_coef**2)  # keeps the AR(1) process stationary, std 1
-  return scipy.signal.lfilter([1.0], [1.0, -ar_coef], innovations, axis=0)
+  noise = rng.standard_normal((length, dim))
+  noise[1:] *= np.sqrt(1.0 - ar_coef**2)  # keeps the AR(1) process stationary, std 1
+  # x[t] = innovation[t] + ar_coef x[t - 1], a frame at a time: the values of scipy.signal's
+  # lfilter([1], [1, -ar_coef]) to the bit, without its import (1.2-2 s in every process).
+  for t in range(1, length):
+    noise[t] += ar_coef * noise[t - 1]
+  return noise
 
 
 def subset_counts(num_train: int, num_test: int, num_val: int) -> dict[str, int]:
