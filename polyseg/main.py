@@ -24,6 +24,7 @@ from polyseg import configlib
 from polyseg import methods
 from polyseg.data import formats
 from polyseg.engine import checkpoint as checkpoint_lib
+from polyseg.engine import config as engine_config
 from polyseg.engine import data_check
 from polyseg.engine import parallel
 from polyseg.engine import train
@@ -89,7 +90,13 @@ def main(argv):
       train.evaluate(method, config, FLAGS.workdir, which)
     else:
       train.predict(method, config, FLAGS.workdir, which)
-  except (formats.DataError, train.NonFiniteError, checkpoint_lib.CheckpointMismatch, OSError) as e:
+  except (
+    engine_config.ConfigError,
+    formats.DataError,
+    train.NonFiniteError,
+    checkpoint_lib.CheckpointMismatch,
+    OSError,
+  ) as e:
     sys.exit(f'polyseg: {type(e).__name__}: {e}')
   except train.Interrupted as e:  # SIGTERM / Ctrl-C: checkpoint saved; the shell's exit status
     print(f'polyseg: {e}', file=sys.stderr, flush=True)

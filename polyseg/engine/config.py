@@ -9,6 +9,38 @@ from ml_collections import config_dict
 from polyseg.engine import parallel
 
 
+class ConfigError(ValueError):
+  """A config value the engine cannot run with (the command line prints it in one line)."""
+
+
+# The engine's counts and the least value each may take: (section, key, least).
+_COUNTS = (
+  ('train', 'batch_size', 1),
+  ('train', 'num_steps', 1),
+  ('train', 'log_every', 1),
+  ('train', 'eval_every', 1),
+  ('train', 'checkpoint_every', 1),
+  ('train', 'keep_checkpoints', 1),
+  ('train', 'max_nonfinite_steps', 0),
+  ('optim', 'grad_accum_steps', 1),
+  ('data', 'sample_rate', 1),
+  ('data', 'length_grouping', 0),
+  ('data', 'min_bucket_batches', 0),
+  ('data', 'prefetch', 0),
+  ('eval', 'num_timelines', 0),
+)
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """ConfigError naming the first of the engine's counts (`_COUNTS`) that is not an integer at
+  least its least value (a step count of 0 would divide by zero mid-run; a negative one train
+  nothing): called before a run touches its workdir."""
+  for section, key, least in _COUNTS:
+    value = config[section][key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+      raise ConfigError(f'config.{section}.{key}={value!r}: must be an integer >= {least}')
+
+
 def base_config(task: str) -> ml_collections.ConfigDict:
   """The engine's keys for the method registered as `task` (`polyseg.methods`)."""
   c = ml_collections.ConfigDict()

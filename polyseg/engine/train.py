@@ -30,6 +30,7 @@ from polyseg.data import dataset as dataset_lib
 from polyseg.data import formats
 from polyseg.data import pipeline
 from polyseg.engine import checkpoint as checkpoint_lib
+from polyseg.engine import config as engine_config
 from polyseg.engine import fused_random
 from polyseg.engine import metric_writer
 from polyseg.engine import parallel
@@ -648,6 +649,7 @@ def train_and_evaluate(method, config: ml_collections.ConfigDict, workdir: str) 
   Returns those test results ({} when the config asks only for a multi-stage task's earlier
   stages). The workdir has this one writer (`workdir.Lock`: WorkdirBusy before anything is read or
   written when another process trains in it); a disk that fills ends the run with one DiskFull error."""
+  engine_config.check(config)
   with (
     workdir_lib.Lock(workdir, 'train', enabled=is_main_process()),
     workdir_lib.disk_full_reported(workdir),
@@ -789,6 +791,7 @@ def evaluate(method, config: ml_collections.ConfigDict, workdir: str, which: str
   """Evaluates the latest (or best on val, or step `which`) checkpoint of `workdir` on the val and
   test splits; outputs go to `eval_<which>/` (and `eval_<which>_val/`), which this process holds
   (`workdir.Lock`). Returns the test results."""
+  engine_config.check(config)
   require_checkpoints(workdir)
   outdir = os.path.join(os.path.abspath(os.path.expanduser(workdir)), f'eval_{which}')
   with workdir_lib.Lock(outdir, 'eval', enabled=is_main_process()):
@@ -869,6 +872,7 @@ def predict(
 ) -> str:
   """--mode=predict: `predict_videos` written to `config.predict.output` (default
   <workdir>/predict); returns that folder."""
+  engine_config.check(config)
   outdir = config.predict.output or os.path.join(os.path.abspath(workdir), 'predict')
   predict_videos(method, config, workdir, which, outdir)
   return outdir

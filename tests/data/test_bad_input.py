@@ -22,6 +22,7 @@ import polyseg
 from polyseg.configlib import load_config
 from polyseg.data import formats
 from polyseg.data.formats import DataError
+from polyseg.engine import config as engine_config
 
 CLASSES = ['bg', 'cut', 'pour']
 LABELS = {'v1': [0, 0, 1, 1, 1, 2, 2, 2], 'v2': [1, 1, 2, 2, 0, 0], 'v3': [0, 2, 2, 1, 1, 1, 1]}
@@ -537,4 +538,40 @@ def test_cli_reports_a_bad_override_in_one_line(tmp_path, override, message):
   assert result.returncode == 1
   assert 'Traceback' not in result.stderr, result.stderr
   assert f'FATAL Flags parsing error: {message}\n' in result.stderr, result.stderr
+  assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize(
+  'section,key,bad',
+  [
+    ('train', 'num_steps', 0),
+    ('train', 'eval_every', 0),
+    ('train', 'checkpoint_every', -2),
+    ('train', 'batch_size', 0),
+    ('data', 'length_grouping', -1),
+    ('train', 'max_nonfinite_steps', -1),
+    ('optim', 'grad_accum_steps', 0),
+    ('data', 'sample_rate', 0),
+    ('data', 'prefetch', -1),
+    ('eval', 'num_timelines', -1),
+    ('train', 'log_every', True),
+  ],
+)
+def test_a_count_out_of_range_is_a_config_error_naming_it(tmp_path, section, key, bad):
+  config = load_config('diffact', 'runlocal=True')
+  with config.unlocked():
+    config[section][key] = bad
+  workdir = tmp_path / 'run'
+  with pytest.raises(engine_config.ConfigError, match=re.escape(f'config.{section}.{key}={bad!r}')):
+    polyseg.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()  # checked before the run touches its workdir
+
+
+def test_cli_reports_a_count_out_of_range_in_one_line_and_writes_nothing(tmp_path):
+  result = run_main(tmp_path / 'run', '--config.train.eval_every=0')
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr, result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+    'polyseg: ConfigError: config.train.eval_every=0: must be an integer >= 1'
+  )
   assert not (tmp_path / 'run').exists()
