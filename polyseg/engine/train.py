@@ -844,6 +844,7 @@ def predict_videos(
   folder without labels), with a progress bar. With `outdir`, the predictions (in the
   ground-truth format) and timelines are also written there, its one writer (`workdir.Lock`,
   taken before anything is read)."""
+  engine_config.check(config)
   lock = workdir_lib.Lock(outdir, 'predict', enabled=is_main_process()) if outdir else None
   with lock or contextlib.nullcontext():
     if not config.predict.features:
@@ -872,7 +873,6 @@ def predict(
 ) -> str:
   """--mode=predict: `predict_videos` written to `config.predict.output` (default
   <workdir>/predict); returns that folder."""
-  engine_config.check(config)
   outdir = config.predict.output or os.path.join(os.path.abspath(workdir), 'predict')
   predict_videos(method, config, workdir, which, outdir)
   return outdir

@@ -562,9 +562,12 @@ def test_a_count_out_of_range_is_a_config_error_naming_it(tmp_path, section, key
   with config.unlocked():
     config[section][key] = bad
   workdir = tmp_path / 'run'
-  with pytest.raises(engine_config.ConfigError, match=re.escape(f'config.{section}.{key}={bad!r}')):
+  named = re.escape(f'config.{section}.{key}={bad!r}')
+  with pytest.raises(engine_config.ConfigError, match=named):
     polyseg.train_and_evaluate(config, str(workdir))
-  assert not workdir.exists()  # checked before the run touches its workdir
+  with pytest.raises(engine_config.ConfigError, match=named):
+    polyseg.predict(str(workdir), str(tmp_path), config=config, output=str(tmp_path / 'out'))
+  assert not workdir.exists() and not (tmp_path / 'out').exists()  # checked before anything
 
 
 def test_cli_reports_a_count_out_of_range_in_one_line_and_writes_nothing(tmp_path):
