@@ -11,7 +11,8 @@ All three get the same post-processing.
 
 --task=hopadiff: the paper's Table 5 on the synthetic referring data — full HopaDIFF (the paper's
 global DFT condition and DiffAct's decoder), full HopaDIFF with polyseg's conditioned-values
-decoder instead, full HopaDIFF with the windowed DFT condition instead, w/o the partial branch, w/o
+decoder instead, full HopaDIFF with the windowed DFT condition instead, full HopaDIFF with Flax's
+initialisation instead of PyTorch's (the paper's), w/o the partial branch, w/o
 HP-xLSTM, w/o the cross-attention gates (BCAF), w/o the DFT condition, and w/o all (= DiffAct with
 sigmoid outputs on the holistic features alone), the last also with the conditioned-values
 decoder; val and test (the best checkpoint is picked on val). `--ablations=none,no_all` runs a subset. Each table also has the untrained constant
@@ -127,6 +128,7 @@ HOPADIFF_ROWS = {  # --ablations name -> (configs/hopadiff.py arg, table row)
     'HopaDIFF, conditioned values (not the paper)',
   ),
   'windowed': ('dft=windowed', 'HopaDIFF, windowed DFT (not the paper)'),
+  'flax_init': ('init=flax', "HopaDIFF, Flax's initialisation (not the paper)"),
   'no_partial': ('ablation=no_partial', 'w/o partial branch'),
   'no_xlstm': ('ablation=no_xlstm', 'w/o HP-xLSTM'),
   'no_bcaf': ('ablation=no_bcaf', 'w/o BCAF'),

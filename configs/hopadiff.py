@@ -32,6 +32,9 @@ The paper's settings on your own RHAS-style features (docs/methods/hopadiff.md, 
                                   the log-magnitude spectrum of the 33 frames around every frame, of 8
                                   learned projections (polyseg's earlier default; docs/methods/hopadiff.md).
                                   ablation=no_dft|no_all drop either kind
+  init=torch|flax                 the parameters' initialisation: PyTorch's default, the paper's (its
+                                  reference code initialises every layer so), or Flax's
+                                  (lecun_normal kernels: polyseg's earlier default, not the paper)
   text=none|film|cross_attention  condition the holistic branch on the MiniLM-L6 embedding of the
                                   reference (for features that are not cross-modal; needs the 'text'
                                   install in the README)
@@ -75,7 +78,17 @@ FEATURES = {
 
 def get_config(arg=None):
   """Returns the HopaDIFF config for `arg` (see the module docstring)."""
-  known = {'features', 'frames', 'protocol', 'ablation', 'decoder', 'dft', 'text', 'runlocal'}
+  known = {
+    'features',
+    'frames',
+    'protocol',
+    'ablation',
+    'decoder',
+    'dft',
+    'init',
+    'text',
+    'runlocal',
+  }
   args = configlib.parse_arg(arg, known)
   features = configlib.choice(args, 'features', FEATURES, 'synthetic')
   frames = int(configlib.choice(args, 'frames', ('3000', '2000'), '3000'))
@@ -83,6 +96,7 @@ def get_config(arg=None):
   ablation = configlib.choice(args, 'ablation', ABLATIONS, 'none')
   decoder = configlib.choice(args, 'decoder', ('diffact', 'conditioned_values'), 'diffact')
   dft = configlib.choice(args, 'dft', ('global', 'windowed'), 'global')
+  init = configlib.choice(args, 'init', ('torch', 'flax'), 'torch')
   text = configlib.choice(args, 'text', ('none', 'film', 'cross_attention'), 'none')
   runlocal = configlib.flag(args, 'runlocal')
   s = FEATURES[features]
@@ -119,6 +133,9 @@ def get_config(arg=None):
   # train step or sampler compiles each layer once (polyseg/nn/asformer.py scan_layers; the same
   # parameters and outputs to float32 rounding; dropout draws other masks).
   c.model.scan_layers = False
+  # Parameter initialisation (nn/layers.py torch_default_init): 'torch', PyTorch's default, as the
+  # paper's reference code initialises its layers, or 'flax' (lecun_normal kernels, zero biases).
+  c.model.init = init
   c.model.partial_branch = ablation not in ('no_partial', 'no_all')
   c.model.encoder = ml_collections.ConfigDict(
     {

@@ -127,8 +127,10 @@ class DFTCondition(nn.Module):
 class TextCondition(nn.Module):
   """Conditions frame features on the reference text; identity at initialisation.
 
-  'film': x * (1 + gamma) + beta with (gamma, beta) = Dense(pooled text [B, E]).
-  'cross_attention': x + Dense(attention of every frame over the text tokens [B, L, E]).
+  'film': x * (1 + g gamma) + g beta with (gamma, beta) = Dense(pooled text [B, E]).
+  'cross_attention': x + g Dense(attention of every frame over the text tokens [B, L, E]).
+  The gate g is a scalar parameter that starts at 0 (as Flamingo's gated cross-attention), so the
+  module starts as the identity under either initialisation (`model.init`) of its Dense layers.
   x [B, T, D], mask [B, T] -> [B, T, D].
   """
 
@@ -137,10 +139,9 @@ class TextCondition(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask, text_pooled, text_tokens, text_mask):
+    gate = self.param('gate', nn.initializers.zeros, (), jnp.float32)
     if self.kind == 'film':
-      gamma_beta = layers.Dense(2 * x.shape[-1], kernel_init=nn.initializers.zeros, name='film')(
-        text_pooled
-      )
+      gamma_beta = gate * layers.Dense(2 * x.shape[-1], name='film')(text_pooled)
       gamma, beta = jnp.split(gamma_beta[:, None, :], 2, axis=-1)
       out = x * (1 + gamma) + beta
     elif self.kind == 'cross_attention':
@@ -150,7 +151,7 @@ class TextCondition(nn.Module):
       scores = jnp.einsum('btf,blf->btl', q, k) / jnp.sqrt(self.attention_dim)
       scores = jnp.where(text_mask[:, None, :] > 0, scores, jnp.finfo(scores.dtype).min)
       attended = jnp.einsum('btl,blf->btf', jax.nn.softmax(scores, axis=-1), v)
-      out = x + layers.Dense(x.shape[-1], kernel_init=nn.initializers.zeros, name='out')(attended)
+      out = x + gate * layers.Dense(x.shape[-1], name='out')(attended)
     else:
       raise ValueError(
         f'TextCondition.kind must be one of {TEXT_CONDITIONS[1:]}, got {self.kind!r}'

@@ -11,6 +11,7 @@ from polyseg.engine import fused_random
 from polyseg.methods.hopadiff import model as hopadiff
 from polyseg.methods.hopadiff import xlstm
 from polyseg.nn import asformer
+from polyseg.nn import layers
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -201,6 +202,11 @@ def test_text_condition_is_identity_at_init_and_uses_the_text(kind):
   module = hopadiff.TextCondition(kind, attention_dim=8)
   params = module.init(jax.random.PRNGKey(0), *inputs)
   np.testing.assert_allclose(module.apply(params, *inputs), inputs[0], atol=1e-6)
+  # PyTorch's initialisation redraws every Dense layer; the zero gate keeps the identity.
+  redrawn = {'params': layers.torch_default_init(params['params'], jax.random.PRNGKey(1))}
+  pairs = zip(jax.tree.leaves(redrawn), jax.tree.leaves(params))
+  assert any(not np.array_equal(a, b) for a, b in pairs)
+  np.testing.assert_allclose(module.apply(redrawn, *inputs), inputs[0], atol=1e-6)
   trained = _perturbed(params, 1)
   out = module.apply(trained, *inputs)
   other_text = list(inputs)
