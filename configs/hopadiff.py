@@ -5,11 +5,10 @@ in minutes on 2 CPU cores:
 
   python -m polyseg.main --config=configs/hopadiff.py --workdir=runs/hopadiff
 
-It trains 600 steps (about 6 minutes on 2 quiet cores) and prints, with the paper's decoder, test
-Acc 25.5 and mAP 24.9 for the fused row: at the constant baseline's Acc (25.8), while the encoders of
-the run reach 47.9 Acc and 54.6 mAP (docs/methods/hopadiff.md); `decoder=conditioned_values`
-decodes 45.1 Acc. In a fresh environment of 2026-12-05 the same code gives the fused row Acc 33.8
-and mAP 29.2 (step 300).
+It trains 600 steps (about 5 minutes on 2 quiet cores) with the paper's settings and prints test Acc
+35.7, F1@50 31.3 and mAP 33.3 for the fused row (the constant baseline: 25.8, 0 and 10.4), while the
+encoders of the run reach 62.5 Acc and 63.9 mAP; `decoder=conditioned_values` decodes 52.7 Acc
+(docs/methods/hopadiff.md; a 2-core AMD EPYC: other CPUs round differently and end a few points away).
 
 The paper's settings on your own RHAS-style features (docs/methods/hopadiff.md, with the layout):
 

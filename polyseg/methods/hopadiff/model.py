@@ -129,8 +129,9 @@ class TextCondition(nn.Module):
 
   'film': x * (1 + g gamma) + g beta with (gamma, beta) = Dense(pooled text [B, E]).
   'cross_attention': x + g Dense(attention of every frame over the text tokens [B, L, E]).
-  The gate g is a scalar parameter that starts at 0 (as Flamingo's gated cross-attention), so the
-  module starts as the identity under either initialisation (`model.init`) of its Dense layers.
+  The gate g is a scalar parameter that starts at 0 (Flamingo gates its cross-attention so, through
+  tanh), so the module starts as the identity whichever initialisation (`model.init`) draws its
+  Dense layers.
   x [B, T, D], mask [B, T] -> [B, T, D].
   """
 

@@ -84,6 +84,15 @@ def test_train_evaluates_val_and_test_and_writes_every_output(cache_dir, tmp_pat
   assert (outdir / 'timelines' / f'{video}__p9.png').exists()
 
 
+def _layers(params: dict):
+  """Every dict of a parameter tree that holds arrays (a layer's parameters)."""
+  if any(not isinstance(value, dict) for value in params.values()):
+    yield params
+  for value in params.values():
+    if isinstance(value, dict):
+      yield from _layers(value)
+
+
 def task_root(config):
   return hopadiff_task.dataset_root(config)
 
@@ -165,6 +174,16 @@ def test_hopadiff_learns_a_tiny_dataset(cache_dir, tmp_path):
   initial = train.init_state(
     task, tx, jax.random.split(jax.random.PRNGKey(config.seed))[0], shardings
   )
+  # PyTorch's default initialisation, the reference code's: every kernel, the HP-xLSTM's and the
+  # decoders' included, within its bound 1 / sqrt(fan_in) (Flax's lecun_normal exceeds it).
+  kernels = [
+    np.asarray(layer['kernel'])
+    for layer in _layers(initial['params']['params'])
+    if 'kernel' in layer
+  ]
+  assert len(kernels) > 50
+  for kernel in kernels:
+    assert np.abs(kernel).max() <= 1 / np.sqrt(np.prod(kernel.shape[:-1]))
   videos = data.read_test()
   predictions = train.run_predictions(
     task, initial['params'], videos, jax.random.PRNGKey(config.eval.seed), 'untrained'
