@@ -5,7 +5,7 @@ in minutes on 2 CPU cores:
 
   python -m polyseg.main --config=configs/hopadiff.py --workdir=runs/hopadiff
 
-It trains 600 steps (about 5 minutes on 2 quiet cores) with the paper's settings and prints test Acc
+It trains 600 steps (about 4 minutes on 2 quiet cores) with the paper's settings and prints test Acc
 35.7, F1@50 31.3 and mAP 33.3 for the fused row (the constant baseline: 25.8, 0 and 10.4), while the
 encoders of the run reach 62.5 Acc and 63.9 mAP; `decoder=conditioned_values` decodes 52.7 Acc
 (docs/methods/hopadiff.md; a 2-core AMD EPYC: other CPUs round differently and end a few points away).
