@@ -84,15 +84,6 @@ def test_train_evaluates_val_and_test_and_writes_every_output(cache_dir, tmp_pat
   assert (outdir / 'timelines' / f'{video}__p9.png').exists()
 
 
-def _layers(params: dict):
-  """Every dict of a parameter tree that holds arrays (a layer's parameters)."""
-  if any(not isinstance(value, dict) for value in params.values()):
-    yield params
-  for value in params.values():
-    if isinstance(value, dict):
-      yield from _layers(value)
-
-
 def task_root(config):
   return hopadiff_task.dataset_root(config)
 
@@ -177,9 +168,9 @@ def test_hopadiff_learns_a_tiny_dataset(cache_dir, tmp_path):
   # PyTorch's default initialisation, the reference code's: every kernel, the HP-xLSTM's and the
   # decoders' included, within its bound 1 / sqrt(fan_in) (Flax's lecun_normal exceeds it).
   kernels = [
-    np.asarray(layer['kernel'])
-    for layer in _layers(initial['params']['params'])
-    if 'kernel' in layer
+    np.asarray(leaf)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(initial['params'])
+    if path[-1].key == 'kernel'
   ]
   assert len(kernels) > 50
   for kernel in kernels:
