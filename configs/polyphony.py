@@ -6,8 +6,9 @@ needs the 'text' install in the README) and stage 3 (the two-hand diffusion segm
 
   python -m polyseg.main --config=configs/polyphony.py --workdir=runs/polyphony
 
-It runs stage 2 (1,000 steps) and stage 3 (1,200 steps) and prints per hand and for their mean and
-gap, near test Acc LH 80 / RH 86 and F1@50 LH 69 / RH 83 (docs/methods/polyphony.md).
+It runs stage 2 (1,000 steps) and stage 3 (900 steps), about 5 minutes on 2 CPU cores, and prints
+per hand and for their mean and gap, near test Acc LH 77 / RH 85 and F1@50 LH 65 / RH 85
+(docs/methods/polyphony.md).
 
 Each stage on its own (`--config.stage=1`, `2` or `3`; or `1,2,3`). A stage reads the previous stage's
 output in the workdir (`<workdir>/stage<k>/dataset`) when there is one, else `--config.data.root`:
@@ -43,8 +44,10 @@ from polyseg.methods.polyphony import stage2 as semantic
 # dataset -> (DiffAct config it starts from, data layout, stage-3 training budget). HA-ViD / ATTACH:
 # the model sizes of the reference code's HA-ViD config, which are DiffAct's Breakfast settings
 # (encoder 12 x 256, decoder 8 x 128, soft labels of sigma 4, boundary sigma 3, median filter 15).
+# Synthetic: 900 steps, chosen on val (docs/methods/polyphony.md: the smallest budget whose
+# val-chosen checkpoint, over seeds 0-2, is within a point of 1,200 steps' in mean F1@50 and Acc).
 DATASETS = {
-  'synthetic': ('synthetic', 'two_hands', {'num_steps': 1200, 'eval_every': 150}),
+  'synthetic': ('synthetic', 'two_hands', {'num_steps': 900, 'eval_every': 150}),
   'havid': ('breakfast', 'two_hands', {'num_steps': 20000, 'eval_every': 500}),
   'attach': ('breakfast', 'two_hands', {'num_steps': 20000, 'eval_every': 500}),
   'breakfast': ('breakfast', 'single_stream', {'num_steps': 100000, 'eval_every': 5000}),

@@ -271,7 +271,7 @@ def test_bucket_lengths_of_batches_are_a_small_set():
 
 
 def test_merge_rare_buckets_pads_each_rare_bucket_to_the_next_kept_one():
-  # Polyphony's synthetic stage 3 over its 1,200 steps: 192 and 256 are rare, both go to 384
+  # Polyphony's synthetic stage 3 over 1,200 steps: 192 and 256 are rare, both go to 384
   counts = {192: 3, 256: 13, 384: 1064, 512: 120}
   assert pipeline.merge_rare_buckets(counts, 50) == {192: 384, 256: 384, 384: 384, 512: 512}
   assert pipeline.merge_rare_buckets(counts, 13) == {192: 256, 256: 256, 384: 384, 512: 512}
