@@ -114,7 +114,10 @@ def main(argv):
   batch_size = FLAGS.batch_size or config.train.batch_size
   if FLAGS.data == 'config':
     method = methods.get(config.task)
-    data = method.load_data(config)
+    try:  # Polyphony without the features its stage 2 wrote, a root that is not a dataset, ...
+      data = method.load_data(config)
+    except (ValueError, OSError) as error:
+      raise app.UsageError(str(error)) from None
     task = method.Task(config, data.info, train_videos=data.train)
     train_batch = lambda: common.loader_batch(task, data.train[:batch_size])
     sample_video = lambda: max(data.val or data.train, key=pipeline.num_frames)

@@ -119,6 +119,15 @@ def test_profile_runs_on_a_methods_own_data(tmp_path):
   ):
     done = run_process('op_profile.py', *common_args, *args)
     assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]
+  # Polyphony's stage 3 reads stage 2's output: without it, a usage error saying where it is
+  done = run_process(
+    'op_profile.py',
+    '--config=configs/polyphony.py:runlocal=True',
+    '--data=config',
+    *common_args[2:],
+  )
+  assert done.returncode != 0 and 'Traceback' not in done.stderr, done.stderr[-2000:]
+  assert 'set --config.data.root to <workdir>/stage2/dataset' in done.stderr, done.stderr[-2000:]
 
 
 def test_train_step_reports_throughput():

@@ -216,7 +216,10 @@ def load_data(config: ml_collections.ConfigDict) -> dataset_lib.Data:
   d = config.data
   check_layout(d.layout)
   if not d.root:
-    raise ValueError('config.data.root is unset: run Polyphony through polyseg.main (stages)')
+    raise ValueError(
+      "config.data.root is unset: Polyphony's stage 3 reads the features stage 2 writes; run it "
+      'through polyseg.main (its stages), or set --config.data.root to <workdir>/stage2/dataset'
+    )
   root = pathlib.Path(os.path.expanduser(d.root))
   single = d.layout == 'single_stream'
   reader = formats.read_single_stream if single else formats.read_two_hands
