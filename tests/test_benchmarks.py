@@ -99,7 +99,8 @@ def test_profile_reports_costs_roofline_trace_and_hlo(tmp_path):
 
 def test_profile_runs_on_a_methods_own_data(tmp_path):
   """--data=config profiles any method on its own data (HAL: transcripts and a grammar that random
-  videos do not have); HAL has no DDIM program, and random videos are refused for it, by name."""
+  videos do not have); HAL has no DDIM program, and random videos are refused for it, by name;
+  Polyphony without the features of its stage 2 is a one-line usage error saying where they are."""
   common_args = [
     '--config=configs/hal.py:runlocal=True',
     f'--config.data.cache_dir={tmp_path / "data"}',
@@ -124,7 +125,7 @@ def test_profile_runs_on_a_methods_own_data(tmp_path):
     'op_profile.py',
     '--config=configs/polyphony.py:runlocal=True',
     '--data=config',
-    *common_args[2:],
+    *common_args[2:],  # the peaks, the trace folder, one run
   )
   assert done.returncode != 0 and 'Traceback' not in done.stderr, done.stderr[-2000:]
   assert 'set --config.data.root to <workdir>/stage2/dataset' in done.stderr, done.stderr[-2000:]
