@@ -169,6 +169,52 @@ def alignment_loss(
   squared_norms = jnp.square(pred).sum(-1) * jnp.square(target).sum(-1)
   cos = (pred * target).sum(-1) / jnp.sqrt(jnp.maximum(squared_norms, COS_EPS**2))
   mse = jnp.square(pred - target).mean(-1)
+  return _combine(cos, mse, mask, alpha)
+
+
+def projected_alignment_loss(
+  hidden: jax.Array,
+  kernel: jax.Array,
+  bias: jax.Array,
+  vectors: jax.Array,
+  labels: jax.Array,
+  mask: jax.Array,
+  alpha: float = 0.7,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`alignment_loss` of pred = hidden @ kernel + bias against target = vectors[labels], computed
+  without either [B, T, H, S] array.
+
+  hidden [B, T, F], kernel [F, H, S], bias [H, S], vectors [C, S], labels [B, T, H] int, mask
+  [B, T]. Per hand, pred.v = hidden @ (kernel v) + bias.v for every class at once ([F, C] and [C]),
+  |pred|^2 = hidden G hidden' + 2 hidden.(kernel bias) + |bias|^2 with G = kernel kernel' [F, F],
+  and the squared difference |pred|^2 - 2 pred.v + |v|^2: the products are [B, T, H, C] and
+  [B, T, H, F] instead of [B, T, H, S] (stage 2's train step was mostly the projector's output, the
+  targets and their gradients; docs/benchmarks.md). The same loss up to float rounding.
+  """
+  chex.assert_rank([hidden, kernel, labels], 3)
+  chex.assert_shape(labels, hidden.shape[:2] + kernel.shape[1:2])
+  chex.assert_shape(mask, hidden.shape[:2])
+  hidden, kernel, bias = (a.astype(jnp.float32) for a in (hidden, kernel, bias))
+  # The small products first: [F, H, C], [H, F, F], [F, H].
+  kernel_vectors = jnp.einsum('fhs,cs->fhc', kernel, vectors)
+  gram = jnp.einsum('fhs,ghs->hfg', kernel, kernel)
+  kernel_bias = jnp.einsum('fhs,hs->fh', kernel, bias)
+  class_scores = jnp.einsum('btf,fhc->bthc', hidden, kernel_vectors) + bias @ vectors.T
+  dot = jnp.take_along_axis(class_scores, labels[..., None], axis=-1)[..., 0]  # [B, T, H]
+  pred_sq = (
+    jnp.einsum('bthg,btg->bth', jnp.einsum('btf,hfg->bthg', hidden, gram), hidden)
+    + 2.0 * (hidden @ kernel_bias)
+    + jnp.square(bias).sum(-1)
+  )
+  target_sq = jnp.square(vectors).sum(-1)[labels]
+  cos = dot / jnp.sqrt(jnp.maximum(pred_sq * target_sq, COS_EPS**2))
+  mse = (pred_sq - 2.0 * dot + target_sq) / vectors.shape[-1]
+  return _combine(cos, mse, mask, alpha)
+
+
+def _combine(cos: jax.Array, mse: jax.Array, mask: jax.Array, alpha: float):
+  """(alpha (1 - cos) + (1 - alpha) MSE, {'cos', 'mse'}) of the per-frame, per-hand terms [B, T, H]
+  averaged over the valid frames of mask [B, T] and the hands."""
   weight = jnp.broadcast_to(mask[..., None].astype(jnp.float32), cos.shape)
   mean = lambda values: (values * weight).sum() / jnp.maximum(weight.sum(), 1.0)
   terms = {'cos': mean(cos), 'mse': mean(mse)}
@@ -239,14 +285,23 @@ class Alignment(task_lib.Trainable):
 
   def loss(self, params: Any, batch: dict[str, Any], rng: jax.Array | None = None):
     """(loss, {'cos', 'mse'}); with `rng` in training mode (dropout), else deterministic."""
-    pred = self.model.apply(
+    hidden = self.model.clone(project=False).apply(
       {'params': params},
       batch['features'],
       batch['mask'],
       train=rng is not None,
       rngs=None if rng is None else {'dropout': rng},
     )
-    return alignment_loss(pred, self.vectors[batch['labels']], batch['mask'], self.alpha)
+    projector = params['projector']
+    return projected_alignment_loss(
+      hidden,
+      projector['kernel'],
+      projector['bias'],
+      self.vectors,
+      batch['labels'],
+      batch['mask'],
+      self.alpha,
+    )
 
 
 def make_model(config: ml_collections.ConfigDict, semantic_dim: int) -> tcn.SemanticTCN:
@@ -309,12 +364,18 @@ def training_data(
 
 
 def validate(objective: Alignment, params: Any, videos: Sequence[Any]) -> dict[str, float]:
-  """{'loss', 'cos', 'mse'} over every valid frame (and both hands) of `videos`."""
+  """{'loss', 'cos', 'mse'} over every valid frame (and both hands) of `videos`.
+
+  Every video's program is dispatched before any result is read (one wait instead of one per
+  video and term)."""
+  per_video = jax.device_get(
+    [
+      objective.validation_terms(params, _padded(video.features['shared'], video.labels))
+      for video in videos
+    ]
+  )
   totals, frames = {}, 0
-  for video in videos:
-    loss, terms = objective.validation_terms(
-      params, _padded(video.features['shared'], video.labels)
-    )
+  for video, (loss, terms) in zip(videos, per_video):
     for name, value in {'loss': loss, **terms}.items():
       totals[name] = totals.get(name, 0.0) + float(value) * len(video.labels)
     frames += len(video.labels)

@@ -83,6 +83,7 @@ class SemanticTCN(nn.Module):
   num_hands: int = 2
   kernel_size: int = 3
   dropout: float = 0.0
+  project: bool = True  # False: the projector's input, the last hidden state [B, T, channels]
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
@@ -94,6 +95,8 @@ class SemanticTCN(nn.Module):
       h = CausalResidualLayer(self.kernel_size, 2**i, self.dropout, name=f'layer_{i}')(
         h, mask, train
       )
+    if not self.project:
+      return h
     out = layers.DenseGeneral((self.num_hands, self.semantic_dim), name='projector')(h)
     return out * mask[..., None, None]
 

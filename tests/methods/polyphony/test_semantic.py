@@ -113,6 +113,64 @@ def test_alignment_loss_has_finite_gradients_at_zero_predictions():
   assert not np.asarray(grad[0, 2]).any()  # padding gets no gradient
 
 
+@pytest.mark.parametrize('zero_kernel', [False, True])
+def test_projected_alignment_loss_is_the_loss_of_the_projection(zero_kernel):
+  """The loss from the projector's input (no [B, T, H, S] array) against `alignment_loss` of the
+  projection and the gathered label vectors: value, terms and every gradient, padded frames with
+  other labels included; also at a zero projector kernel (the initialisation: every frame predicts
+  the bias)."""
+  rng = np.random.default_rng(0)
+  hidden = jnp.asarray(rng.normal(size=(2, 7, 5)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(5, 2, 6)) * (0.0 if zero_kernel else 0.5), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=(2, 6)), jnp.float32)
+  vectors = jnp.asarray(rng.normal(size=(4, 6)) * 2.0, jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 4, size=(2, 7, 2)), jnp.int32)
+  mask = jnp.asarray([[1.0] * 7, [1.0] * 4 + [0.0] * 3])
+
+  def explicit(hidden, kernel, bias):
+    pred = jnp.einsum('btf,fhs->bths', hidden, kernel) + bias
+    return stage2.alignment_loss(pred, vectors[labels], mask, alpha=0.6)
+
+  def projected(hidden, kernel, bias):
+    return stage2.projected_alignment_loss(hidden, kernel, bias, vectors, labels, mask, alpha=0.6)
+
+  (want, want_terms), want_grads = jax.value_and_grad(explicit, (0, 1, 2), has_aux=True)(
+    hidden, kernel, bias
+  )
+  (got, got_terms), got_grads = jax.value_and_grad(projected, (0, 1, 2), has_aux=True)(
+    hidden, kernel, bias
+  )
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for name in ('cos', 'mse'):
+    np.testing.assert_allclose(got_terms[name], want_terms[name], rtol=1e-5)
+  for g, w in zip(got_grads, want_grads):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+  assert not np.asarray(got_grads[0][1, 4:]).any()  # padded frames get no gradient
+
+
+def test_objective_loss_is_the_alignment_loss_of_the_model_output():
+  """`Alignment.loss` (the TCN's hidden state and projector parameters) against `alignment_loss`
+  of the whole TCN's output, with a trained-looking (non-zero) projector."""
+  config = stage2.default_config()
+  config.model.update(num_layers=3, channels=8)
+  rng = np.random.default_rng(1)
+  vectors = rng.normal(size=(5, 12)).astype(np.float32)
+  model = stage2.make_model(config, 12)
+  objective = stage2.Alignment(model, vectors, 4, config.loss_alpha)
+  batch = {
+    'features': rng.normal(size=(2, 16, 4)).astype(np.float32),
+    'labels': rng.integers(0, 5, size=(2, 16, 2)).astype(np.int32),
+    'mask': np.ones((2, 16), np.float32),
+  }
+  batch['mask'][1, 10:] = 0.0  # padding
+  params = objective.init(jax.random.key(0), batch)
+  params['projector']['kernel'] = jnp.asarray(rng.normal(size=(8, 2, 12)), jnp.float32)
+  pred = model.apply({'params': params}, batch['features'], batch['mask'])
+  want, _ = stage2.alignment_loss(pred, vectors[batch['labels']], batch['mask'], config.loss_alpha)
+  got, _ = objective.loss(params, batch)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------
 # Tiny datasets.
 
