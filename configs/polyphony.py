@@ -7,7 +7,7 @@ needs the 'text' install in the README) and stage 3 (the two-hand diffusion segm
   python -m polyseg.main --config=configs/polyphony.py --workdir=runs/polyphony
 
 It runs stage 2 (1,000 steps) and stage 3 (900 steps), about 5 minutes on 2 CPU cores, and prints
-per hand and for their mean and gap, near test Acc LH 77 / RH 85 and F1@50 LH 65 / RH 85
+per hand and for their mean and gap, near test Acc LH 76 / RH 87 and F1@50 LH 62 / RH 88
 (docs/methods/polyphony.md).
 
 Each stage on its own (`--config.stage=1`, `2` or `3`; or `1,2,3`). A stage reads the previous stage's
