@@ -154,25 +154,6 @@ def cached_label_vectors(
 
 
 def alignment_loss(
-  pred: jax.Array, target: jax.Array, mask: jax.Array, alpha: float = 0.7
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """alpha (1 - cos) + (1 - alpha) MSE between pred and target [B, T, H, S], mask [B, T].
-
-  cos = torch's cosine_similarity (x.y / sqrt(max(|x|^2 |y|^2, eps^2))), MSE = mean over S of the
-  squared difference; both averaged over the valid frames and the H hands. Returns (loss, {'cos',
-  'mse'}) scalars.
-  """
-  chex.assert_rank(pred, 4)
-  chex.assert_equal_shape([pred, target])
-  chex.assert_shape(mask, pred.shape[:2])
-  pred, target = pred.astype(jnp.float32), target.astype(jnp.float32)
-  squared_norms = jnp.square(pred).sum(-1) * jnp.square(target).sum(-1)
-  cos = (pred * target).sum(-1) / jnp.sqrt(jnp.maximum(squared_norms, COS_EPS**2))
-  mse = jnp.square(pred - target).mean(-1)
-  return _combine(cos, mse, mask, alpha)
-
-
-def projected_alignment_loss(
   hidden: jax.Array,
   kernel: jax.Array,
   bias: jax.Array,
@@ -181,15 +162,18 @@ def projected_alignment_loss(
   mask: jax.Array,
   alpha: float = 0.7,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """`alignment_loss` of pred = hidden @ kernel + bias against target = vectors[labels], computed
-  without either [B, T, H, S] array.
+  """alpha (1 - cos) + (1 - alpha) MSE between the projection pred = hidden @ kernel + bias and the
+  label vectors target = vectors[labels], per frame and hand, computed without either [B, T, H, S]
+  array.
 
   hidden [B, T, F], kernel [F, H, S], bias [H, S], vectors [C, S], labels [B, T, H] int, mask
-  [B, T]. Per hand, pred.v = hidden @ (kernel v) + bias.v for every class at once ([F, C] and [C]),
-  |pred|^2 = hidden G hidden' + 2 hidden.(kernel bias) + |bias|^2 with G = kernel kernel' [F, F],
-  and the squared difference |pred|^2 - 2 pred.v + |v|^2: the products are [B, T, H, C] and
-  [B, T, H, F] instead of [B, T, H, S] (stage 2's train step was mostly the projector's output, the
-  targets and their gradients; docs/benchmarks.md). The same loss up to float rounding.
+  [B, T]. cos = torch's cosine_similarity (x.y / sqrt(max(|x|^2 |y|^2, eps^2))), MSE = mean over S
+  of the squared difference; both averaged over the valid frames and the H hands. Returns (loss,
+  {'cos', 'mse'}) scalars. Per hand, pred.v = hidden @ (kernel v) + bias.v for every class at once
+  ([F, C] and [C]), |pred|^2 = hidden G hidden' + 2 hidden.(kernel bias) + |bias|^2 with G = kernel
+  kernel' [F, F], and |pred - v|^2 = |pred|^2 - 2 pred.v + |v|^2: the products are [B, T, H, C] and
+  [B, T, H, F] instead of [B, T, H, S] (formed explicitly, the projection and the gathered targets
+  were most of stage 2's train step; docs/benchmarks.md).
   """
   chex.assert_rank([hidden, kernel, labels], 3)
   chex.assert_shape(labels, hidden.shape[:2] + kernel.shape[1:2])
@@ -209,12 +193,6 @@ def projected_alignment_loss(
   target_sq = jnp.square(vectors).sum(-1)[labels]
   cos = dot / jnp.sqrt(jnp.maximum(pred_sq * target_sq, COS_EPS**2))
   mse = (pred_sq - 2.0 * dot + target_sq) / vectors.shape[-1]
-  return _combine(cos, mse, mask, alpha)
-
-
-def _combine(cos: jax.Array, mse: jax.Array, mask: jax.Array, alpha: float):
-  """(alpha (1 - cos) + (1 - alpha) MSE, {'cos', 'mse'}) of the per-frame, per-hand terms [B, T, H]
-  averaged over the valid frames of mask [B, T] and the hands."""
   weight = jnp.broadcast_to(mask[..., None].astype(jnp.float32), cos.shape)
   mean = lambda values: (values * weight).sum() / jnp.maximum(weight.sum(), 1.0)
   terms = {'cos': mean(cos), 'mse': mean(mse)}
@@ -293,7 +271,7 @@ class Alignment(task_lib.Trainable):
       rngs=None if rng is None else {'dropout': rng},
     )
     projector = params['projector']
-    return projected_alignment_loss(
+    return alignment_loss(
       hidden,
       projector['kernel'],
       projector['bias'],

@@ -82,6 +82,28 @@ def test_label_vectors_are_minilm_means_of_the_sentences():
 # Loss.
 
 
+def _explicit_loss(pred, target, mask, alpha=0.7):
+  """The alignment loss written out on pred and target [B, T, H, S] (the slow reference)."""
+  norms = jnp.sqrt(jnp.maximum((pred**2).sum(-1) * (target**2).sum(-1), stage2.COS_EPS**2))
+  cos = (pred * target).sum(-1) / norms
+  mse = ((pred - target) ** 2).mean(-1)
+  weight = jnp.broadcast_to(mask[..., None], cos.shape)
+  cos, mse = ((v * weight).sum() / weight.sum() for v in (cos, mse))
+  return alpha * (1 - cos) + (1 - alpha) * mse, {'cos': cos, 'mse': mse}
+
+
+def _loss_of(pred, target, mask, alpha=0.7):
+  """`stage2.alignment_loss` of a given pred and target [B, T, H, S]: hidden = pred with the hands
+  side by side [B, T, H * S], a projector that picks each hand's block, no bias; every (frame, hand)
+  its own label vector."""
+  b, t, h, s = pred.shape
+  kernel = jnp.eye(h * s).reshape(h * s, h, s)
+  labels = jnp.arange(b * t * h).reshape(b, t, h)
+  return stage2.alignment_loss(
+    pred.reshape(b, t, h * s), kernel, jnp.zeros((h, s)), target.reshape(-1, s), labels, mask, alpha
+  )
+
+
 def test_alignment_loss_by_hand():
   # Frame 0: orthogonal, cos 0, MSE (1 + 1) / 2 = 1 -> 0.7 + 0.3 = 1.0 (both hands).
   # Frame 1: same direction, cos 1, MSE (1 + 0) / 2 = 0.5 -> 0.15 (both hands).
@@ -89,33 +111,33 @@ def test_alignment_loss_by_hand():
   pred = jnp.array([[[[1.0, 0.0]] * 2, [[2.0, 0.0]] * 2, [[1e6, -1e6]] * 2]])
   target = jnp.array([[[[0.0, 1.0]] * 2, [[1.0, 0.0]] * 2, [[1.0, 1.0]] * 2]])
   mask = jnp.array([[1.0, 1.0, 0.0]])
-  loss, terms = stage2.alignment_loss(pred, target, mask)
+  loss, terms = _loss_of(pred, target, mask)
   np.testing.assert_allclose(terms['cos'], 0.5, rtol=1e-6)
   np.testing.assert_allclose(terms['mse'], 0.75, rtol=1e-6)
   np.testing.assert_allclose(loss, (1.0 + 0.15) / 2, rtol=1e-6)
   # alpha = 1: cosine only; opposite vectors give 1 - (-1) = 2.
-  loss, _ = stage2.alignment_loss(-target[:, :1], target[:, :1], mask[:, :1], alpha=1.0)
+  loss, _ = _loss_of(-target[:, :1], target[:, :1], mask[:, :1], alpha=1.0)
   np.testing.assert_allclose(loss, 2.0, rtol=1e-6)
 
 
 def test_alignment_loss_hands_and_frames_weigh_equally():
   pred = jnp.array([[[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]]]])  # [1, 2, 2, 2]
   target = jnp.array([[[[1.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [1.0, 0.0]]]])
-  _, terms = stage2.alignment_loss(pred, target, jnp.ones((1, 2)))
+  _, terms = _loss_of(pred, target, jnp.ones((1, 2)))
   np.testing.assert_allclose(terms['cos'], 3 / 4, rtol=1e-6)  # one pair of four is orthogonal
 
 
 def test_alignment_loss_has_finite_gradients_at_zero_predictions():
   target = jnp.ones((1, 3, 2, 4))
   mask = jnp.array([[1.0, 1.0, 0.0]])
-  grad = jax.grad(lambda p: stage2.alignment_loss(p, target, mask)[0])(jnp.zeros((1, 3, 2, 4)))
+  grad = jax.grad(lambda p: _loss_of(p, target, mask)[0])(jnp.zeros((1, 3, 2, 4)))
   assert np.isfinite(grad).all()
   assert not np.asarray(grad[0, 2]).any()  # padding gets no gradient
 
 
 @pytest.mark.parametrize('zero_kernel', [False, True])
-def test_projected_alignment_loss_is_the_loss_of_the_projection(zero_kernel):
-  """The loss from the projector's input (no [B, T, H, S] array) against `alignment_loss` of the
+def test_alignment_loss_is_the_loss_of_the_projection(zero_kernel):
+  """The loss from the projector's input (no [B, T, H, S] array) against the loss written out on the
   projection and the gathered label vectors: value, terms and every gradient, padded frames with
   other labels included; also at a zero projector kernel (the initialisation: every frame predicts
   the bias)."""
@@ -129,10 +151,10 @@ def test_projected_alignment_loss_is_the_loss_of_the_projection(zero_kernel):
 
   def explicit(hidden, kernel, bias):
     pred = jnp.einsum('btf,fhs->bths', hidden, kernel) + bias
-    return stage2.alignment_loss(pred, vectors[labels], mask, alpha=0.6)
+    return _explicit_loss(pred, vectors[labels], mask, alpha=0.6)
 
   def projected(hidden, kernel, bias):
-    return stage2.projected_alignment_loss(hidden, kernel, bias, vectors, labels, mask, alpha=0.6)
+    return stage2.alignment_loss(hidden, kernel, bias, vectors, labels, mask, alpha=0.6)
 
   (want, want_terms), want_grads = jax.value_and_grad(explicit, (0, 1, 2), has_aux=True)(
     hidden, kernel, bias
@@ -149,8 +171,8 @@ def test_projected_alignment_loss_is_the_loss_of_the_projection(zero_kernel):
 
 
 def test_objective_loss_is_the_alignment_loss_of_the_model_output():
-  """`Alignment.loss` (the TCN's hidden state and projector parameters) against `alignment_loss`
-  of the whole TCN's output, with a trained-looking (non-zero) projector."""
+  """`Alignment.loss` (the TCN's hidden state and projector parameters) against the loss written
+  out on the whole TCN's output, with a trained-looking (non-zero) projector."""
   config = stage2.default_config()
   config.model.update(num_layers=3, channels=8)
   rng = np.random.default_rng(1)
@@ -166,7 +188,7 @@ def test_objective_loss_is_the_alignment_loss_of_the_model_output():
   params = objective.init(jax.random.key(0), batch)
   params['projector']['kernel'] = jnp.asarray(rng.normal(size=(8, 2, 12)), jnp.float32)
   pred = model.apply({'params': params}, batch['features'], batch['mask'])
-  want, _ = stage2.alignment_loss(pred, vectors[batch['labels']], batch['mask'], config.loss_alpha)
+  want, _ = _explicit_loss(pred, vectors[batch['labels']], batch['mask'], config.loss_alpha)
   got, _ = objective.loss(params, batch)
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
