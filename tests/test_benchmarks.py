@@ -342,3 +342,64 @@ def test_vs_reference_table_gives_medians_and_ratios_per_video_and_per_valid_fra
   ]
   assert ddim.split() == ['gtea,', '1,000', 'ddim', '2.000s', '0.250s', '8.00x']
   assert 'ratio' in header
+
+
+def test_default_runs_times_a_cold_run_and_reads_its_test_row(tmp_path, cache_dir):
+  """default_runs.py on DiffAct's smoke config: the run's own compilation cache (the suite's shared
+  one is not used), its buckets as its start-up line names them, its test row as results.json has
+  it, the time against the limit; a folder it did not make is refused and left as it was."""
+  workdir = tmp_path / 'runs'
+  done = run_process(
+    'default_runs.py',
+    '--methods=diffact',
+    '--config_arg=runlocal=True',
+    f'--workdir={workdir}',
+    '--limit_minutes=0.001',
+    f'--config.data.cache_dir={cache_dir}',
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  header, row = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{')]
+  assert header['passed'] == [f'--config.data.cache_dir={cache_dir}']
+  saved = json.loads((workdir / 'diffact' / 'eval' / 'results.json').read_text())
+  assert row['returncode'] == 0 and row['test_row'] == saved['selection']['row'] == 'DiffAct'
+  assert row['test'] == pytest.approx(saved['results']['DiffAct'], abs=1e-3)
+  output = (workdir / 'diffact' / 'output.txt').read_text()
+  (buckets,) = row['buckets']
+  assert (
+    f'{len(buckets)} length bucket(s) in training ({", ".join(map(str, buckets))} frames' in output
+  )
+  compiled = [p for p in (workdir / 'diffact.xla').iterdir() if p.name != '.default_runs']
+  assert compiled, 'the run compiled into a cache of its own'
+  assert row['seconds'] > 1 and row['within_limit'] is False
+  assert '| diffact |' in done.stdout and '| no |' in done.stdout
+
+  foreign = tmp_path / 'mine' / 'diffact'
+  foreign.mkdir(parents=True)
+  (foreign / 'keep.txt').write_text('user data')
+  refused = run_process('default_runs.py', '--methods=diffact', f'--workdir={tmp_path / "mine"}')
+  assert refused.returncode != 0 and f'{foreign} exists and was not made by' in refused.stderr
+  assert (foreign / 'keep.txt').read_text() == 'user data'
+  assert run_process('default_runs.py', '--methods=nope').returncode != 0
+
+
+def test_default_runs_minutes_and_table(monkeypatch):
+  """The table's minutes round to the second (59.6 s is 1 min 00 s) and a failed run is marked."""
+  monkeypatch.syspath_prepend(str(BENCHMARKS))  # its `import common`, as when run as a script
+  default_runs = load_benchmark('default_runs')
+  assert default_runs.minutes(59.6) == '1 min 00 s'
+  assert default_runs.minutes(297.2) == '4 min 57 s'
+  rows = [
+    {
+      'method': 'hal',
+      'seconds': 301.0,
+      'returncode': 0,
+      'buckets': [[768, 1024]],
+      'test_row': 'Segmentation',
+      'test': {'Acc': 68.64, 'F1@50': 54.44},
+      'within_limit': False,
+    },
+    {'method': 'polyphony', 'seconds': 3.0, 'returncode': 1},
+  ]
+  lines = default_runs.table(rows, 5).splitlines()
+  assert lines[2] == '| hal | 5 min 01 s | no | 768, 1024 | Acc 68.6, F1@50 54.4 (Segmentation) |'
+  assert lines[3] == '| polyphony | failed (1) | | | |'

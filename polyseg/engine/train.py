@@ -557,9 +557,10 @@ def selection_message(task, data, config) -> str:
   )
 
 
-def select_checkpoint(ckpt, config, last_step: int) -> tuple[int, dict]:
+def select_checkpoint(ckpt, config, last_step: int, row: str) -> tuple[int, dict]:
   """(step, selection record) of the checkpoint the test split is scored with:
-  `eval.test_checkpoint`='best' (by val `train.best_metric`) or 'latest' (`last_step`)."""
+  `eval.test_checkpoint`='best' (by val `train.best_metric` of the task's main `row`) or 'latest'
+  (`last_step`)."""
   which = config.eval.test_checkpoint
   if which not in TEST_CHECKPOINTS:
     raise ValueError(f'eval.test_checkpoint={which!r}; choose one of {list(TEST_CHECKPOINTS)}')
@@ -568,6 +569,7 @@ def select_checkpoint(ckpt, config, last_step: int) -> tuple[int, dict]:
   return step, {
     'split': 'val',
     'checkpoint': which if best is not None or which == 'latest' else 'latest (no val metrics)',
+    'row': row,
     'metric': config.train.best_metric,
     'step': step,
     'last_step': last_step,
@@ -742,13 +744,13 @@ def final_test(task, state, ckpt, data, config, outdir_of, val_step: int | None)
   """After training: the checkpoint `select_checkpoint` picks on val and its val outputs (evaluated
   again unless this process just did, `val_step`, and the task has nothing to calibrate), then the
   test split, read and scored here for the first time. Returns the test results."""
-  step, selection = select_checkpoint(ckpt, config, int(state['step']))
+  step, selection = select_checkpoint(ckpt, config, int(state['step']), task.main_row)
   params = state['params']
   if step != int(state['step']):
     params = ckpt.restore(state, step)['params']
   print(
     f'Testing the checkpoint of step {step} ({selection["checkpoint"]} on val '
-    f'{task.main_row} {selection["metric"]})',
+    f'{selection["row"]} {selection["metric"]})',
     flush=True,
   )
   if step == val_step and not task.calibrates:
@@ -808,6 +810,7 @@ def _evaluate(method, config: ml_collections.ConfigDict, workdir: str, which: st
   selection = {
     'split': 'val',
     'checkpoint': which,
+    'row': task.main_row,
     'metric': config.train.best_metric,
     'step': step,
   }

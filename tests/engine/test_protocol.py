@@ -101,6 +101,7 @@ def test_best_checkpoint_is_chosen_on_val_and_tested_once(tiny_config, tmp_path,
   assert saved['selection'] == {
     'split': 'val',
     'checkpoint': 'best',
+    'row': 'DiffAct',
     'metric': 'F1@50',
     'step': 3,
     'last_step': 6,
@@ -141,7 +142,7 @@ def test_latest_checkpoint_when_asked(tiny_config, tmp_path, monkeypatch):
   assert saved['step'] == 6 and saved['selection']['checkpoint'] == 'latest'
   config.eval.test_checkpoint = 'last'
   with pytest.raises(ValueError, match='test_checkpoint'):
-    train.select_checkpoint(None, config, 6)
+    train.select_checkpoint(None, config, 6, 'DiffAct')
 
 
 def test_synthetic_val_split_adds_videos_and_changes_no_other(tmp_path):
