@@ -5,10 +5,11 @@ the transcripts of the training videos only, never their frame labels:
 
   python -m polyseg.main --config=configs/hal.py --workdir=runs/hal
 
-It trains 1,000 steps (validating every 250) and prints the test scores of the checkpoint val chose:
-segmentation from the video alone and alignment given the transcript: Acc 69.0, F1@50 50.6 and
-MoF 83.3 (step 500) in a fresh environment of 2026-12-05; docs/methods/hal.md: 75.2 / 57.3 / 88.2
-(step 250) in an earlier one, with the same code.
+It trains 1,000 steps (validating every 250; about 3 minutes on 2 quiet cores: 2 min 49 s on an AMD
+EPYC at commit 640f0f5) and prints the test scores of the checkpoint val chose: segmentation from
+the video alone and alignment given the transcript: Acc 69.0, F1@50 50.6 and MoF 83.3 (step 500) in
+a fresh environment of 2026-12-05 (segmentation 70.1 / 54.1 at 640f0f5); docs/methods/hal.md:
+75.2 / 57.3 / 88.2 (step 250) in an earlier one, with the same code.
 
 Your own features in the MS-TCN layout with `transcripts/<vid>.txt` (one action per line, in order;
 test videos also need `groundTruth/` for the metrics):

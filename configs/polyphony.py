@@ -6,7 +6,8 @@ needs the 'text' install in the README) and stage 3 (the two-hand diffusion segm
 
   python -m polyseg.main --config=configs/polyphony.py --workdir=runs/polyphony
 
-It runs stage 2 (1,000 steps) and stage 3 (900 steps), about 5 minutes on 2 CPU cores, and prints
+It runs stage 2 (1,000 steps) and stage 3 (900 steps), 5-6 minutes on 2 CPU cores (4 min 57 s to
+5 min 59 s on an AMD EPYC, by the hour's speed; docs/methods/polyphony.md), and prints
 per hand and for their mean and gap, near test Acc LH 76 / RH 87 and F1@50 LH 62 / RH 88
 (docs/methods/polyphony.md).
 

@@ -5,10 +5,11 @@ identity, flow motion and boundaries, different dimensions and noise):
 
   python -m polyseg.main --config=configs/twostream.py --workdir=runs/twostream
 
-It trains 800 steps of both streams (about 7 minutes on 2 quiet cores), searches the fusion weights on
-val and prints test rows Fused, RGB and Flow (at commit fe9fce7: Fused Acc 82.2, Edit 78.8, F1@50
-78.8; flow alone 87.0 / 81.8 / 81.4: the weights chosen on val, where fusion leads, did not carry
-over to test in this run; docs/methods/twostream.md).
+It trains 800 steps of both streams (about 4 minutes on 2 quiet cores: 3 min 48 s on an AMD EPYC at
+commit 640f0f5), searches the fusion weights on val and prints test rows Fused, RGB and Flow (at
+640f0f5: Fused Acc 80.2, Edit 76.9, F1@50 78.4; at commit fe9fce7: Fused 82.2 / 78.8 / 78.8 and flow
+alone 87.0 / 81.8 / 81.4: the weights chosen on val, where fusion leads, did not carry over to test
+in that run; docs/methods/twostream.md).
 
 Your own features (`features_rgb/<vid>.npy` [D_rgb, T], `features_flow/<vid>.npy` [D_flow, T],
 `groundTruth/`, `mapping.txt`, `splits/` as in the MS-TCN layout; a `val.split<k>.bundle` if you have
