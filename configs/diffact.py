@@ -5,10 +5,11 @@ minutes on 2 CPU cores:
 
   python -m polyseg.main --config=configs/diffact.py --workdir=runs/diffact
 
-It trains 800 steps (2-3.5 minutes on 2 quiet cores: 2 min 9 s on an AMD EPYC at commit 640f0f5) and
-prints the test scores of the checkpoint val chose, near Acc 85, Edit 85, F1@50 84 (85.4 / 82.5 /
-84.1 at 640f0f5; 85.0 / 84.8 / 84.3 in a fresh environment of 2026-12-05; docs/methods/diffact.md: 84.4 / 83.5 / 84.0 in an
-earlier one; the encoder alone reaches about 89 Acc at this budget).
+It trains 800 steps (2-3.5 minutes on 2 quiet cores: 2 min 9 s on an AMD EPYC at commit 640f0f5)
+and prints the test scores of the checkpoint val chose, near Acc 85, Edit 85, F1@50 84 (85.4 /
+82.5 / 84.1 at 640f0f5; 85.0 / 84.8 / 84.3 in a fresh environment of 2026-12-05;
+docs/methods/diffact.md: 84.4 / 83.5 / 84.0 in an earlier one; the encoder alone reaches about 89
+Acc at this budget).
 
 Published settings on your own features in the MS-TCN layout (docs/methods/diffact.md):
 
