@@ -57,15 +57,19 @@ SIZES = {
 }
 
 
-def parse_sizes(text: str) -> list[str]:
-  """'gtea,blip2' -> ['gtea', 'blip2'] (an argparse type: unknown names are errors)."""
+def parse_names(text: str, known, what: str) -> list[str]:
+  """'a,b' -> ['a', 'b'], each one of `known` (an argparse type's body: unknown names, or none at
+  all, are errors naming `what`)."""
   names = [x for x in text.split(',') if x]
-  unknown = [x for x in names if x not in SIZES]
-  if unknown:
-    raise argparse.ArgumentTypeError(
-      f'unknown model size(s) {unknown}; choose from {sorted(SIZES)}'
-    )
+  unknown = [x for x in names if x not in known]
+  if unknown or not names:
+    raise argparse.ArgumentTypeError(f'unknown {what} {unknown}; choose from {sorted(known)}')
   return names
+
+
+def parse_sizes(text: str) -> list[str]:
+  """'gtea,blip2' -> ['gtea', 'blip2'] (an argparse type)."""
+  return parse_names(text, SIZES, 'model size(s)')
 
 
 def add_models_argument(parser: argparse.ArgumentParser, default: str) -> None:

@@ -47,14 +47,6 @@ def fresh_folder(path: pathlib.Path) -> pathlib.Path:
   return path
 
 
-def parse_methods(text: str) -> list[str]:
-  names = [name for name in text.split(',') if name]
-  unknown = sorted(set(names) - set(METHODS))
-  if unknown or not names:
-    raise argparse.ArgumentTypeError(f'unknown method(s) {unknown}; choose from {list(METHODS)}')
-  return names
-
-
 def buckets_of(output: str) -> list[list[int]]:
   """The length buckets of every start-up line (Polyphony's stage 3, and any stage that prints one)."""
   return [[int(n) for n in found.split(',')] for found in _BUCKETS.findall(output)]
@@ -128,7 +120,10 @@ def table(rows: list[dict], limit_minutes: float) -> str:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument(
-    '--methods', type=parse_methods, default=list(METHODS), help=f'comma-separated, of {METHODS}'
+    '--methods',
+    type=lambda text: common.parse_names(text, METHODS, 'method(s)'),
+    default=list(METHODS),
+    help=f'comma-separated, of {METHODS}',
   )
   parser.add_argument(
     '--workdir', type=pathlib.Path, default=pathlib.Path('/tmp/polyseg-default-runs')

@@ -2,6 +2,7 @@
 costs, roofline, trace and HLO files; the trace/HLO reading of benchmarks/common.py; and
 quality.py's constant HopaDIFF baseline (called directly)."""
 
+import argparse
 import importlib.util
 import json
 import math
@@ -403,3 +404,13 @@ def test_default_runs_minutes_and_table(monkeypatch):
   lines = default_runs.table(rows, 5).splitlines()
   assert lines[2] == '| hal | 5 min 01 s | no | 768, 1024 | Acc 68.6, F1@50 54.4 (Segmentation) |'
   assert lines[3] == '| polyphony | failed (1) | | | |'
+
+
+def test_parse_names_keeps_the_order_and_refuses_unknown_or_no_names(common):
+  """The --models / --methods type: names in the order given; an unknown name or none is an error."""
+  assert common.parse_names('b,a,', {'a', 'b'}, 'thing(s)') == ['b', 'a']
+  with pytest.raises(argparse.ArgumentTypeError, match=r"unknown thing\(s\) \['c'\]"):
+    common.parse_names('a,c', {'a', 'b'}, 'thing(s)')
+  with pytest.raises(argparse.ArgumentTypeError, match='choose from'):
+    common.parse_names(',', {'a'}, 'thing(s)')
+  assert common.parse_sizes('gtea,breakfast') == ['gtea', 'breakfast']
