@@ -92,7 +92,8 @@ def get_config(arg=None):
   c.model.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
   # True: the encoder's and decoders' layers run as one lax.scan with the dilation as data, so a
   # train step or sampler compiles each layer once (polyseg/nn/asformer.py scan_layers; the same
-  # parameters and outputs to float32 rounding; dropout draws other masks).
+  # parameters and outputs to float32 rounding; dropout draws other masks; about 15% slower train
+  # steps at the published sizes, docs/benchmarks.md).
   c.model.scan_layers = False
   # Parameter initialisation: 'torch' (PyTorch's default, as DiffAct's reference code initialises
   # its layers; with 'flax' the decoder trained behind the reference's, docs/methods/diffact.md: trained side by side)

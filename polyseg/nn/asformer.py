@@ -20,6 +20,11 @@ ENCODER_PROBS = -2  # feature_layer_indices entry: softmax of the encoder logits
 CondProjection = tuple[layers.ConditionProjection, ...]  # one entry per decoder layer
 
 
+# What a scan over layers keeps of a layer for the backward pass, besides its input: its convolution
+# output (`scan_layers`).
+SCAN_KEEPS = jax.checkpoint_policies.save_only_these_names(layers.CONV_OUTPUT)
+
+
 def stack_layer(
   module: nn.Module, dilation: int = 1, max_dilation: int | None = None, **kwargs
 ) -> layers.ConvAttentionLayer:
@@ -50,8 +55,12 @@ def scan_layers(
   """h [B, T, F] through `module`'s layers `layers_0 .. layers_{L-1}` (their parameters, as the
   unrolled loop made them) as one `lax.scan` over the layers, the dilation 2^i as data: `layer`
   (unbound, with max_dilation 2^(L-1)) is compiled once however deep the stack. Dropout draws one
-  key per layer from the module's 'dropout' stream. Returns (the last layer's output, every
-  layer's output [L, B, T, F] when `keep_outputs`, else None)."""
+  key per layer from the module's 'dropout' stream. The backward pass keeps each layer's input and
+  convolution output (`layers.CONV_OUTPUT`) and recomputes the rest of the layer: every activation
+  kept is a stacked [L, B, T, F] array the scan writes, zero-fills first and reads back, which
+  made the scanned train step 30-50% slower than the unrolled one with all of them kept
+  (`docs/benchmarks.md`). Returns (the last layer's output, every layer's output [L, B, T, F] when
+  `keep_outputs`, else None)."""
   params = module.variables['params']
   names = sorted((k for k in params if k.startswith('layers_')), key=lambda k: int(k[7:]))
   stacked = jax.tree.map(lambda *a: jnp.stack(a), *[params[k] for k in names])
@@ -72,6 +81,7 @@ def scan_layers(
     )
     return out, out if keep_outputs else None
 
+  body = jax.checkpoint(body, prevent_cse=False, policy=SCAN_KEEPS)
   dilations = 2 ** jnp.arange(len(names), dtype=jnp.int32)
   return jax.lax.scan(body, h, (stacked, dilations, rngs, projections))
 

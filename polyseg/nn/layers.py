@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import ad_checkpoint
 from jax.extend import random as jrandom
 
 Dtype = Any
@@ -466,7 +467,8 @@ class DilatedConv(nn.Module):
 
   The input is masked first (padding acts like the zero padding of the unpadded video); the
   output is masked too. With `max_dilation` set, the dilation is a call argument that may be
-  traced (a layer of a scan over layers): the sum of the k kernel taps over `shifted_copies`.
+  traced (a layer of a scan over layers): the sum of the k kernel taps over `shifted_copies`, each
+  tap's kernel gradient a product per video as `Dense`'s (`_dense_product`).
   """
 
   features: int
@@ -490,7 +492,7 @@ class DilatedConv(nn.Module):
     dilation = self.dilation if dilation is None else dilation
     if self.max_dilation is not None:
       taps = shifted_copies(x, self.kernel_size, dilation, self.max_dilation)
-      y = sum(tap @ kernel[j] for j, tap in enumerate(taps))
+      y = sum(_dense_product(tap, kernel[j], None) for j, tap in enumerate(taps))
     else:
       reach = (self.kernel_size // 2) * dilation
       y = jax.lax.conv_general_dilated(
@@ -502,6 +504,11 @@ class DilatedConv(nn.Module):
         dimension_numbers=("NWC", "WIO", "NWC"),
       )
     return (y + bias) * mask[..., None].astype(y.dtype)
+
+
+# The name of a ConvAttentionLayer's convolution output [B, T, F] for `jax.checkpoint` policies: the
+# one activation a scan over layers keeps for the backward pass (`asformer.scan_layers`).
+CONV_OUTPUT = 'conv_output'
 
 
 class ConditionProjection(NamedTuple):
@@ -578,6 +585,7 @@ class ConvAttentionLayer(nn.Module):
     attn = window_attention(
       q, k, v, mask, self.kernel_size, dilation, self.outside_logit, self.max_dilation
     )
-    h = instance_norm(self.conv(x_drop, mask, dilation) + attn, mask)
+    conv = ad_checkpoint.checkpoint_name(self.conv(x_drop, mask, dilation), CONV_OUTPUT)
+    h = instance_norm(conv + attn, mask)
     out = self.ffn_out(nn.relu(self.ffn_hidden(h)))
     return fusion_fence((x + out) * mask[..., None].astype(out.dtype), train)

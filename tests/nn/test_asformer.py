@@ -424,6 +424,37 @@ def test_scanned_layers_draw_dropout_per_layer_and_step():
   assert not np.allclose(first[0], encoder.apply(params, x, mask, False)[0])
 
 
+def test_scanned_backward_keeps_each_layers_input_and_convolution_only(monkeypatch):
+  """In training, the scan keeps three [L, B, T, F] arrays for the backward pass (each layer's input
+  and convolution output, and the outputs the encoder keeps for its condition) and recomputes the
+  rest of each layer with the same dropout masks: the gradients are those of the scan that keeps
+  every activation (autodiff's default: eighteen such arrays here)."""
+  x, _, _, mask = padded_inputs()
+  encoder = tiny_encoder(num_layers=5, scan=True)
+  params = encoder.init(jax.random.PRNGKey(1), x, mask, False)
+  stacked = (5, *mask.shape, TINY["num_f_maps"])
+
+  def loss(p):
+    outputs = encoder.apply(p, x, mask, True, rngs={"dropout": jax.random.PRNGKey(3)})
+    return sum(jnp.sum(jnp.sin(o)) for o in outputs)
+
+  def kept_and_gradients():
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(params).jaxpr
+    kept = [
+      sum(v.aval.shape == stacked for v in eqn.outvars)
+      for eqn in all_eqns(jaxpr)
+      if eqn.primitive.name == "scan"
+    ]
+    return max(kept), jax.grad(loss)(params)
+
+  kept, grads = kept_and_gradients()
+  monkeypatch.setattr(asformer, "SCAN_KEEPS", jax.checkpoint_policies.everything_saveable)
+  kept_all, want = kept_and_gradients()
+  assert (kept, kept_all) == (3, 18)
+  for got, expected in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_scanned_stack_is_one_program_whatever_its_depth():
   """The lowered program of a scanned encoder has as many matmuls at 3 as at 12 layers (one layer
   body in a loop); the unrolled one has them once per layer."""

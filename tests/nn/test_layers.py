@@ -100,6 +100,34 @@ def test_dilated_conv_matches_scipy_correlate(dilation):
     np.testing.assert_array_equal(got[b, length:], 0.0)
 
 
+def test_traced_dilation_conv_is_the_static_one_with_per_video_kernel_gradients():
+  """With `max_dilation` (a layer of a scan over layers) the convolution takes its dilation as data:
+  the static convolution's outputs and gradients, each tap's kernel gradient one product per video
+  ([B, Fin, Fout], as `Dense`'s)."""
+  x, mask = padded_batch(np.random.default_rng(5), 4)
+  x, mask = jnp.asarray(x), jnp.asarray(mask)
+  static = layers.DilatedConv(features=3, kernel_size=5, dilation=2)
+  traced = layers.DilatedConv(features=3, kernel_size=5, dilation=1, max_dilation=8)
+  params = jax.tree.map(lambda p: p + 0.1, static.init(jax.random.key(0), x, mask))
+  g = jnp.asarray(np.random.default_rng(6).normal(size=(*mask.shape, 3)).astype(np.float32))
+  loss_static = lambda p, x: jnp.sum(static.apply(p, x, mask) * g)
+  loss_traced = lambda p, x, d: jnp.sum(traced.apply(p, x, mask, d) * g)
+  np.testing.assert_allclose(
+    traced.apply(params, x, mask, jnp.int32(2)), static.apply(params, x, mask), atol=1e-5
+  )
+  got = jax.grad(loss_traced, argnums=(0, 1))(params, x, jnp.int32(2))
+  want = jax.grad(loss_static, argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  jaxpr = jax.make_jaxpr(jax.grad(loss_traced))(params, x, jnp.int32(2)).jaxpr
+  products = [
+    eqn.outvars[0].aval.shape
+    for eqn in jaxpr.eqns
+    if eqn.primitive.name == "dot_general" or "dot_general" in str(eqn.params.get("jaxpr", ""))
+  ]
+  assert products.count((x.shape[0], x.shape[-1], 3)) == 5, products
+
+
 def test_even_kernel_is_rejected():
   with pytest.raises(ValueError, match="kernel_size must be a positive odd"):
     layers.dilated_windows(jnp.zeros((1, 4, 2)), 4, 1)
