@@ -58,7 +58,7 @@ def scan_layers(
   key per layer from the module's 'dropout' stream. The backward pass keeps each layer's input and
   convolution output (`layers.CONV_OUTPUT`) and recomputes the rest of the layer: every activation
   kept is a stacked [L, B, T, F] array the scan writes, zero-fills first and reads back, which
-  made the scanned train step 30-50% slower than the unrolled one with all of them kept
+  made the scanned train step 40-60% slower than the unrolled one with all of them kept
   (`docs/benchmarks.md`). Returns (the last layer's output, every layer's output [L, B, T, F] when
   `keep_outputs`, else None)."""
   params = module.variables['params']
