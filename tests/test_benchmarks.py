@@ -143,6 +143,27 @@ def test_train_step_reports_throughput():
   assert row['frames_per_s'] == pytest.approx(100 / row['step_s'], rel=1e-3)
 
 
+def test_train_step_compares_the_scan_in_alternating_blocks():
+  header, unrolled, scanned = run(
+    'train_step.py',
+    '--models=tiny_diffact',
+    '--frames=200',
+    *TINY,
+    '--steps=1',
+    '--warmup=0',
+    '--rounds=3',
+    '--compare_scan',
+  )
+  assert header['rounds'] == 3
+  assert (unrolled['scan_layers'], scanned['scan_layers']) == (False, True)
+  assert unrolled['params'] == scanned['params'] and unrolled['batch_shape'] == [1, 128]
+  for row in (unrolled, scanned):
+    assert len(row['block_s']) == 3 and row['compile_s'] > 0
+    assert row['step_s'] == pytest.approx(sorted(row['block_s'])[1], rel=1e-3)
+  done = run_process('train_step.py', '--models=tiny_diffact', '--compare_scan', '--scan_layers')
+  assert done.returncode == 2 and 'leave out --scan_layers' in done.stderr
+
+
 def test_checkpoint_compares_packed_with_array_by_array_writes():
   header, *rows = run('checkpoint.py', '--config=configs/diffact.py:runlocal=True', '--repeats=1')
   assert header['benchmark'] == 'checkpoint' and header['task'] == 'diffact'
