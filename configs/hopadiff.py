@@ -130,8 +130,8 @@ def get_config(arg=None):
   c.model.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
   # True: the encoder's and decoders' layers run as one lax.scan with the dilation as data, so a
   # train step or sampler compiles each layer once (polyseg/nn/asformer.py scan_layers; the same
-  # parameters and outputs to float32 rounding; dropout draws other masks; DiffAct's train steps
-  # are about 15% slower so at its published sizes, docs/benchmarks.md).
+  # parameters and outputs to float32 rounding; dropout draws other masks; at the BLIP-2 size the
+  # train step compiles 7 s faster and steps 5% slower, docs/benchmarks.md).
   c.model.scan_layers = False
   # Parameter initialisation (nn/layers.py torch_default_init): 'torch', PyTorch's default, as the
   # paper's reference code initialises its layers, or 'flax' (lecun_normal kernels, zero biases).
